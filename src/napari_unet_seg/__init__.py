@@ -1,0 +1,40 @@
+"""napari-unet-seg: train and run U-Net and SegNet segmentation models from napari, Python and the CLI.
+
+The public functions load lazily, so ``import napari_unet_seg`` (as napari does at start-up) is cheap::
+
+    from napari_unet_seg import train, predict, evaluate, load_model
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": ".training",
+    "predict": ".inference",
+    "evaluate": ".evaluation",
+    "load_model": ".model_file",
+    "save_model": ".model_file",
+    "SegmentationModel": ".model_file",
+    "TrainConfig": ".config",
+    "UserError": ".errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import TrainConfig
+    from .errors import UserError
+    from .evaluation import evaluate
+    from .inference import predict
+    from .model_file import SegmentationModel, load_model, save_model
+    from .training import train
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

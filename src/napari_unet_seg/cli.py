@@ -1,0 +1,119 @@
+"""The ``napari-unet-seg`` command: the argument parser and dispatch only (heavy imports happen later)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+__all__ = ["build_parser", "main"]
+
+_MODELS = ("unet", "basic_unet", "attention_unet", "segnet")
+_LOSSES = ("bce", "dice", "dicece", "softbce", "focal", "ce")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad option in one line (no usage dump) and exits with status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on folders of image/mask pairs")
+    data = p.add_argument_group("data")
+    data.add_argument("--images", help="folder of images (TIFF, PNG, JPEG, BMP)")
+    data.add_argument("--masks", help="folder of masks, paired by file stem (_mask, _segmentation, ... accepted)")
+    data.add_argument("--classes", type=int, default=2, help="number of classes incl. background (2 = binary, "
+                      "foreground = mask > 0)")
+    data.add_argument("--patch-size", type=int, default=256, help="train on random square patches of this size")
+    data.add_argument("--resize", type=int, help="train on whole images resized to this square size instead")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="seeded share of pairs kept for validation")
+    data.add_argument("--val-images", help="explicit validation images folder (with --val-masks)")
+    data.add_argument("--val-masks", help="explicit validation masks folder")
+    data.add_argument("--augment", choices=("none", "light", "strong"), default="light")
+    data.add_argument("--normalization", choices=("percentile", "minmax", "none"), default="percentile")
+    data.add_argument("--skip-unpaired", action="store_true", help="skip files without partner (with a warning)")
+    model = p.add_argument_group("model and optimisation")
+    model.add_argument("--model", choices=_MODELS, default="unet")
+    model.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the network")
+    model.add_argument("--loss", choices=_LOSSES, default="dicece")
+    model.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw")
+    model.add_argument("--lr", type=float, default=1e-3)
+    model.add_argument("--weight-decay", type=float, default=1e-4)
+    model.add_argument("--epochs", type=int, default=50)
+    model.add_argument("--batch-size", type=int, default=8)
+    model.add_argument("--scheduler", choices=("none", "cosine", "plateau"), default="cosine")
+    model.add_argument("--early-stop", type=int, default=0, help="stop after N epochs without better val Dice")
+    model.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", default="runs/run", help="run folder (best.pt, last.pt, history.csv, curves.png)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    run.add_argument("--device", default="auto", help="auto, cuda or cpu")
+
+
+def _add_predict_options(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--tile", type=int, help="tile size (default: the model's training patch size, >= 256)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (binary)")
+    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    p.add_argument("--min-size", type=int, default=0, help="remove objects smaller than this many pixels")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every sub-command."""
+    parser = _Parser(prog="napari-unet-seg", description="Train and run U-Net/SegNet segmentation models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_train(sub)
+    p = sub.add_parser("predict", help="segment images with a model; one mask file per image")
+    p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
+    p.add_argument("--input", required=True, help="image file or folder")
+    p.add_argument("--output", required=True, help="folder for the masks (PNG; TIFF for stacks)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output")
+    _add_predict_options(p)
+    p = sub.add_parser("evaluate", help="score a model on folders of image/mask pairs")
+    p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
+    p.add_argument("--images", required=True)
+    p.add_argument("--masks", required=True)
+    p.add_argument("--json", help="write the scores (dice, iou, accuracy, precision, recall, per_image) here")
+    p.add_argument("--skip-unpaired", action="store_true")
+    _add_predict_options(p)
+    p = sub.add_parser("demo", help="train, evaluate and predict on the shipped sample data; write a report")
+    p.add_argument("--out", default="demo-out", help="report folder")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    p = sub.add_parser("info", help="show what a model file holds (architecture, classes, metrics, command)")
+    p.add_argument("model", help="model file (.pt) or shipped model name")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        args.command_line = "napari-unet-seg " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        from . import commands
+
+        return getattr(commands, f"run_{args.command}")(args) or 0
+    except UserError as error:
+        print(f"napari-unet-seg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-unet-seg: interrupted; files written so far are complete", file=sys.stderr)
+        return 130

@@ -1,0 +1,167 @@
+"""What each CLI sub-command does, on top of the engine; progress goes to stderr, results to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from argparse import Namespace
+from pathlib import Path
+
+from .errors import UserError
+from .events import Batch, Checkpoint, Epoch, Message, Tiles
+
+__all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "ConsoleProgress"]
+
+
+class ConsoleProgress:
+    """Prints engine events: a live batch bar on a terminal, one line per epoch, messages as they come."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Batch) and self.live:
+            filled = int(20 * event.batch / event.batches)
+            self.stream.write(f"\repoch {event.epoch} [{'#' * filled}{'.' * (20 - filled)}] "
+                              f"{event.batch}/{event.batches} loss {event.loss:.4f}")
+            self.stream.flush()
+        elif isinstance(event, Epoch):
+            m = event.metrics
+            self._line(f"epoch {event.epoch}/{event.epochs}  loss {m['train_loss']:.4f}  val loss "
+                       f"{m['val_loss']:.4f}  Dice {m['val_dice']:.4f}  IoU {m['val_iou']:.4f}  "
+                       f"acc {m['val_accuracy']:.4f}  ({m['seconds']:.1f} s)")
+        elif isinstance(event, Message):
+            self._line(("warning: " if event.level == "warning" else "") + event.text)
+        elif isinstance(event, Tiles) and self.live:
+            self.stream.write(f"\r{event.done}/{event.total}")
+            self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        self.stream.write(("\r\033[K" if self.live else "") + text + "\n")
+        self.stream.flush()
+
+
+def _warnings_to_console() -> None:
+    warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
+
+
+def run_train(args: Namespace) -> int:
+    from .config import TrainConfig
+    from .training import train
+
+    _warnings_to_console()
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "resume")}
+    if args.resume:  # only the options given explicitly override the stored run
+        from .cli import build_parser
+
+        defaults = vars(build_parser().parse_args(["train"]))
+        fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
+        result = train(resume=True, on_event=ConsoleProgress(), **fields)
+    else:
+        config = TrainConfig(**fields, command=args.command_line)
+        result = train(config, on_event=ConsoleProgress())
+    best = result.best_metrics
+    if best:
+        print(f"best epoch {result.best_epoch}: val Dice {best['val_dice']:.4f}  IoU {best['val_iou']:.4f}  "
+              f"accuracy {best['val_accuracy']:.4f}")
+    print(f"model: {result.best}  ({result.status})")
+    return 130 if result.status == "cancelled" else 0
+
+
+def _inputs(source: Path) -> list[Path]:
+    from .pairing import list_images
+
+    if source.is_dir():
+        return list_images(source, "input")
+    if not source.exists():
+        raise UserError(f"--input {source}: no such file or folder; check the path")
+    return [source]
+
+
+def _predict_options(args: Namespace) -> dict:
+    return {"device": args.device, "tile": args.tile, "overlap": args.overlap, "threshold": args.threshold,
+            "tta": args.tta, "min_size": args.min_size, "fill_holes": args.fill_holes}
+
+
+def _mask_target(output: Path, source: Path, stack: bool, many_classes: bool) -> Path:
+    return (output / source.stem).with_suffix(".tif" if stack or many_classes else ".png")
+
+
+def run_predict(args: Namespace) -> int:
+    from .image_io import read_image, write_mask
+    from .inference import predict
+    from .model_file import load_model
+    from .normalization import is_rgb
+
+    model = load_model(args.model)
+    files = _inputs(Path(args.input))
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output}: is a file; give a folder")
+    inputs = {p.resolve() for p in files}
+    planned = []
+    for path in files:
+        image = read_image(path)
+        stack = (image.ndim - int(is_rgb(image))) == 3
+        target = _mask_target(output, path, stack, model.num_classes > 256)
+        if target.resolve() in inputs:
+            raise UserError(f"--output {output}: the mask of {path.name} would replace the image itself; "
+                            "choose another output folder")
+        if target.exists() and not args.overwrite:
+            raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
+        planned.append((path, target))
+    for index, (path, target) in enumerate(planned, start=1):
+        began = time.perf_counter()
+        labels = predict(model, read_image(path), **_predict_options(args))
+        written = write_mask(target, labels)
+        print(f"[{index}/{len(planned)}] {path.name} -> {written}  ({time.perf_counter() - began:.1f} s)")
+    return 0
+
+
+def _print_scores(scores: dict) -> None:
+    for row in scores["per_image"]:
+        print(f"  {row['name']:<32} Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  accuracy {row['accuracy']:.4f}")
+    print(f"mean over {scores['count']} images: Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
+          f"accuracy {scores['accuracy']:.4f}  precision {scores['precision']:.4f}  recall {scores['recall']:.4f}")
+
+
+def run_evaluate(args: Namespace) -> int:
+    from .evaluation import evaluate
+    from .image_io import atomic_write
+
+    scores = evaluate(args.model, args.images, args.masks, skip_unpaired=args.skip_unpaired,
+                      **_predict_options(args))
+    _print_scores(scores)
+    if args.json:
+        text = json.dumps(scores, indent=2, default=str)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        print(f"scores: {args.json}")
+    return 0
+
+
+def run_info(args: Namespace) -> int:
+    from .model_file import load_model
+
+    model = load_model(args.model)
+    parameters = sum(p.numel() for p in model.network.parameters())
+    print(f"{model.path}: {model.architecture['name']} ({parameters / 1e6:.2f} M parameters), "
+          f"{model.in_channels} input channel(s), {model.num_classes} classes")
+    print(f"normalization: {model.normalization}")
+    print(f"metrics: {json.dumps(model.metrics)}")
+    if model.config.get("command"):
+        print(f"trained with: {model.config['command']}")
+    return 0
+
+
+def run_demo(args: Namespace) -> int:
+    from .demo import run_demo as demo
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UserError(f"--out {out}: exists and is not empty; choose another folder or pass --overwrite")
+    report = demo(out, epochs=args.epochs, device=args.device, on_event=ConsoleProgress())
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,211 @@
+"""Training data: decode pairs once into memory, check them, split them, and serve augmented patches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .image_io import read_image
+from .normalization import is_rgb, normalize, to_channels_first
+from .pairing import Pair
+
+__all__ = ["Sample", "mask_to_classes", "load_samples", "samples_from_arrays", "split_indices",
+           "build_augmentation", "PatchDataset"]
+
+
+@dataclass
+class Sample:
+    """One decoded, normalized example: ``image`` ``(C, Y, X)`` float16, ``mask`` ``(Y, X)`` uint8 class ids."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def mask_to_classes(mask: np.ndarray, classes: int, name: str = "mask") -> np.ndarray:
+    """Class ids ``(Y, X)`` uint8 from a mask file's array.
+
+    Binary (``classes == 2``): foreground is ``mask > 0`` (0/255, 0/1 and label images all work).
+    Multi-class: values must be ids ``0 .. classes - 1``. A colour mask is accepted only when its
+    channels are equal.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        rgb = mask[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise UserError(f"{name}: is a colour (RGB) mask; save it as a single-channel image of class ids "
+                            "(0 background, 1, 2, ... foreground)")
+        mask = rgb[..., 0]
+    if mask.ndim != 2:
+        raise UserError(f"{name}: a mask must be one 2D image, got shape {mask.shape}")
+    if not np.isfinite(mask).all():
+        raise UserError(f"{name}: holds NaN or infinite values; masks must hold class ids")
+    if classes == 2:
+        return (mask > 0).astype(np.uint8)
+    values = np.unique(mask)
+    bad = values[(values < 0) | (values >= classes) | (values != np.round(values))]
+    if bad.size:
+        raise UserError(f"{name}: holds values {bad[:5].tolist()} outside the class ids 0..{classes - 1}; "
+                        f"check --classes {classes} or the mask")
+    return mask.astype(np.uint8)
+
+
+def _resize(array: np.ndarray, size: int, order: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    shape = (array.shape[0], size, size) if array.ndim == 3 else (size, size)
+    out = resize(array, shape, order=order, preserve_range=True, anti_aliasing=order > 0, mode="edge")
+    return out.astype(array.dtype) if order == 0 else out.astype(np.float32)
+
+
+def _prepare(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int, classes: int,
+             normalization: dict, resize: int | None) -> Sample:
+    image = np.asarray(image)
+    if image.ndim == 2 and in_channels == 3:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if not (image.ndim == 2 or is_rgb(image)):
+        raise UserError(f"{name}: image shape {image.shape} is not one 2D gray or RGB image; "
+                        "split stacks (Z, Y, X) into one file per slice")
+    labels = mask_to_classes(mask, classes, f"{name} (mask)")
+    if labels.shape != image.shape[:2]:
+        raise UserError(f"{name}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
+                        f"{labels.shape[1]}x{labels.shape[0]}; they must have the same size")
+    channels = normalize(to_channels_first(image, in_channels, name=name), normalization)
+    if resize:
+        channels = _resize(channels, resize, order=1)
+        labels = _resize(labels, resize, order=0)
+    return Sample(name, channels.astype(np.float16), labels)
+
+
+def _channels_of(images: Sequence[np.ndarray]) -> int:
+    return 3 if any(is_rgb(np.asarray(im)) for im in images) else 1
+
+
+def load_samples(pairs: Sequence[Pair], *, classes: int, normalization: dict, resize: int | None = None,
+                 in_channels: int | None = None) -> tuple[list[Sample], int]:
+    """Decode and check every pair; return the samples and the number of input channels (1 or 3).
+
+    Gray and colour images may be mixed: then gray images are repeated to three channels.
+    """
+    decoded = [(p.image.name, read_image(p.image), read_image(p.mask)) for p in pairs]
+    channels = in_channels or _channels_of([d[1] for d in decoded])
+    samples = [_prepare(name, image, mask, in_channels=channels, classes=classes, normalization=normalization,
+                        resize=resize) for name, image, mask in decoded]
+    return samples, channels
+
+
+def samples_from_arrays(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, classes: int, normalization: dict,
+                        resize: int | None = None, in_channels: int | None = None,
+                        names: Sequence[str] | None = None) -> tuple[list[Sample], int]:
+    """As :func:`load_samples`, for images and label arrays already in memory (e.g. napari layers)."""
+    names = list(names or [f"array {i}" for i in range(len(pairs))])
+    channels = in_channels or _channels_of([p[0] for p in pairs])
+    samples = [_prepare(n, im, m, in_channels=channels, classes=classes, normalization=normalization,
+                        resize=resize) for n, (im, m) in zip(names, pairs)]
+    return samples, channels
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of ``range(count)`` into train and validation indices.
+
+    At least one sample goes to each side when ``count >= 2`` and ``val_fraction > 0``; a single
+    sample serves both (there is nothing else to validate on).
+    """
+    if count == 0:
+        raise UserError("no training pairs: the folders hold no usable image/mask pair")
+    order = np.random.default_rng(seed).permutation(count).tolist()
+    if val_fraction <= 0:
+        return order, []
+    if count == 1:
+        return order, order
+    n_val = min(count - 1, max(1, int(round(count * val_fraction))))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def build_augmentation(preset: str, patch_size: int):
+    """MONAI dictionary transforms for ``{"image", "mask"}`` channel-first arrays; None for ``none``.
+
+    ``light``: flips, 90-degree rotations, a mild affine (rotation, shift, zoom, shear, as Keras'
+    ImageDataGenerator) and intensity jitter. ``strong``: wider ranges, contrast, noise and elastic.
+    """
+    if preset == "none":
+        return None
+    from monai import transforms as T
+
+    keys = ["image", "mask"]
+    strong = preset == "strong"
+    affine = T.RandAffined(keys, prob=0.5 if strong else 0.3, mode=("bilinear", "nearest"), padding_mode="reflection",
+                           rotate_range=math.pi / (6 if strong else 12), shear_range=0.15 if strong else 0.05,
+                           translate_range=patch_size * (0.1 if strong else 0.05),
+                           scale_range=0.2 if strong else 0.1)
+    steps = [
+        T.RandFlipd(keys, prob=0.5, spatial_axis=0),
+        T.RandFlipd(keys, prob=0.5, spatial_axis=1),
+        T.RandRotate90d(keys, prob=0.5),
+        affine,
+        T.RandScaleIntensityd("image", factors=0.2 if strong else 0.1, prob=0.5),
+        T.RandShiftIntensityd("image", offsets=0.2 if strong else 0.1, prob=0.5),
+    ]
+    if strong:
+        steps += [
+            T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            T.RandGaussianNoised("image", std=0.03, prob=0.3),
+            T.Rand2DElasticd(keys, spacing=(patch_size // 4,) * 2, magnitude_range=(1, 3), prob=0.2,
+                             mode=("bilinear", "nearest"), padding_mode="reflection"),
+        ]
+    return T.Compose(steps)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random ``patch_size`` crops (zero-padded where an image is smaller), augmented.
+
+    One epoch draws about as many patches from each image as it has patch areas, so every pixel is
+    seen about once an epoch whatever the image size. With ``patch_size=None`` the whole (resized)
+    images are served.
+    """
+
+    def __init__(self, samples: Sequence[Sample], patch_size: int | None, augmentation=None, seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.patch_size = patch_size
+        self.augmentation = augmentation
+        self.reseed(seed)
+        self.index = []
+        for i, s in enumerate(self.samples):
+            count = 1 if patch_size is None else max(1, round(s.mask.size / patch_size**2))
+            self.index += [i] * count
+
+    def reseed(self, seed: int) -> None:
+        """Restart the crop and augmentation random streams from ``seed``."""
+        self.rng = np.random.default_rng(seed)
+        if self.augmentation is not None:
+            self.augmentation.set_random_state(seed=seed % 2**32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _crop(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        image, mask, size = sample.image, sample.mask, self.patch_size
+        if size is None:
+            return image, mask
+        pad_y, pad_x = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
+        if pad_y or pad_x:
+            image = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)))
+            mask = np.pad(mask, ((0, pad_y), (0, pad_x)))
+        y = self.rng.integers(0, mask.shape[0] - size + 1)
+        x = self.rng.integers(0, mask.shape[1] - size + 1)
+        return image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._crop(self.samples[self.index[item]])
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        mask = np.ascontiguousarray(mask[None], dtype=np.float32)
+        if self.augmentation is not None:
+            out = self.augmentation({"image": image, "mask": mask})
+            image, mask = out["image"], out["mask"]
+        return torch.as_tensor(np.asarray(image), dtype=torch.float32), torch.as_tensor(np.asarray(mask),
+                                                                                       dtype=torch.float32)

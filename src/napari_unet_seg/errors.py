@@ -1,0 +1,25 @@
+"""The one exception type for mistakes a user can fix (bad path, option, file or shape)."""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "JobCancelled", "is_cancelled"]
+
+
+class UserError(ValueError):
+    """A problem with the user's input, stated in one line that names the thing and what to do.
+
+    The CLI prints it and exits with status 2; the widgets show it as a napari notification.
+    """
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its cancel signal is set; the job's files stay consistent."""
+
+
+def is_cancelled(cancel) -> bool:
+    """Whether a cancel signal is set: a ``threading.Event``, a callable returning bool, or None."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())

@@ -1,0 +1,109 @@
+"""Pairing image files with mask files by stem, across the naming schemes of common data sets."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .image_io import is_image_file
+
+__all__ = ["MASK_SUFFIXES", "Pair", "mask_key", "list_images", "pair_files"]
+
+#: Stem endings that mark a mask file (ISIC ``_segmentation``/``_Segmentation``, PH2 ``_lesion``, ...).
+MASK_SUFFIXES = ("_mask", "_masks", "_seg", "_segmentation", "_lesion", "_label", "_labels", "_gt")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image file and its mask file."""
+
+    image: Path
+    mask: Path
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def mask_key(stem: str) -> str:
+    """The image stem a mask stem belongs to: ``ISIC_0000000_Segmentation`` -> ``ISIC_0000000``."""
+    lower = stem.lower()
+    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def list_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name.
+
+    Raises:
+        UserError: the folder does not exist, is a file, or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"{what} folder {folder}: does not exist; check the path")
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder}: is a file, not a folder")
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
+    # A folder named like an image is not an image file.
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp)")
+    return files
+
+
+def _index(files: list[Path], key, what: str) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for path in files:
+        k = key(path.stem)
+        if k in index:
+            raise UserError(f"{what}: {index[k].name} and {path.name} have the same stem {k!r}; keep one of them")
+        index[k] = path
+    return index
+
+
+def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpaired: bool = False) -> list[Pair]:
+    """Pair every image in ``images`` with its mask in ``masks``.
+
+    A mask pairs with an image when its stem is the image's stem, optionally followed by one of
+    :data:`MASK_SUFFIXES` (any case); extensions may differ (``IMD002.bmp`` with ``IMD002_lesion.png``).
+
+    Raises:
+        UserError: unpaired files (listed) unless ``skip_unpaired``, in which case they are skipped
+            with a warning; duplicate stems; empty folders.
+    """
+    image_files = list_images(images, "images")
+    mask_files = list_images(masks, "masks")
+    by_image = _index(image_files, lambda s: s, f"images folder {images}")
+    # An exact stem match wins over a suffix-stripped one (the ISBI layout: same name in both folders).
+    by_mask: dict[str, Path] = {}
+    for path in mask_files:
+        key = path.stem if path.stem in by_image else mask_key(path.stem)
+        if key in by_mask:
+            raise UserError(f"masks folder {masks}: {by_mask[key].name} and {path.name} both belong to image "
+                            f"{key!r}; keep one of them")
+        by_mask[key] = path
+    pairs = [Pair(by_image[k], by_mask[k]) for k in sorted(by_image) if k in by_mask]
+    lonely_images = sorted(by_image[k].name for k in by_image if k not in by_mask)
+    lonely_masks = sorted(by_mask[k].name for k in by_mask if k not in by_image)
+    if lonely_images or lonely_masks:
+        parts = []
+        if lonely_images:
+            parts.append(f"{len(lonely_images)} image(s) without mask: {_shorten(lonely_images)}")
+        if lonely_masks:
+            parts.append(f"{len(lonely_masks)} mask(s) without image: {_shorten(lonely_masks)}")
+        message = "; ".join(parts)
+        if not skip_unpaired or not pairs:
+            hint = "" if pairs else " (no pair at all: are these the right folders?)"
+            raise UserError(f"{message}{hint}; add the missing files or pass --skip-unpaired")
+        warnings.warn(f"skipping unpaired files: {message}", stacklevel=2)
+    return pairs
+
+
+def _shorten(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")

@@ -1,0 +1,23 @@
+"""Models that ship with the package, by name (``load_model("em-membranes")``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["pretrained_path", "shipped_models"]
+
+
+def _folder() -> Path:
+    return Path(str(resources.files(__package__).joinpath("pretrained")))
+
+
+def shipped_models() -> dict[str, Path]:
+    """``{name: file}`` for every shipped model (empty when none ships)."""
+    folder = _folder()
+    return {p.stem: p for p in sorted(folder.glob("*.pt"))} if folder.is_dir() else {}
+
+
+def pretrained_path(name: str) -> Path | None:
+    """The file of shipped model ``name``, or None."""
+    return shipped_models().get(name)

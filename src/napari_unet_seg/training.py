@@ -1,0 +1,286 @@
+"""Training: ``train_steps`` is a generator of progress events that returns a :class:`TrainResult`.
+
+``train`` drains it (the CLI and the console use that); the Train widget runs the generator in a
+worker thread. Each epoch writes ``history.csv``, ``curves.png``, ``last.pt`` (resumable) and, when
+validation Dice improves, ``best.pt``. Cancelling stops between batches: the files then hold the last
+completed epoch. Every epoch's randomness derives from ``(seed, epoch)``, so a resumed run repeats an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .dataset import PatchDataset, Sample, build_augmentation, load_samples, samples_from_arrays, split_indices
+from .device import resolve_device
+from .errors import JobCancelled, UserError, is_cancelled
+from .events import Batch, Checkpoint, Epoch, Message, drain
+from .losses import build_loss
+from .metrics import mean_metrics, segmentation_metrics
+from .model_file import SegmentationModel, _out_channels, load_model, load_training_state, save_model
+from .models import build_network, network_kwargs
+from .normalization import default_normalization
+from .pairing import pair_files
+from .reporting import plot_curves, write_history
+
+__all__ = ["TrainResult", "train", "train_steps", "RUN_FILES"]
+
+#: Files a run folder holds; an existing folder with any of them is not overwritten without permission.
+RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    best: Path | None
+    last: Path | None
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    status: str = "completed"  # completed | cancelled | early_stopped
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    run = Path(config.out)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--out {run}: is a file; give a folder for the run")
+    existing = [name for name in RUN_FILES if (run / name).exists()]
+    if existing and not (resume or config.overwrite):
+        raise UserError(f"--out {run}: already holds a run ({', '.join(existing)}); choose another folder, "
+                        "pass --overwrite to replace it, or --resume to continue it")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"--out {run}: cannot write there ({error.strerror}); choose another folder") from None
+    return run
+
+
+def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays
+               ) -> tuple[list[Sample], list[Sample], int, list[Message]]:
+    messages = []
+    common = {"classes": config.classes, "normalization": normalization, "resize": config.resize}
+    if arrays is not None:
+        samples, channels = samples_from_arrays(arrays, **common)
+    else:
+        if not config.images or not config.masks:
+            raise UserError("give the training data: --images DIR and --masks DIR")
+        pairs = pair_files(config.images, config.masks, skip_unpaired=config.skip_unpaired)
+        messages.append(Message(f"found {len(pairs)} image/mask pairs in {config.images}"))
+        samples, channels = load_samples(pairs, **common)
+    if val_arrays is not None:
+        val, _ = samples_from_arrays(val_arrays, in_channels=channels, **common)
+        train = samples
+    elif config.val_images:
+        val_pairs = pair_files(config.val_images, config.val_masks, skip_unpaired=config.skip_unpaired)
+        val, _ = load_samples(val_pairs, in_channels=channels, **common)
+        train = samples
+    else:
+        train_idx, val_idx = split_indices(len(samples), config.val_fraction, config.seed)
+        train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+        if not val:
+            messages.append(Message("no validation set (--val-fraction 0): best.pt is chosen on the training "
+                                    "images", "warning"))
+            val = train
+        elif val_idx == train_idx:
+            messages.append(Message("only one pair: it serves for training and validation", "warning"))
+    if all(not s.mask.any() for s in samples):
+        messages.append(Message("every mask is all background: there is nothing to learn; check the masks "
+                                "folder (foreground must be > 0)", "warning"))
+    if config.resize is None and all(max(s.mask.shape) < config.patch_size for s in samples):
+        messages.append(Message(f"--patch-size {config.patch_size} is larger than every image; patches are "
+                                "zero-padded (a smaller --patch-size trains faster)", "warning"))
+    return train, val, channels, messages
+
+
+def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
+    return None
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, num_classes: int, tile: int,
+             device: torch.device, amp: bool, cancel: Any = None) -> dict:
+    """Loss and mean per-image metrics of ``network`` on whole validation images (tiled)."""
+    from .inference import labels_from_probabilities, probabilities
+
+    network.eval()
+    losses, per_image = [], []
+    for sample in samples:
+        image = torch.from_numpy(sample.image.astype(np.float32)).to(device)
+        logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25, amp=amp,
+                               raw=True, cancel=cancel)
+        target = torch.from_numpy(sample.mask).to(device)[None, None].float()
+        losses.append(float(loss_fn(logits[None], target)))
+        probs = torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=0)
+        labels = labels_from_probabilities(probs, num_classes).cpu().numpy()
+        per_image.append(segmentation_metrics(labels, sample.mask, num_classes))
+    scores = mean_metrics(per_image)
+    return {"val_loss": float(np.mean(losses)), "val_dice": scores["dice"], "val_iou": scores["iou"],
+            "val_accuracy": scores["accuracy"]}
+
+
+def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=None, resume: bool = False,
+                initial_model: SegmentationModel | str | None = None, cancel: Any = None,
+                **options: Any) -> Generator[Batch | Epoch | Checkpoint | Message, None, TrainResult]:
+    """Train a model, yielding events; return a :class:`TrainResult`.
+
+    Args:
+        config: the job; keyword ``options`` override its fields (``epochs=5``, ``model="segnet"``, ...).
+        arrays: ``[(image, labels), ...]`` in memory instead of ``config.images``/``config.masks``.
+        val_arrays: validation pairs in memory (else split off by ``val_fraction``).
+        resume: continue the run in ``config.out`` from its ``last.pt``.
+        initial_model: start from this model's weights (fine-tuning) instead of random ones.
+        cancel: a ``threading.Event`` (or callable) that stops the run between batches.
+    """
+    if resume:
+        stored = load_model(Path((config.out if config else options["out"])) / "last.pt")
+        base = TrainConfig.from_dict(stored.config)
+        config = TrainConfig.from_dict({**base.to_dict(), **(config.to_dict() if config else {}), **options}) \
+            if config else TrainConfig.from_dict({**base.to_dict(), **options})
+    else:
+        config = TrainConfig.from_dict({**(config.to_dict() if config else {}), **options})
+    config.validate()
+    device = resolve_device(config.device)
+    run = _prepare_run_dir(config, resume)
+    start = load_model(initial_model) if initial_model is not None else None
+    normalization = start.normalization if start else default_normalization(config.normalization)
+    train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
+    yield from messages
+    if start and start.in_channels != channels:
+        raise UserError(f"the model to fine-tune takes {start.in_channels} channel(s) but the images have "
+                        f"{channels}; pick a matching model")
+    arch = start.architecture if start else {"name": config.model,
+                                             "kwargs": network_kwargs(config.model, width=config.width)}
+    torch.manual_seed(config.seed)
+    network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
+    if start:
+        network.load_state_dict(start.network.state_dict())
+    network.to(device)
+    loss_fn = build_loss(config.loss, config.classes).to(device)
+    optimizer = _optimizer(config, network.parameters())
+    scheduler = _scheduler(config, optimizer)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    model = SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict())
+    history: list[dict] = []
+    first_epoch, best_score, best_epoch = 1, -math.inf, 0
+    if resume:
+        state = load_training_state(run / "last.pt")
+        network.load_state_dict(load_model(run / "last.pt").network.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        history = [dict(row) for row in state["history"]]
+        first_epoch, best_score, best_epoch = int(state["epoch"]) + 1, float(state["best_score"]), int(
+            state["best_epoch"])
+        yield Message(f"resuming {run} after epoch {first_epoch - 1}")
+    dataset = PatchDataset(train_set, None if config.resize else config.patch_size,
+                           build_augmentation(config.augment, config.resize or config.patch_size), config.seed)
+    batch_size = min(config.batch_size, len(dataset))
+    if batch_size < config.batch_size:
+        yield Message(f"--batch-size {config.batch_size} is larger than the {len(dataset)} patches an epoch "
+                      f"holds; using {batch_size}", "warning")
+    tile = config.resize or config.patch_size
+    tile = max(16, tile)
+    status, waited = "completed", 0
+    best_path, last_path = run / "best.pt", run / "last.pt"
+    for epoch in range(first_epoch, config.epochs + 1):
+        began = time.perf_counter()
+        dataset.reseed(config.seed * 100003 + epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        torch.manual_seed(config.seed * 100003 + epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=False,
+                                             num_workers=config.workers, generator=generator,
+                                             worker_init_fn=_seed_worker if config.workers else None,
+                                             pin_memory=device.type == "cuda",
+                                             persistent_workers=False)
+        network.train()
+        losses = []
+        try:
+            for index, (images, masks) in enumerate(loader, start=1):
+                if is_cancelled(cancel):
+                    raise JobCancelled()
+                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = network(images)
+                loss = loss_fn(logits.float(), masks)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                yield Batch(epoch, index, len(loader), losses[-1])
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+            row.update(validate(network, val_set, loss_fn, num_classes=config.classes, tile=tile, device=device,
+                                amp=use_amp, cancel=cancel))
+        except JobCancelled:
+            status = "cancelled"
+            yield Message(f"cancelled during epoch {epoch}; the run's files hold epoch {epoch - 1}", "warning")
+            break
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step(row["val_dice"]) if config.scheduler == "plateau" else scheduler.step()
+        row["seconds"] = time.perf_counter() - began
+        history.append(row)
+        improved = row["val_dice"] > best_score
+        if improved:
+            best_score, best_epoch, waited = row["val_dice"], epoch, 0
+        else:
+            waited += 1
+        model.metrics = {k: row[k] for k in ("val_dice", "val_iou", "val_accuracy", "val_loss")} | {"epoch": epoch}
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
+                 "epoch": epoch, "history": history, "best_score": best_score, "best_epoch": best_epoch}
+        if improved:
+            save_model(best_path, model)
+            yield Checkpoint(best_path, "best", epoch)
+        save_model(last_path, model, training_state=state)
+        yield Checkpoint(last_path, "last", epoch)
+        write_history(run / "history.csv", history)
+        plot_curves(run / "curves.png", history)
+        yield Epoch(epoch, config.epochs, dict(row))
+        if config.early_stop and waited >= config.early_stop:
+            status = "early_stopped"
+            yield Message(f"early stop: no better validation Dice for {waited} epochs")
+            break
+    best_row = next((r for r in history if r["epoch"] == best_epoch), {})
+    return TrainResult(run, best_path if best_path.exists() else None, last_path if last_path.exists() else None,
+                       history, best_epoch, best_row, status)
+
+
+def train(config: TrainConfig | None = None, *, on_event=None, **options: Any) -> TrainResult:
+    """Train a U-Net/SegNet on folders of image/mask pairs (or arrays); see :func:`train_steps`.
+
+    Example:
+        >>> result = train(images="data/images", masks="data/masks", out="runs/em", epochs=20)  # doctest: +SKIP
+        >>> result.best_metrics["val_dice"]                                                    # doctest: +SKIP
+    """
+    return drain(train_steps(config, **options), on_event)
