@@ -35,7 +35,7 @@ def mask_to_classes(mask: np.ndarray, classes: int, name: str = "mask") -> np.nd
     channels are equal.
     """
     mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+    if is_rgb(mask):
         rgb = mask[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
             raise UserError(f"{name}: is a colour (RGB) mask; save it as a single-channel image of class ids "
@@ -68,7 +68,7 @@ def _prepare(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int
     image = np.asarray(image)
     if image.ndim == 2 and in_channels == 3:
         image = np.repeat(image[..., None], 3, axis=-1)
-    if not (image.ndim == 2 or is_rgb(image)):
+    if not (image.ndim == 2 or (image.ndim == 3 and is_rgb(image))):
         raise UserError(f"{name}: image shape {image.shape} is not one 2D gray or RGB image; "
                         "split stacks (Z, Y, X) into one file per slice")
     labels = mask_to_classes(mask, classes, f"{name} (mask)")

@@ -71,14 +71,15 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
         return torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=1)
 
     flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
+    # An image smaller than the tile is one window of its own size (the network pads internally).
+    roi = (min(tile, image.shape[-2]), min(tile, image.shape[-1]))
     total = None
     x = image[None]
     with torch.inference_mode():
         for dims in flips:
             view = torch.flip(x, dims) if dims else x
-            out = sliding_window_inference(view, roi_size=(tile, tile), sw_batch_size=batch_size, predictor=run,
-                                           overlap=overlap, mode="gaussian", padding_mode="reflect"
-                                           if min(x.shape[-2:]) > 1 else "constant")
+            out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
+                                           overlap=overlap, mode="gaussian")
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
     return (total / len(flips))[0]
@@ -176,12 +177,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
         image = normalize(to_channels_first(plane, model.in_channels, rgb=colour, name="image"),
                           model.normalization)
         tensor = torch.from_numpy(image).to(torch_device)
-        if tensor.shape[-1] < 2 or tensor.shape[-2] < 2:  # reflection needs two pixels
-            tensor = torch.nn.functional.pad(tensor[None], (0, 1, 0, 1), mode="replicate")[0]
         probs = probabilities(network, tensor, num_classes=model.num_classes, tile=tile, overlap=overlap,
                               batch_size=batch_size, tta=tta, cancel=cancel,
                               on_window=lambda n: pending.append(n))
-        probs = probs[:, : plane.shape[0], : plane.shape[1]]
         done += len(pending)
         pending.clear()
         slice_labels = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()

@@ -20,7 +20,8 @@ MODEL_NAMES = ("unet", "basic_unet", "attention_unet", "segnet")
 
 
 class PadToMultiple(nn.Module):
-    """Pads the input's height and width up to a multiple of ``multiple`` (reflection) and crops back."""
+    """Pads height and width up to a multiple of ``multiple`` (and at least two of them, so the deepest
+    level keeps more than one pixel for its normalization), by reflection, and crops the output back."""
 
     def __init__(self, network: nn.Module, multiple: int) -> None:
         super().__init__()
@@ -29,7 +30,9 @@ class PadToMultiple(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        least = 2 * self.multiple
+        pad_h = max(-height % self.multiple, least - height)
+        pad_w = max(-width % self.multiple, least - width)
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
@@ -43,10 +46,13 @@ def _widths(base: tuple[int, ...], width: float) -> tuple[int, ...]:
 
 def network_kwargs(name: str, width: float = 1.0, **overrides: Any) -> dict[str, Any]:
     """The full constructor arguments of network ``name`` (stored in model files to rebuild it)."""
+    # Batch norm (not MONAI's default instance norm) for the U-Nets: in eval mode it does not depend on
+    # the tile's own statistics, so tiled prediction matches whole-image prediction.
     if name == "unet":
-        kwargs = {"channels": _widths((16, 32, 64, 128, 256), width), "strides": (2, 2, 2, 2), "num_res_units": 2}
+        kwargs = {"channels": _widths((16, 32, 64, 128, 256), width), "strides": (2, 2, 2, 2), "num_res_units": 2,
+                  "norm": "batch"}
     elif name == "basic_unet":
-        kwargs = {"features": _widths((32, 32, 64, 128, 256, 32), width)}
+        kwargs = {"features": _widths((32, 32, 64, 128, 256, 32), width), "norm": "batch"}
     elif name == "attention_unet":
         kwargs = {"channels": _widths((16, 32, 64, 128, 256), width), "strides": (2, 2, 2, 2)}
     elif name == "segnet":

@@ -1,0 +1,189 @@
+"""Pure functions from widget values to engine arguments and from engine results to table rows.
+
+Nothing here imports Qt, napari or magicgui, so every function is tested without a viewer.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..errors import UserError
+
+__all__ = [
+    "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "segment_options",
+    "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
+    "evaluation_table", "comparison_table", "write_csv",
+]
+
+#: What a model file records as the command that made it, when the Train widget made it.
+WIDGET_COMMAND = "napari: napari-unet-seg Train widget"
+
+#: Metrics shown in the Evaluate tables, with their column titles.
+TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("accuracy", "accuracy"))
+
+
+def optional_path(value: str | os.PathLike | None) -> str | None:
+    """A path from a file widget as a string, or None when the widget is empty."""
+    if value is None:
+        return None
+    text = os.fspath(value).strip()
+    return text or None
+
+
+def layer_array(data: Any, multiscale: bool) -> Any:
+    """The array to segment from an Image layer's data: the highest resolution of a multiscale pyramid."""
+    return data[0] if multiscale else data
+
+
+def labels_name(image_name: str) -> str:
+    """Name of the Labels layer that Segment writes for an image layer."""
+    return f"{image_name} labels"
+
+
+def probabilities_name(image_name: str) -> str:
+    """Name of the probability Image layer that Segment writes for an image layer."""
+    return f"{image_name} probabilities"
+
+
+def segment_options(*, device: str = "auto", tile: int = 0, overlap: float = 0.25, threshold: float = 0.5,
+                    tta: bool = False, min_size: int = 0, probabilities: bool = False,
+                    rgb: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``predict_steps`` from the Segment widget's values (tile 0: the model's own)."""
+    return {"device": str(device), "tile": int(tile) or None, "overlap": float(overlap),
+            "threshold": float(threshold), "tta": bool(tta), "min_size": int(min_size),
+            "return_probabilities": bool(probabilities), "rgb": rgb}
+
+
+def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | None = None,
+                 masks: str | os.PathLike | None = None, from_layers: bool = False, model: str = "unet",
+                 width: float = 1.0, classes: int = 2, loss: str = "dicece", optimizer: str = "adamw",
+                 lr: float = 1e-3, epochs: int = 50, batch_size: int = 8, patch_size: int = 256,
+                 val_fraction: float = 0.1, augment: str = "light", device: str = "auto",
+                 overwrite: bool = False) -> TrainConfig:
+    """The validated :class:`TrainConfig` of the Train widget's values.
+
+    With ``from_layers`` the folders are ignored (the data come from layers, see :func:`layer_pairs`).
+
+    Raises:
+        UserError: a folder is missing, or a value is out of range (the message names it).
+    """
+    out_dir = optional_path(out)
+    if out_dir is None:
+        raise UserError("choose an output folder for the run (the model files and the history go there)")
+    images_dir, masks_dir = (None, None) if from_layers else (optional_path(images), optional_path(masks))
+    if not from_layers and (images_dir is None or masks_dir is None):
+        raise UserError("choose the images folder and the masks folder, or train on the open layers")
+    config = TrainConfig(images=images_dir, masks=masks_dir, out=out_dir, model=str(model), width=float(width),
+                         classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
+                         epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
+                         val_fraction=float(val_fraction), augment=str(augment), device=str(device),
+                         overwrite=bool(overwrite), command=WIDGET_COMMAND)
+    return config.validate()
+
+
+def layer_pairs(image: Any, labels: Any, *, rgb: bool = False, image_name: str = "image",
+                labels_name: str = "labels") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Training pairs ``[(image, labels), ...]`` from an Image layer's and a Labels layer's data.
+
+    A 2D image gives one pair; a stack ``(Z, Y, X)`` one pair per slice that holds any label
+    (unpainted slices are left out).
+
+    Raises:
+        UserError: the shapes differ, the data are not 2D or a stack, or nothing is labelled.
+    """
+    image, labels = np.asarray(image), np.asarray(labels)
+    spatial = image.shape[:-1] if rgb else image.shape
+    if labels.shape != spatial:
+        raise UserError(f"layer {labels_name!r} {labels.shape} does not match layer {image_name!r} {spatial}; "
+                        "pick a Labels layer painted on that image")
+    if len(spatial) not in (2, 3):
+        raise UserError(f"layer {image_name!r} {image.shape}: train on 2D images or stacks of 2D slices")
+    if len(spatial) == 2:
+        pairs = [(image, labels)] if labels.any() else []
+    else:
+        pairs = [(image[z], labels[z]) for z in range(spatial[0]) if labels[z].any()]
+    if not pairs:
+        raise UserError(f"layer {labels_name!r} holds no labels; paint the objects to learn first")
+    return pairs
+
+
+def model_label(value: str | os.PathLike, shipped: Mapping[str, Path] | None = None) -> str:
+    """How a model shows in a model list: ``name (shipped)`` or ``run-folder/file.pt``."""
+    if shipped and str(value) in shipped:
+        return f"{value} (shipped)"
+    path = Path(value)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def model_choices(shipped: Mapping[str, Path], files: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """``(label, value)`` choices of a model list: shipped models by name, then model files by path."""
+    choices = [(model_label(name, shipped), name) for name in shipped]
+    seen = set()
+    for file in files:
+        value = os.fspath(file)
+        if value not in seen:
+            seen.add(value)
+            choices.append((model_label(value), value))
+    return choices
+
+
+def curve_series(history: Sequence[Mapping[str, float]]) -> dict[str, tuple[list[int], list[float]]]:
+    """Per-epoch curves of the training plot: ``{title: (epochs, values)}`` (loss and score panels)."""
+    keys = {"train loss": "train_loss", "val loss": "val_loss", "val Dice": "val_dice", "val IoU": "val_iou"}
+    series = {}
+    for title, key in keys.items():
+        rows = [row for row in history if key in row]
+        series[title] = ([int(row["epoch"]) for row in rows], [float(row[key]) for row in rows])
+    return series
+
+
+def best_rows(best_epoch: int, metrics: Mapping[str, float]) -> list[list[str]]:
+    """``[[metric, value], ...]`` rows of the best epoch's table."""
+    names = (("epoch", "epoch"), ("val_dice", "val Dice"), ("val_iou", "val IoU"),
+             ("val_accuracy", "val accuracy"), ("val_loss", "val loss"), ("train_loss", "train loss"))
+    rows = [["epoch", str(int(best_epoch))]]
+    rows += [[title, f"{float(metrics[key]):.4f}"] for key, title in names[1:] if key in metrics]
+    return rows
+
+
+def evaluation_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """``(headers, rows)`` of a folder evaluation: one row per image, then the mean."""
+    headers = ["image"] + [title for _, title in TABLE_METRICS]
+    rows = [[row["name"]] + [round(float(row[key]), 4) for key, _ in TABLE_METRICS]
+            for row in result.get("per_image", [])]
+    rows.append(["mean"] + [round(float(result[key]), 4) for key, _ in TABLE_METRICS])
+    return headers, rows
+
+
+def comparison_table(scores: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """``(headers, rows)`` of a Labels-against-ground-truth comparison; one row per class when multi-class."""
+    headers = ["class", "Dice", "IoU"]
+    per_class = scores.get("per_class")
+    first = "mean of classes" if per_class else "foreground"
+    rows = [[first, round(float(scores["dice"]), 4), round(float(scores["iou"]), 4)]]
+    for label, values in (per_class or {}).items():
+        rows.append([str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
+    return headers, rows
+
+
+def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """Write a table to ``path`` as CSV (comma-separated, header first); return the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        path = path.with_suffix(".csv")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(headers)
+            writer.writerows(rows)
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}); choose another file") from None
+    return path

@@ -1,0 +1,181 @@
+"""Glue between the engine's job generators and the widgets: threads, cancelling, errors.
+
+``start_job`` runs an engine generator (``predict_steps``, ``train_steps``, ``evaluate_steps``) in a
+napari ``thread_worker`` so the viewer stays responsive. Each yielded event goes to ``on_event`` and the
+generator's return value to ``on_done``, both in the main (Qt) thread. Cancel sets the
+``threading.Event`` the engine polls (``cancel=``) and asks the worker to quit at its next yield.
+
+With the environment variable ``NUS_SYNC=1`` the job runs synchronously in the main thread (the viewer
+freezes until it ends), which makes debugging with breakpoints and tracebacks simple.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..errors import JobCancelled, UserError
+from ..events import Message
+
+__all__ = ["Job", "start_job", "report_error", "show_message", "free_gpu_memory", "sync_mode"]
+
+logger = logging.getLogger(__name__)
+
+IDLE, RUNNING, DONE, CANCELLED, FAILED = "idle", "running", "done", "cancelled", "failed"
+
+
+class _Failure(Exception):
+    """Carries an engine exception out of the worker thread.
+
+    superqt's worker swallows a ``RuntimeError`` (it takes it for a deleted Qt object), and torch's
+    out-of-memory error is one, so every exception travels wrapped in this one.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def sync_mode() -> bool:
+    """Whether ``NUS_SYNC=1`` asks for jobs to run in the main thread."""
+    return os.environ.get("NUS_SYNC", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _guarded(steps: Generator) -> Generator:
+    try:
+        return (yield from steps)
+    except JobCancelled:
+        raise
+    except Exception as error:  # noqa: BLE001 - re-raised in the main thread by report_error
+        raise _Failure(error) from error
+
+
+class Job:
+    """One running engine job: its state, its cancel event and (unless synchronous) its worker.
+
+    ``state`` goes ``running`` -> ``done`` | ``cancelled`` | ``failed``; ``result`` is the generator's
+    return value when ``done``, ``error`` the exception when ``failed``.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.cancel_event = threading.Event()
+        self.worker = None
+        self.state = IDLE
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == RUNNING
+
+    def cancel(self) -> None:
+        """Ask the job to stop: the engine sees the event between batches/tiles, the worker at its next yield."""
+        self.cancel_event.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+
+def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
+              on_event: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None,
+              on_finish: Callable[[Job], None] | None = None) -> Job:
+    """Run the generator ``make_steps(cancel_event)`` in a worker thread; return its :class:`Job`.
+
+    ``on_event(event)`` gets every yielded event, ``on_done(result)`` the return value of a job that
+    completed, and ``on_finish(job)`` is always called last (completed, cancelled or failed), so the
+    widget can re-enable its buttons. Errors are shown as napari notifications (see :func:`report_error`).
+    ``what`` names the job in those messages (``"segmentation"``, ``"training"``, ...).
+    """
+    job = Job(what)
+    job.state = RUNNING
+    steps = make_steps(job.cancel_event)
+
+    def event(value: Any) -> None:
+        if isinstance(value, Message):
+            show_message(value)
+        if on_event is not None:
+            on_event(value)
+
+    def returned(value: Any) -> None:
+        job.result = value
+        if job.cancel_event.is_set():
+            job.state = CANCELLED  # the engine stopped early on its own and returned a partial result
+        else:
+            job.state = DONE
+        if on_done is not None:
+            on_done(value)
+
+    def errored(error: BaseException) -> None:
+        error = error.error if isinstance(error, _Failure) else error
+        if isinstance(error, JobCancelled):
+            job.state = CANCELLED
+            return
+        job.state, job.error = FAILED, error
+        report_error(error, what)
+
+    def finished(*_: Any) -> None:
+        if job.state == RUNNING:  # the worker quit at a yield: neither returned nor errored
+            job.state = CANCELLED
+        try:
+            steps.close()
+        except Exception:  # noqa: BLE001 - a generator that fails while closing has nothing left to report
+            logger.debug("closing the %s generator failed", what, exc_info=True)
+        if job.state == CANCELLED:
+            show_info(f"{what} cancelled")
+        if on_finish is not None:
+            on_finish(job)
+
+    if sync_mode():
+        try:
+            while True:
+                event(next(steps))
+        except StopIteration as stop:
+            returned(stop.value)
+        except Exception as error:  # noqa: BLE001 - shown as a notification, like the threaded path
+            errored(error)
+        finished()
+        return job
+
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(_guarded, steps, _start_thread=False, _ignore_errors=True)
+    worker.yielded.connect(event)
+    worker.returned.connect(returned)
+    worker.errored.connect(errored)
+    worker.finished.connect(finished)
+    job.worker = worker
+    worker.start()
+    return job
+
+
+def report_error(error: BaseException, what: str = "the job") -> None:
+    """Show an error as one line: a :class:`UserError` as its message, anything else with its type.
+
+    Unexpected errors also go to the log with their traceback, for bug reports.
+    """
+    if isinstance(error, UserError):
+        show_error(str(error))
+        return
+    logger.error("%s failed", what, exc_info=(type(error), error, error.__traceback__))
+    show_error(f"{what} failed: {type(error).__name__}: {error}")
+
+
+def show_message(message: Message) -> None:
+    """An engine :class:`~napari_unet_seg.events.Message` as a napari notification."""
+    (show_warning if message.level == "warning" else show_info)(message.text)
+
+
+def free_gpu_memory() -> None:
+    """Give cached CUDA memory back after a job (training holds a lot of it)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,163 @@
+"""The Evaluate widget: score a model on a folder of pairs, or a Labels layer against ground truth.
+
+Folder scores come from ``napari_unet_seg.evaluation.evaluate_steps`` in a worker thread; layer
+comparisons from ``evaluation.compare_labels`` (fast, in the main thread).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+
+from ..device import DEVICES
+from ..errors import UserError
+from ..events import Tiles
+from ._models import ModelPicker
+from ._params import comparison_table, evaluation_table, layer_array, optional_path, write_csv
+from ._table import fill_table, make_table
+from ._worker import Job, free_gpu_memory, report_error, start_job
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["EvaluateWidget"]
+
+FOLDER_HEADERS = ("image", "Dice", "IoU", "accuracy")
+
+
+def _heading(text: str) -> Label:
+    heading = Label(value=text)
+    heading.native.setStyleSheet("font-weight: bold; margin-top: 6px;")
+    return heading
+
+
+class EvaluateWidget(Container):
+    """Dice / IoU / accuracy of a model per image of a folder (with CSV export), and of a Labels layer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(scrollable=False)
+        self.viewer = viewer
+        self.job: Job | None = None
+        self.result: dict | None = None
+        self.comparison: dict | None = None
+        # a model against a folder of image/mask pairs
+        self.models = ModelPicker(viewer)
+        self.model, self.model_file = self.models.combo, self.models.file
+        self.images = FileEdit(label="images folder", mode="d", nullable=True)
+        self.masks = FileEdit(label="masks folder", mode="d", nullable=True)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.evaluate_button = PushButton(text="Evaluate")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="images", value=0, min=0, max=1)
+        self.table = make_table(FOLDER_HEADERS, min_height=140)
+        self.csv_file = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
+        self.export_button = PushButton(text="Export CSV", enabled=False)
+        # a Labels layer against a ground-truth Labels layer
+        self.labels_layer = ComboBox(label="labels", choices=self._labels_layers)
+        self.truth_layer = ComboBox(label="ground truth", choices=self._labels_layers)
+        self.compare_button = PushButton(text="Compare")
+        self.compare_table = make_table(("class", "Dice", "IoU"), min_height=90)
+        self.extend([_heading("Model on a folder of image/mask pairs"), self.model, self.model_file, self.images,
+                     self.masks, self.device,
+                     Container(widgets=[self.evaluate_button, self.cancel_button], layout="horizontal",
+                               labels=False),
+                     self.progress, self.table, self.csv_file, self.export_button,
+                     _heading("Labels layer against ground truth"), self.labels_layer, self.truth_layer,
+                     self.compare_button, self.compare_table])
+        self.evaluate_button.changed.connect(self.evaluate)
+        self.cancel_button.changed.connect(self.cancel)
+        self.export_button.changed.connect(self.export_csv)
+        self.compare_button.changed.connect(self.compare)
+
+    def _labels_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Labels
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def evaluate(self, *_: Any) -> Job | None:
+        """Start scoring the chosen model on the folder pairs; returns the job (None when refused)."""
+        from ..evaluation import evaluate_steps
+
+        if self.job is not None and self.job.running:
+            return self.job
+        try:
+            model = self.models.value
+            images, masks = optional_path(self.images.value), optional_path(self.masks.value)
+            if images is None or masks is None:
+                raise UserError("choose the images folder and the masks folder to evaluate on")
+        except UserError as error:
+            report_error(error)
+            return None
+        device = self.device.value
+        self.result = None
+        self.export_button.enabled = False
+        fill_table(self.table, FOLDER_HEADERS, [])
+        self.progress.value, self.progress.max = 0, 1
+        self._set_running(True)
+        self.job = start_job("evaluation",
+                             lambda cancel: evaluate_steps(model, images, masks, device=device, cancel=cancel),
+                             on_event=self._on_event, on_done=self._show_result, on_finish=self._on_finish)
+        return self.job
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the running evaluation (between tiles)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Tiles):
+            self.progress.max, self.progress.value = max(1, event.total), event.done
+
+    def _show_result(self, result: dict) -> None:
+        self.result = result
+        headers, rows = evaluation_table(result)
+        fill_table(self.table, headers, rows)
+        self.export_button.enabled = True
+
+    def _on_finish(self, job: Job) -> None:
+        self._set_running(False)
+        free_gpu_memory()
+
+    def _set_running(self, running: bool) -> None:
+        self.evaluate_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def export_csv(self, *_: Any, path: str | Path | None = None) -> Path | None:
+        """Write the folder evaluation table (per image and mean) to ``path`` or the chosen CSV file."""
+        try:
+            if self.result is None:
+                raise UserError("evaluate a model on a folder first; then export its table")
+            target = optional_path(path) or optional_path(self.csv_file.value)
+            if target is None:
+                raise UserError("choose a CSV file to export the table to")
+            written = write_csv(target, *evaluation_table(self.result))
+        except UserError as error:
+            report_error(error)
+            return None
+        from napari.utils.notifications import show_info
+
+        show_info(f"wrote {written}")
+        return written
+
+    def compare(self, *_: Any) -> dict | None:
+        """Dice and IoU of the chosen Labels layer against the ground-truth layer (per class when multi-class)."""
+        from ..evaluation import compare_labels
+
+        try:
+            labels, truth = self.labels_layer.value, self.truth_layer.value
+            if labels is None or truth is None:
+                raise UserError("choose a Labels layer and a ground-truth Labels layer to compare")
+            if labels is truth or labels.name == truth.name:
+                raise UserError("choose two different Labels layers: a result and its ground truth")
+            scores = compare_labels(np.asarray(layer_array(labels.data, labels.multiscale)),
+                                    np.asarray(layer_array(truth.data, truth.multiscale)))
+        except UserError as error:
+            report_error(error)
+            return None
+        self.comparison = scores
+        headers, rows = comparison_table(scores)
+        fill_table(self.compare_table, headers, rows)
+        return scores

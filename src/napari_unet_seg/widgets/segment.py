@@ -1,0 +1,158 @@
+"""The Segment widget: run a model on an image layer and show the result as a Labels layer.
+
+The work happens in ``napari_unet_seg.inference.predict_steps``, in a worker thread; this widget only
+collects the values, draws the progress and adds or updates the layers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+
+from ..device import DEVICES
+from ..errors import UserError
+from ..events import Tiles
+from ._models import ModelPicker
+from ._params import labels_name, layer_array, probabilities_name, segment_options
+from ._worker import Job, free_gpu_memory, report_error, start_job
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["SegmentWidget"]
+
+
+class SegmentWidget(Container):
+    """Segment an image layer (2D, RGB, a stack, or a multiscale image's highest resolution).
+
+    Adds a Labels layer ``<image> labels`` with the image's scale and translate; a second run updates
+    it. Optionally adds the probabilities as an Image layer ``<image> probabilities``.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(scrollable=False)
+        self.viewer = viewer
+        self.job: Job | None = None
+        self.image = ComboBox(label="image", choices=self._image_layers,
+                              tooltip="the Image layer to segment (multiscale: its highest resolution)")
+        self.models = ModelPicker(viewer)
+        self.model, self.model_file = self.models.combo, self.models.file
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto",
+                               tooltip="auto: the GPU when there is one, else the CPU")
+        self.tile = SpinBox(label="tile size", value=0, min=0, max=8192, step=16,
+                            tooltip="edge of the square tiles the image is cut into, in pixels; "
+                                    "0: the model's training patch size (at least 256)")
+        self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05,
+                                    tooltip="fraction by which neighbouring tiles overlap")
+        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01,
+                                      tooltip="foreground probability above which a pixel is foreground "
+                                              "(binary models)")
+        self.tta = CheckBox(text="test-time augmentation (flips)", value=False,
+                            tooltip="average the predictions of the four flips: smoother, 4x slower")
+        self.min_size = SpinBox(label="min object size", value=0, min=0, max=10**8,
+                                tooltip="objects smaller than this many pixels are removed (0: keep all)")
+        self.probabilities = CheckBox(text="add probability layer", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.model_file, self.device, self.tile, self.overlap,
+                     self.threshold, self.tta, self.min_size, self.probabilities,
+                     Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                     self.progress, self.status])
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+
+    def _image_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def options(self, rgb: bool | None = None) -> dict[str, Any]:
+        """The keyword arguments this widget passes to ``predict_steps``."""
+        return segment_options(device=self.device.value, tile=self.tile.value, overlap=self.overlap.value,
+                               threshold=self.threshold.value, tta=self.tta.value, min_size=self.min_size.value,
+                               probabilities=self.probabilities.value, rgb=rgb)
+
+    def run(self, *_: Any) -> Job | None:
+        """Start segmenting the chosen layer; returns the job (None when the values are refused)."""
+        from ..inference import predict_steps
+
+        if self.job is not None and self.job.running:
+            return self.job
+        try:
+            layer = self.image.value
+            if layer is None:
+                raise UserError("open an image to segment first (File > Open, or drag it onto the viewer)")
+            model = self.models.value
+            options = self.options(rgb=bool(layer.rgb))
+        except UserError as error:
+            report_error(error)
+            return None
+        data = layer_array(layer.data, layer.multiscale)
+        target = {"name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+        self._set_running(True)
+        self.progress.value, self.progress.max = 0, 1
+        self.status.value = f"segmenting {layer.name} ..."
+        began = time.perf_counter()
+
+        def done(result: Any) -> None:
+            self.show_result(result, **target)
+            self.status.value = f"{target['name']}: done in {time.perf_counter() - began:.1f} s"
+
+        self.job = start_job("segmentation", lambda cancel: predict_steps(model, data, cancel=cancel, **options),
+                             on_event=self._on_event, on_done=done, on_finish=self._on_finish)
+        return self.job
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the running job (between tiles); no layer is added or changed."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.value = "cancelling ..."
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Tiles):
+            self.progress.max = max(1, event.total)
+            self.progress.value = min(event.done, event.total)
+
+    def _on_finish(self, job: Job) -> None:
+        if job.state != "done":
+            self.status.value = job.state
+        self._set_running(False)
+        free_gpu_memory()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+
+    def show_result(self, result: Any, *, name: str, scale: tuple, translate: tuple) -> None:
+        """Add (or update) ``<name> labels`` and, when computed, ``<name> probabilities``."""
+        self._put_layer("labels", labels_name(name), result.labels, scale, translate)
+        if result.probabilities is not None:
+            probs = result.probabilities
+            extra = probs.ndim - result.labels.ndim  # multi-class probabilities have a leading class axis
+            self._put_layer("image", probabilities_name(name), probs, (1.0,) * extra + tuple(scale),
+                            (0.0,) * extra + tuple(translate))
+
+    def _put_layer(self, kind: str, name: str, data: Any, scale: tuple, translate: tuple) -> None:
+        from napari.layers import Image, Labels
+
+        cls = Labels if kind == "labels" else Image
+        existing = next((layer for layer in self.viewer.layers if layer.name == name and isinstance(layer, cls)),
+                        None)
+        if existing is not None and existing.data.ndim == data.ndim:
+            existing.data = data
+            existing.scale, existing.translate = scale, translate
+            if kind == "image":
+                existing.contrast_limits = (0.0, 1.0)
+            existing.refresh()
+            return
+        if existing is not None:
+            self.viewer.layers.remove(existing)
+        if kind == "labels":
+            self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
+        else:
+            self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="magma",
+                                  contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)

@@ -1,0 +1,46 @@
+"""Shared fixtures: synthetic image/mask folders, a tiny trained model, the real data beside the clone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("NUS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> tuple[Path, Path]:
+    """Eight 64x64 gray pairs of bright discs (images/, masks/ with the same names)."""
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    return write_synthetic_folder(tmp_path_factory.mktemp("synthetic"), 8, (64, 64))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synthetic_dir) -> Path:
+    """A small U-Net trained for a few epochs on the synthetic discs (path of its best.pt)."""
+    from napari_unet_seg.training import train
+
+    images, masks = synthetic_dir
+    result = train(images=images, masks=masks, out=tmp_path_factory.mktemp("tiny") / "run", epochs=4,
+                   batch_size=4, patch_size=32, width=0.25, lr=1e-2, augment="none", device="cpu")
+    return result.best
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the clone; tests that need it skip cleanly without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this clone")
+    return SHARED_DATA

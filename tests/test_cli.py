@@ -1,0 +1,98 @@
+"""The command line end to end, through subprocesses as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_unet_seg.cli import build_parser
+from napari_unet_seg.image_io import read_image
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "napari_unet_seg", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    run = tmp_path / "run"
+    done = cli("train", "--images", images, "--masks", masks, "--out", run, "--epochs", 2, "--batch-size", 4,
+               "--patch-size", 32, "--width", 0.25, "--device", "cpu", "--augment", "none", "--loss", "dice",
+               "--optimizer", "adam", "--lr", 0.01, "--val-fraction", 0.25, "--scheduler", "plateau")
+    assert done.returncode == 0, done.stderr
+    assert "found 8 image/mask pairs" in done.stderr and "epoch 2/2" in done.stderr
+    assert (run / "best.pt").exists() and (run / "history.csv").exists() and (run / "curves.png").exists()
+
+    out = tmp_path / "pred"
+    done = cli("predict", "--model", run / "best.pt", "--input", images, "--output", out, "--tile", 64,
+               "--overlap", 0.5, "--threshold", 0.4, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name for p in images.iterdir())
+    mask = read_image(out / written[0])
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    again = cli("predict", "--model", run / "best.pt", "--input", images, "--output", out)
+    assert again.returncode == 2 and "exists already; pass --overwrite" in again.stderr
+    same = cli("predict", "--model", run / "best.pt", "--input", images, "--output", images)
+    assert same.returncode == 2 and "would replace the image itself" in same.stderr
+
+    scores_file = tmp_path / "scores.json"
+    done = cli("evaluate", "--model", run / "best.pt", "--images", images, "--masks", masks, "--json", scores_file,
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(scores_file.read_text())
+    assert set(scores) >= {"dice", "iou", "accuracy", "precision", "recall", "per_image"}
+    assert f"Dice {scores['dice']:.4f}" in done.stdout
+
+    done = cli("info", run / "best.pt")
+    assert done.returncode == 0 and "unet" in done.stdout and "napari-unet-seg train" in done.stdout
+
+
+def test_resume_continues_a_run(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    common = ["--images", images, "--masks", masks, "--out", tmp_path / "r", "--batch-size", 4, "--patch-size", 32,
+              "--width", 0.25, "--device", "cpu"]
+    assert cli("train", *common, "--epochs", 1).returncode == 0
+    refused = cli("train", *common, "--epochs", 1)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    done = cli("train", "--out", tmp_path / "r", "--resume", "--epochs", 2)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and "epoch 2/2" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--images", "/no/such", "--masks", "/no/such", "--out", "{tmp}/x"], "does not exist"),
+    (["train", "--model", "vnet"], "invalid choice: 'vnet'"),
+    (["train", "--epochs", "many"], "invalid int value"),
+    (["predict", "--model", "/no/model.pt", "--input", "x", "--output", "y"], "no such file"),
+    (["evaluate", "--model", "{tmp}/junk.pt", "--images", "x", "--masks", "y"], "truncated or corrupt"),
+    (["info", "{tmp}"], "is a folder"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    done = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+
+
+def test_parser_defaults_match_train_config():
+    from napari_unet_seg.config import TrainConfig
+
+    args = vars(build_parser().parse_args(["train"]))
+    defaults = TrainConfig()
+    for key, value in args.items():
+        if hasattr(defaults, key) and key not in ("out", "command"):
+            assert getattr(defaults, key) == value, key
+
+
+def test_cli_module_imports_no_heavy_packages():
+    code = "import sys, napari_unet_seg.cli; print(any(m in sys.modules for m in ('torch', 'monai', 'napari')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"

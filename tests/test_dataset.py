@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet_seg.dataset import (PatchDataset, build_augmentation, load_samples, mask_to_classes,
+                                     samples_from_arrays, split_indices)
+from napari_unet_seg.errors import UserError
+from napari_unet_seg.normalization import default_normalization
+from napari_unet_seg.pairing import pair_files
+
+NORM = default_normalization()
+
+
+def test_mask_conventions():
+    assert mask_to_classes(np.array([[0, 255]]), 2).tolist() == [[0, 1]]
+    assert mask_to_classes(np.array([[0, 1]], bool), 2).tolist() == [[0, 1]]
+    assert mask_to_classes(np.array([[0, 7]]), 2).tolist() == [[0, 1]]
+    assert mask_to_classes(np.array([[0, 1, 2]]), 3).tolist() == [[0, 1, 2]]
+    gray_rgb = np.zeros((8, 8, 3), np.uint8)
+    gray_rgb[2:4] = 255
+    assert np.array_equal(mask_to_classes(gray_rgb, 2), (gray_rgb[..., 0] > 0).astype(np.uint8))
+
+
+def test_bad_masks():
+    with pytest.raises(UserError, match=r"values \[255\] outside the class ids 0..2"):
+        mask_to_classes(np.array([[0, 255]]), 3)
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[0, 0] = (255, 0, 0)
+    with pytest.raises(UserError, match="colour \\(RGB\\) mask"):
+        mask_to_classes(colour, 2)
+    with pytest.raises(UserError, match="one 2D image"):
+        mask_to_classes(np.zeros((2, 8, 8)), 2)
+
+
+def test_load_samples_normalizes_and_checks(synthetic_dir):
+    samples, channels = load_samples(pair_files(*synthetic_dir), classes=2, normalization=NORM)
+    assert channels == 1 and len(samples) == 8
+    assert samples[0].image.shape == (1, 64, 64) and samples[0].mask.dtype == np.uint8
+    assert set(np.unique(samples[0].mask)) <= {0, 1}
+
+
+def test_size_mismatch_and_mixed_channels():
+    with pytest.raises(UserError, match="image is 10x8 but its mask is 9x8"):
+        samples_from_arrays([(np.zeros((8, 10)), np.zeros((8, 9)))], classes=2, normalization=NORM)
+    samples, channels = samples_from_arrays([(np.zeros((8, 8)), np.zeros((8, 8))),
+                                             (np.zeros((8, 8, 3)), np.zeros((8, 8)))], classes=2,
+                                            normalization=NORM)
+    assert channels == 3 and samples[0].image.shape == (3, 8, 8)
+    with pytest.raises(UserError, match="split stacks"):
+        samples_from_arrays([(np.zeros((2, 8, 8, 3)), np.zeros((8, 8)))], classes=2, normalization=NORM)
+
+
+def test_resize_mode():
+    samples, _ = samples_from_arrays([(np.random.rand(30, 50), (np.random.rand(30, 50) > 0.5))], classes=2,
+                                     normalization=NORM, resize=32)
+    assert samples[0].image.shape == (1, 32, 32) and samples[0].mask.shape == (32, 32)
+    assert set(np.unique(samples[0].mask)) <= {0, 1}
+
+
+def test_split_is_seeded_and_disjoint():
+    train, val = split_indices(20, 0.1, seed=3)
+    assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == list(range(20))
+    assert split_indices(20, 0.1, seed=3) == (train, val)
+    assert split_indices(20, 0.1, seed=4) != (train, val)
+    assert split_indices(2, 0.1, 0)[1] != [] and split_indices(1, 0.1, 0) == ([0], [0])
+    assert split_indices(5, 0.0, 0)[1] == []
+    with pytest.raises(UserError):
+        split_indices(0, 0.1, 0)
+
+
+def test_patches_cover_images_and_pad_small_ones():
+    samples, _ = samples_from_arrays([(np.random.rand(64, 64), np.ones((64, 64))),
+                                      (np.random.rand(10, 20), np.ones((10, 20)))], classes=2, normalization=NORM)
+    ds = PatchDataset(samples, 32, None, seed=0)
+    assert len(ds) == 4 + 1  # 64x64 holds four 32x32 patch areas; the small image gives one
+    image, mask = ds[4]
+    assert image.shape == (1, 32, 32) and mask.shape == (1, 32, 32)
+    assert mask[0, :10, :20].all() and not mask[0, 10:, :].any()  # zero padding outside the image
+
+
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_augmentation_keeps_image_and_mask_aligned(preset):
+    # The mask is the image thresholded: after any geometric transform they must still agree.
+    rng = np.random.default_rng(0)
+    image = (rng.random((48, 48)) > 0.7).astype(np.float32)
+    samples, _ = samples_from_arrays([(image, image)], classes=2, normalization={"method": "none"})
+    ds = PatchDataset(samples, 48, build_augmentation(preset, 48), seed=1)
+    for seed in range(5):
+        ds.reseed(seed)
+        aug_image, aug_mask = ds[0]
+        assert aug_image.dtype == torch.float32 and aug_mask.shape == (1, 48, 48)
+        assert set(torch.unique(aug_mask).tolist()) <= {0.0, 1.0}
+        agree = ((aug_image[0] > 0.5) == (aug_mask[0] > 0.5)).float().mean()
+        assert agree > 0.85
+
+
+def test_reseed_repeats_the_stream():
+    samples, _ = samples_from_arrays([(np.random.rand(64, 64), np.ones((64, 64)))], classes=2, normalization=NORM)
+    ds = PatchDataset(samples, 16, build_augmentation("strong", 16), seed=0)
+    ds.reseed(7)
+    first = [ds[i][0] for i in range(3)]
+    ds.reseed(7)
+    assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))

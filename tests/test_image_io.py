@@ -1,0 +1,118 @@
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from napari_unet_seg.errors import UserError
+from napari_unet_seg.image_io import atomic_write, read_image, write_mask
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_tiff_keeps_dtype_and_values(tmp_path, dtype):
+    data = (np.arange(30 * 20).reshape(30, 20) % 250).astype(dtype)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    out = read_image(tmp_path / "a.tif")
+    assert out.dtype == dtype and np.array_equal(out, data)
+
+
+def test_tiff_stack(tmp_path):
+    data = np.random.default_rng(0).integers(0, 60000, (3, 16, 16), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tiff", data, photometric="minisblack")
+    assert np.array_equal(read_image(tmp_path / "s.tiff"), data)
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp"])
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3), (20, 30, 4)])
+def test_lossless_formats(tmp_path, ext, shape):
+    if ext == ".bmp" and shape[-1:] == (4,):
+        pytest.skip("BMP holds no alpha here")
+    data = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
+    iio.imwrite(tmp_path / f"a{ext}", data)
+    assert np.array_equal(read_image(tmp_path / f"a{ext}"), data)
+
+
+def test_jpeg_is_close(tmp_path):
+    data = np.full((32, 32, 3), 128, np.uint8)
+    iio.imwrite(tmp_path / "a.jpg", data)
+    out = read_image(tmp_path / "a.jpg")
+    assert out.shape == (32, 32, 3) and np.abs(out.astype(int) - 128).max() <= 2
+
+
+def test_sixteen_bit_png(tmp_path):
+    data = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    iio.imwrite(tmp_path / "a.png", data)
+    assert np.array_equal(read_image(tmp_path / "a.png"), data)
+
+
+def test_bad_files_give_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        read_image(tmp_path / "dir.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match="empty"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "a.gif").write_bytes(b"GIF89a")
+    with pytest.raises(UserError, match="unsupported file type .gif"):
+        read_image(tmp_path / "a.gif")
+    iio.imwrite(tmp_path / "full.png", np.zeros((64, 64), np.uint8))
+    (tmp_path / "cut.png").write_bytes((tmp_path / "full.png").read_bytes()[:40])
+    with pytest.raises(UserError, match="truncated or corrupt") as info:
+        read_image(tmp_path / "cut.png")
+    assert "\n" not in str(info.value)
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(UserError, match="junk.tif"):
+        read_image(tmp_path / "junk.tif")
+
+
+def test_write_mask_png_and_tiff(tmp_path):
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    assert write_mask(tmp_path / "m.png", labels).suffix == ".png"
+    assert np.array_equal(read_image(tmp_path / "m.png"), labels)
+    stack = np.zeros((2, 4, 4), np.uint8)
+    path = write_mask(tmp_path / "s.png", stack)
+    assert path.suffix == ".tif" and read_image(path).shape == (2, 4, 4)
+    many = np.array([[0, 300]], np.uint16)
+    path = write_mask(tmp_path / "many", many)
+    assert path.suffix == ".tif" and read_image(path).max() == 300
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="free disk space"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(UserError, match="cannot write here"):
+        atomic_write(folder / "x.txt", lambda tmp: open(tmp, "w").write("x"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12))),
+       ext=st.sampled_from([".png", ".tif", ".bmp"]))
+def test_roundtrip_any_gray_image(tmp_path_factory, data, ext):
+    path = tmp_path_factory.mktemp("rt") / f"a{ext}"
+    if ext == ".tif":
+        tifffile.imwrite(path, data)
+    else:
+        iio.imwrite(path, data)
+    assert np.array_equal(read_image(path), data)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from napari_unet_seg.errors import JobCancelled, UserError
+from napari_unet_seg.events import Tiles
+from napari_unet_seg.inference import postprocess, predict, predict_steps
+from napari_unet_seg.model_file import load_model
+from napari_unet_seg.sample_data import synthetic_pair
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return load_model(tiny_model)
+
+
+def test_predicts_the_discs(model):
+    image, mask = synthetic_pair((96, 96), seed=123)
+    labels = predict(model, image, device="cpu")
+    assert labels.shape == image.shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1}
+    assert (labels == (mask > 0)).mean() > 0.85
+
+
+def test_tiled_equals_untiled(model):
+    image, _ = synthetic_pair((200, 150), seed=7, objects=12)
+    whole, p_whole = predict(model, image, tile=256, device="cpu", return_probabilities=True)
+    tiled, p_tiled = predict(model, image, tile=64, overlap=0.5, device="cpu", return_probabilities=True)
+    assert p_whole.shape == p_tiled.shape == image.shape and p_whole.dtype == np.float32
+    assert np.abs(p_whole - p_tiled).mean() < 0.02
+    assert (whole == tiled).mean() > 0.99
+
+
+def test_stack_is_predicted_slice_by_slice_and_reports_progress(model):
+    slices = [synthetic_pair((64, 80), seed=s)[0] for s in range(3)]
+    stack = np.stack(slices)
+    steps = predict_steps(model, stack, device="cpu", tile=64)
+    events = []
+    while True:
+        try:
+            events.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert all(isinstance(e, Tiles) for e in events) and events[-1].done == events[-1].total
+    assert result.labels.shape == stack.shape
+    for z, image in enumerate(slices):
+        assert np.array_equal(result.labels[z], predict(model, image, device="cpu", tile=64))
+
+
+def test_dask_and_path_and_odd_inputs(model, tiny_model):
+    da = pytest.importorskip("dask.array")
+    image, _ = synthetic_pair((70, 90), seed=3)
+    expected = predict(model, image, device="cpu")
+    assert np.array_equal(predict(str(tiny_model), da.from_array(image, chunks=32), device="cpu"), expected)
+    assert predict(model, np.array([[5]], np.uint16), device="cpu").shape == (1, 1)
+    rgb = np.stack([image] * 3, axis=-1)
+    assert predict(model, rgb, device="cpu").shape == image.shape  # colour to a gray model: converted
+    nan_image = image.astype(np.float32)
+    nan_image[0, :5] = np.nan
+    assert predict(model, nan_image, device="cpu").shape == image.shape
+    with pytest.raises(UserError, match="expected 2D"):
+        predict(model, np.zeros((2, 2, 16, 16)), device="cpu")
+    with pytest.raises(UserError, match="threshold"):
+        predict(model, image, threshold=1.5)
+
+
+def test_threshold_tta_and_probabilities(model):
+    image, _ = synthetic_pair((64, 64), seed=9)
+    labels, probs = predict(model, image, device="cpu", return_probabilities=True)
+    assert np.array_equal(labels, (probs > 0.5).astype(np.uint8))
+    strict = predict(model, image, device="cpu", threshold=0.95)
+    assert strict.sum() <= labels.sum()
+    tta = predict(model, image, device="cpu", tta=True)
+    assert (tta == labels).mean() > 0.95
+
+
+def test_cancel_stops_prediction(model):
+    image, _ = synthetic_pair((64, 64), seed=9)
+    with pytest.raises(JobCancelled):
+        predict(model, image, device="cpu", cancel=lambda: True)
+
+
+def test_postprocess_min_size_and_holes():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:10, 2:10] = 1
+    labels[5, 5] = 0  # a hole
+    labels[15, 15] = 1  # a speck
+    out = postprocess(labels, min_size=4, fill_holes=True)
+    assert out[15, 15] == 0 and out[5, 5] == 1 and out[2:10, 2:10].all()
+    assert np.array_equal(postprocess(labels), labels)

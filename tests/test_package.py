@@ -1,0 +1,63 @@
+"""Packaging: napari finds the manifest from the editable install and from a built wheel; the engine is Qt-free."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ["napari_unet_seg", "napari_unet_seg.training", "napari_unet_seg.inference", "napari_unet_seg.evaluation",
+          "napari_unet_seg.model_file", "napari_unet_seg.dataset", "napari_unet_seg.models",
+          "napari_unet_seg.models.segnet", "napari_unet_seg.metrics", "napari_unet_seg.losses",
+          "napari_unet_seg.pairing", "napari_unet_seg.image_io", "napari_unet_seg.demo", "napari_unet_seg.commands"]
+
+
+def test_engine_imports_no_qt_napari_or_magicgui():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in ENGINE) +
+            "print(sorted(m for m in ('qtpy', 'napari', 'magicgui', 'PyQt5') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_api():
+    import napari_unet_seg
+
+    for name in ("train", "predict", "evaluate", "load_model"):
+        assert callable(getattr(napari_unet_seg, name))
+    with pytest.raises(AttributeError):
+        napari_unet_seg.nothing_here  # noqa: B018
+
+
+def test_manifest_from_installed_distribution():
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-unet-seg", "--imports"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in out.stdout
+    assert (ROOT / "napari.yaml").resolve() == (ROOT / "src" / "napari_unet_seg" / "napari.yaml").resolve()
+
+
+@pytest.mark.slow
+def test_manifest_and_data_in_built_wheel(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    wheel = next(tmp_path.glob("napari_unet_seg-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+        archive.extractall(tmp_path / "site")
+    assert "napari_unet_seg/napari.yaml" in names
+    assert any(n.startswith("napari_unet_seg/sample_data/em/images/") for n in names)
+    assert "[napari.manifest]" in entry_points and "napari_unet_seg:napari.yaml" in entry_points
+    assert "napari-unet-seg = napari_unet_seg.cli:main" in entry_points
+    # The manifest inside the wheel is valid and every python_name it names imports from the wheel's files.
+    code = ("from npe2 import PluginManifest\n"
+            "m = PluginManifest.from_file('napari_unet_seg/napari.yaml')\n"
+            "m.validate_imports()\n"
+            "import napari_unet_seg; assert napari_unet_seg.__file__.startswith(%r)\n"
+            "print(len(m.contributions.commands or []))" % str(tmp_path / "site"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path / "site")
+    assert out.returncode == 0, out.stderr

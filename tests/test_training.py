@@ -1,0 +1,111 @@
+import threading
+
+import numpy as np
+import pytest
+
+from napari_unet_seg.errors import UserError
+from napari_unet_seg.events import Batch, Checkpoint, Epoch, Message
+from napari_unet_seg.model_file import load_model
+from napari_unet_seg.reporting import HISTORY_COLUMNS, read_history
+from napari_unet_seg.training import train, train_steps
+
+FAST = dict(batch_size=4, patch_size=32, width=0.25, lr=1e-2, augment="none", device="cpu")
+
+
+def test_training_learns_and_writes_the_run(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    events = []
+    result = train(images=images, masks=masks, out=tmp_path / "run", epochs=8, on_event=events.append, **FAST)
+    history = result.history
+    assert [row["epoch"] for row in history] == list(range(1, 9))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.best_metrics["val_dice"] > history[0]["val_dice"] + 0.2
+    assert result.best_metrics["val_dice"] > 0.7
+    # files: history.csv consistent with the result, curves, loadable best/last
+    assert read_history(tmp_path / "run" / "history.csv")[-1]["epoch"] == 8
+    assert list(read_history(tmp_path / "run" / "history.csv")[0]) == list(HISTORY_COLUMNS)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    best = load_model(result.best)
+    assert best.metrics["epoch"] == result.best_epoch and best.config["epochs"] == 8
+    assert best.normalization["method"] == "percentile" and best.in_channels == 1
+    # events: batches, then epoch metrics, and checkpoints
+    kinds = {type(e) for e in events}
+    assert {Batch, Epoch, Checkpoint, Message} <= kinds
+    epochs = [e for e in events if isinstance(e, Epoch)]
+    assert epochs[0].metrics.keys() >= {"train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "lr"}
+
+
+def test_existing_run_is_not_overwritten(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    train(images=images, masks=masks, out=tmp_path / "run", epochs=1, **FAST)
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run.*--overwrite"):
+        train(images=images, masks=masks, out=tmp_path / "run", epochs=1, **FAST)
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    train(images=images, masks=masks, out=tmp_path / "run", epochs=1, overwrite=True, seed=5, **FAST)
+
+
+def test_cancel_keeps_last_completed_epoch(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    cancel = threading.Event()
+    steps = train_steps(images=images, masks=masks, out=tmp_path / "run", epochs=10, cancel=cancel, **FAST)
+    for event in steps:
+        if isinstance(event, Epoch) and event.epoch == 2:
+            cancel.set()
+    # the generator ended: the run holds exactly epochs 1-2
+    assert len(read_history(tmp_path / "run" / "history.csv")) == 2
+    last = load_model(tmp_path / "run" / "last.pt")
+    assert last.metrics["epoch"] == 2
+
+
+def test_resume_repeats_an_uninterrupted_run(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    options = dict(images=images, masks=masks, epochs=4, **{**FAST, "augment": "light"})
+    straight = train(out=tmp_path / "a", **options)
+    cancel = threading.Event()
+    steps = train_steps(out=tmp_path / "b", cancel=cancel, **options)
+    for event in steps:
+        if isinstance(event, Epoch) and event.epoch == 2:
+            cancel.set()
+    resumed = train(out=tmp_path / "b", resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history):
+        for key in ("train_loss", "val_loss", "val_dice", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+def test_train_from_arrays_multiclass_and_segnet(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(3):
+        labels = np.zeros((48, 48), np.uint8)
+        labels[5:20, 5:20], labels[25:40, 25:45] = 1, 2
+        image = (labels * 80 + rng.normal(0, 10, labels.shape)).astype(np.float32)
+        pairs.append((image, labels))
+    result = train(arrays=pairs, out=tmp_path / "mc", epochs=1, classes=3, loss="ce", **FAST)
+    model = load_model(result.best)
+    assert model.num_classes == 3
+    result = train(arrays=[(p[0], p[1] > 0) for p in pairs], out=tmp_path / "sn", epochs=1, model="segnet",
+                   **{**FAST, "width": 0.125})
+    assert load_model(result.best).architecture["name"] == "segnet"
+
+
+def test_warnings_for_blank_masks_and_big_patches(tmp_path):
+    pairs = [(np.random.rand(20, 20), np.zeros((20, 20)))] * 2
+    events = []
+    train(arrays=pairs, out=tmp_path / "r", epochs=1, on_event=events.append,
+          **{**FAST, "patch_size": 64, "batch_size": 16})
+    texts = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert any("all background" in t for t in texts)
+    assert any("larger than every image" in t for t in texts)
+    assert any("--batch-size 16 is larger" in t for t in texts)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("model", "vnet", "--model 'vnet' is unknown"), ("loss", "l2", "--loss 'l2'"), ("epochs", 0, "--epochs"),
+    ("val_fraction", 1.5, "--val-fraction"), ("classes", 1, "--classes"), ("device", "tpu", "device 'tpu'"),
+])
+def test_bad_options(tmp_path, synthetic_dir, option, value, match):
+    images, masks = synthetic_dir
+    with pytest.raises(UserError, match=match):
+        train(images=images, masks=masks, out=tmp_path / "r", **{**FAST, "epochs": 1, option: value})

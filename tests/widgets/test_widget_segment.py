@@ -1,0 +1,153 @@
+"""The Segment widget in a real viewer: layers it adds and updates, progress, Cancel, errors, latency."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_unet_seg import predict
+from napari_unet_seg.sample_data import synthetic_pair
+
+pytestmark = pytest.mark.gui
+
+
+def _segment_widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    return widget
+
+
+def test_segment_adds_then_updates_labels(make_napari_viewer, tiny_model, wait_job):
+    viewer = make_napari_viewer()
+    image, _ = synthetic_pair((64, 64), seed=3)
+    layer = viewer.add_image(image, name="cells", scale=(0.5, 2.0), translate=(3.0, -1.0))
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model  # the file picker adds the model to the list and selects it
+    assert widget.model.value == str(tiny_model)
+    assert widget.image.value.name == "cells"
+
+    job = widget.run()
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    assert wait_job(job) == "done"
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    labels = viewer.layers["cells labels"]
+    expected = predict(tiny_model, image, device="cpu")
+    assert labels.data.shape == (64, 64) and labels.data.dtype == np.uint8
+    assert set(np.unique(labels.data)) <= {0, 1}
+    np.testing.assert_array_equal(labels.data, expected)
+    np.testing.assert_allclose(labels.scale, layer.scale)
+    np.testing.assert_allclose(labels.translate, layer.translate)
+    assert widget.progress.value == widget.progress.max >= 1
+
+    # a second run (here with a threshold that keeps nothing) updates the same layer
+    widget.threshold.value = 0.99
+    widget.min_size.value = 10**6
+    assert wait_job(widget.run()) == "done"
+    assert [lay.name for lay in viewer.layers].count("cells labels") == 1
+    assert len(viewer.layers) == 2
+    assert viewer.layers["cells labels"] is labels
+    assert not labels.data.any()
+
+
+def test_segment_stack_rgb_multiscale_and_probabilities(make_napari_viewer, tiny_model, wait_job):
+    viewer = make_napari_viewer()
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    widget.probabilities.value = True
+
+    stack = np.stack([synthetic_pair((48, 40), seed=s)[0] for s in range(3)])
+    viewer.add_image(stack, name="stack", scale=(2.0, 1.0, 1.0))
+    widget.image.value = viewer.layers["stack"]
+    assert wait_job(widget.run()) == "done"
+    assert viewer.layers["stack labels"].data.shape == (3, 48, 40)
+    np.testing.assert_allclose(viewer.layers["stack labels"].scale, (2.0, 1.0, 1.0))
+    probabilities = viewer.layers["stack probabilities"].data
+    assert probabilities.shape == (3, 48, 40) and probabilities.dtype == np.float32
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    assert widget.progress.max >= 3  # one step per slice at least
+
+    rgb, _ = synthetic_pair((40, 56), seed=1, rgb=True)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    widget.image.value = viewer.layers["colour"]
+    assert wait_job(widget.run()) == "done"
+    assert viewer.layers["colour labels"].data.shape == (40, 56)
+
+    full = synthetic_pair((64, 64), seed=2)[0]
+    viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
+    widget.image.value = viewer.layers["pyramid"]
+    assert wait_job(widget.run()) == "done"
+    np.testing.assert_array_equal(viewer.layers["pyramid labels"].data, predict(tiny_model, full, device="cpu"))
+
+
+def test_segment_cancel_stops_the_job(make_napari_viewer, tiny_model, wait_job, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (40, 64, 64), dtype=np.uint8), name="big")
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    widget.tile.value = 32
+    widget.tta.value = True
+    job = widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=20_000)
+    widget.cancel_button.clicked()
+    assert wait_job(job) == "cancelled"
+    assert widget.progress.value < widget.progress.max
+    assert "big labels" not in [layer.name for layer in viewer.layers]
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_segment_errors_are_one_line_notifications(make_napari_viewer, tmp_path, notifications, wait_job):
+    viewer = make_napari_viewer()
+    widget = _segment_widget(viewer)
+    assert widget.run() is None  # no image layer
+    assert notifications[-1][0] == "error" and "open an image" in notifications[-1][1]
+
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    widget.image.reset_choices()
+    assert widget.run() is None  # no model
+    assert "choose a model" in notifications[-1][1]
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    widget.model_file.value = broken
+    assert wait_job(widget.run()) == "failed"
+    level, text = notifications[-1]
+    assert level == "error" and "broken.pt" in text and "\n" not in text
+    assert "img labels" not in [layer.name for layer in viewer.layers]
+    assert widget.run_button.enabled
+
+
+def test_segment_sync_mode_runs_in_the_main_thread(make_napari_viewer, tiny_model, monkeypatch):
+    monkeypatch.setenv("NUS_SYNC", "1")
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_pair((32, 32))[0], name="img")
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    job = widget.run()
+    assert job.worker is None and job.state == "done"  # finished before run() returned
+    assert viewer.layers["img labels"].data.shape == (32, 32)
+
+
+def test_viewer_stays_responsive_while_segmenting(make_napari_viewer, tiny_model, wait_job, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(1).integers(0, 255, (12, 256, 256), dtype=np.uint8), name="big")
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    widget.tile.value = 64
+    ticks: list[float] = []
+    jobs = []
+    timer = QTimer()
+    timer.setInterval(10)
+    # only ticks while the worker computes: adding the result layer afterwards is main-thread work
+    timer.timeout.connect(lambda: jobs and jobs[0].running and ticks.append(time.perf_counter()))
+    timer.start()
+    try:
+        jobs.append(widget.run())
+        assert wait_job(jobs[0], timeout=60_000) == "done"
+    finally:
+        timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10
+    assert gaps.max() < 0.25, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"

@@ -1,0 +1,101 @@
+"""The Train widget in a real viewer: a one-epoch run from folders and from layers, Cancel, hand-over."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_unet_seg.model_file import load_model
+from napari_unet_seg.sample_data import synthetic_pair
+
+pytestmark = pytest.mark.gui
+
+
+def _train_widget(viewer, **values):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Train")
+    small = {"epochs": 1, "batch_size": 2, "patch_size": 32, "model_width": 0.25, "val_fraction": 0.2,
+             "device": "cpu", "augment": "none"}
+    for name, value in {**small, **values}.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def _shown(widget) -> bool:
+    return not widget.native.isHidden()  # the window is not shown, so ask whether it was hidden
+
+
+def test_train_one_epoch_from_folders(make_napari_viewer, tiny_folder, tmp_path, wait_job):
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    images, masks = tiny_folder
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run")
+    assert _shown(widget.images) and not _shown(widget.image_layer)
+
+    job = widget.start()
+    assert not widget.start_button.enabled and widget.cancel_button.enabled
+    assert wait_job(job, timeout=60_000) == "done"
+    assert widget.start_button.enabled and not widget.cancel_button.enabled
+
+    best = tmp_path / "run" / "best.pt"
+    assert best.is_file() and (tmp_path / "run" / "history.csv").is_file()
+    assert load_model(best).config["command"].startswith("napari")
+    # the plot received one point per curve, the progress bars are full, the table shows the best epoch
+    for title in ("train loss", "val loss", "val Dice", "val IoU"):
+        assert list(widget.lines[title].get_xdata()) == [1], title
+    assert np.isfinite(widget.lines["val Dice"].get_ydata()).all()
+    assert widget.epoch_progress.value == widget.epoch_progress.max == 1
+    assert widget.batch_progress.value == widget.batch_progress.max
+    table = dict(widget.table.value["data"])
+    assert table["epoch"] == "1"
+    assert float(table["val Dice"]) == pytest.approx(widget.history[0]["val_dice"], abs=1e-4)
+    # the new model is selected in the Segment widget of the same viewer
+    assert segment.model.value == str(best)
+
+
+def test_train_from_layers(make_napari_viewer, tmp_path, wait_job):
+    viewer = make_napari_viewer()
+    pairs = [synthetic_pair((48, 48), seed=s) for s in range(3)]
+    image = viewer.add_image(np.stack([p[0] for p in pairs]), name="stack")
+    labels = np.stack([(p[1] > 0).astype(np.uint8) for p in pairs])
+    labels[2] = 0  # an unpainted slice is left out
+    viewer.add_labels(labels, name="painted")
+    widget = _train_widget(viewer, out=tmp_path / "run")
+    widget.source.value = "layers"
+    assert _shown(widget.image_layer) and not _shown(widget.images)
+    assert widget.image_layer.value is image or widget.image_layer.value.name == "stack"
+    widget.labels_layer.value = viewer.layers["painted"]
+    assert wait_job(widget.start(), timeout=60_000) == "done"
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert len(widget.history) == 1
+
+
+def test_train_cancel_stops_and_keeps_finished_epochs(make_napari_viewer, tiny_folder, tmp_path, wait_job, qtbot):
+    viewer = make_napari_viewer()
+    images, masks = tiny_folder
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", epochs=500)
+    job = widget.start()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=60_000)
+    began = time.perf_counter()
+    widget.cancel_button.clicked()
+    assert wait_job(job, timeout=30_000) == "cancelled"
+    assert time.perf_counter() - began < 10
+    assert 1 <= len(widget.history) < 500
+    assert widget.start_button.enabled
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert widget.table.value["data"]  # the best finished epoch is shown
+
+
+def test_train_refuses_bad_values_with_one_line(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    widget = _train_widget(viewer)
+    assert widget.start() is None
+    assert notifications[-1] == ("error", notifications[-1][1]) and "output folder" in notifications[-1][1]
+    widget.out.value = tmp_path / "run"
+    assert widget.start() is None
+    assert "images folder" in notifications[-1][1]
+    widget.source.value = "layers"
+    assert widget.start() is None
+    assert "image layer" in notifications[-1][1]
+    assert widget.job is None and widget.start_button.enabled
