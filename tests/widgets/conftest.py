@@ -1,4 +1,4 @@
-"""Fixtures of the widget tests: tiny synthetic data, one tiny trained model, waiting for jobs."""
+"""Fixtures of the widget tests (``synthetic_dir`` and ``tiny_model`` come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,17 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP spinning makes two threads ~100x slower,
-    and the Qt main thread needs a core to stay responsive while a job runs."""
+    """One intra-op torch thread for the widget tests (set before the session's ``tiny_model`` trains).
+
+    The Qt main thread needs a free core to stay responsive while a job runs in its worker thread, and
+    on a busy 2-core machine OpenMP threads spinning against each other make training ~100x slower.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory):
-    """``(images, masks)``: six 64x64 synthetic pairs (bright discs on a dark background)."""
-    from napari_unet_seg.sample_data import write_synthetic_folder
-
-    return write_synthetic_folder(tmp_path_factory.mktemp("tiny") / "data", 6, (64, 64))
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_folder, tmp_path_factory):
-    """Path of a small U-Net trained for one epoch on ``tiny_folder`` (a few seconds)."""
-    from napari_unet_seg.training import train
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        images, masks = tiny_folder
-        result = train(images=images, masks=masks, out=tmp_path_factory.mktemp("tiny-run") / "run", epochs=1,
-                       batch_size=2, patch_size=32, width=0.25)
-    finally:
-        torch.set_num_threads(before)
-    return result.best
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ def _evaluate_widget(viewer):
     return widget
 
 
-def test_evaluate_folder_matches_engine_and_exports_csv(make_napari_viewer, tiny_model, tiny_folder, tmp_path,
+def test_evaluate_folder_matches_engine_and_exports_csv(make_napari_viewer, tiny_model, synthetic_dir, tmp_path,
                                                          wait_job):
     viewer = make_napari_viewer()
     widget = _evaluate_widget(viewer)
-    images, masks = tiny_folder
+    images, masks = synthetic_dir
     widget.model_file.value = tiny_model
     widget.images.value, widget.masks.value = images, masks
     widget.device.value = "cpu"
@@ -35,7 +35,8 @@ def test_evaluate_folder_matches_engine_and_exports_csv(make_napari_viewer, tiny
     table = widget.table.value
     assert list(table["columns"]) == ["image", "Dice", "IoU", "accuracy"]
     rows = table["data"]
-    assert len(rows) == expected["count"] + 1 == 7
+    count = len(list(images.iterdir()))
+    assert len(rows) == expected["count"] + 1 == count + 1
     for row, truth in zip(rows, expected["per_image"]):
         assert row[0] == truth["name"]
         assert [float(v) for v in row[1:]] == pytest.approx([truth["dice"], truth["iou"], truth["accuracy"]],
@@ -43,14 +44,14 @@ def test_evaluate_folder_matches_engine_and_exports_csv(make_napari_viewer, tiny
     assert rows[-1][0] == "mean"
     assert [float(v) for v in rows[-1][1:]] == pytest.approx([expected["dice"], expected["iou"],
                                                               expected["accuracy"]], abs=1e-4)
-    assert widget.progress.value == widget.progress.max == 6
+    assert widget.progress.value == widget.progress.max == count
 
     written = widget.export_csv(path=tmp_path / "scores")
     assert written == tmp_path / "scores.csv"
     with written.open() as handle:
         lines = list(csv.reader(handle))
     assert lines[0] == ["image", "Dice", "IoU", "accuracy"]
-    assert len(lines) == 8 and lines[-1][0] == "mean"
+    assert len(lines) == count + 2 and lines[-1][0] == "mean"
     assert float(lines[-1][1]) == pytest.approx(expected["dice"], abs=1e-4)
 
 

@@ -26,10 +26,10 @@ def _shown(widget) -> bool:
     return not widget.native.isHidden()  # the window is not shown, so ask whether it was hidden
 
 
-def test_train_one_epoch_from_folders(make_napari_viewer, tiny_folder, tmp_path, wait_job):
+def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_path, wait_job):
     viewer = make_napari_viewer()
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
-    images, masks = tiny_folder
+    images, masks = synthetic_dir
     widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run")
     assert _shown(widget.images) and not _shown(widget.image_layer)
 
@@ -71,9 +71,9 @@ def test_train_from_layers(make_napari_viewer, tmp_path, wait_job):
     assert len(widget.history) == 1
 
 
-def test_train_cancel_stops_and_keeps_finished_epochs(make_napari_viewer, tiny_folder, tmp_path, wait_job, qtbot):
+def test_train_cancel_stops_and_keeps_finished_epochs(make_napari_viewer, synthetic_dir, tmp_path, wait_job, qtbot):
     viewer = make_napari_viewer()
-    images, masks = tiny_folder
+    images, masks = synthetic_dir
     widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", epochs=500)
     job = widget.start()
     qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=60_000)
@@ -99,3 +99,73 @@ def test_train_refuses_bad_values_with_one_line(make_napari_viewer, tmp_path, no
     assert widget.start() is None
     assert "image layer" in notifications[-1][1]
     assert widget.job is None and widget.start_button.enabled
+
+
+def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_dir, tiny_model, tmp_path, wait_job):
+    """The Qt event loop keeps ticking while a run trains in its worker thread.
+
+    ``tiny_model`` is only a warm-up: the first training in a process imports torch and MONAI modules,
+    and a C extension being initialised holds the GIL, which no widget design can avoid.
+
+    Known limit: at the end of each epoch the engine draws ``curves.png`` with matplotlib in the worker
+    thread (``reporting.plot_curves``), and Agg rendering holds the GIL for 0.3-1 s, so the event loop
+    pauses once per epoch. Between epochs it must tick freely; the per-epoch pause must stay short.
+    (Tighten the last bound to 0.25 s once the engine can skip per-epoch curves, see the widget report.)
+    """
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    images, masks = synthetic_dir
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", epochs=3)
+    ticks: list[float] = []
+    jobs = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: jobs and jobs[0].running and ticks.append(time.perf_counter()))
+    timer.start()
+    try:
+        jobs.append(widget.start())
+        assert wait_job(jobs[0], timeout=60_000) == "done"
+    finally:
+        timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10
+    slow = gaps[gaps > 0.25]
+    assert len(slow) <= 3, f"{len(slow)} pauses over 250 ms in 3 epochs: {np.round(slow * 1000)}"
+    assert np.median(gaps) < 0.03
+    assert gaps.max() < 1.5, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+
+def test_announce_model_reaches_the_model_lists_of_the_same_viewer_only(qtbot, tmp_path):
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_unet_seg.widgets._models import ModelPicker, announce_model, same_viewer
+
+    class FakeViewer:
+        pass
+
+    mine, other = FakeViewer(), FakeViewer()
+    assert same_viewer(PublicOnlyProxy(mine), mine) and not same_viewer(PublicOnlyProxy(mine), other)
+    here, there = ModelPicker(PublicOnlyProxy(mine)), ModelPicker(other)
+    model = tmp_path / "run" / "best.pt"
+    assert announce_model(model, PublicOnlyProxy(mine)) >= 1
+    assert here.combo.value == str(model) and here.value == str(model)
+    assert str(model) not in there.files and there.combo.value != str(model)
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_gives_gpu_memory_back(make_napari_viewer, synthetic_dir, tmp_path, wait_job):
+    import gc
+
+    import torch
+
+    viewer = make_napari_viewer()
+    images, masks = synthetic_dir
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", device="cuda")
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    assert wait_job(widget.start(), timeout=120_000) == "done"
+    assert load_model(tmp_path / "run" / "best.pt").config["device"] == "cuda"
+    # the widget's finish handler collected the job's tensors and emptied the CUDA cache
+    assert torch.cuda.memory_reserved() <= before + 32 * 2**20

@@ -10,12 +10,16 @@ from magicgui.widgets import Table
 __all__ = ["make_table", "fill_table"]
 
 
-def make_table(headers: Sequence[str], *, min_height: int = 100, label: str = "") -> Table:
-    """An empty table with column ``headers``."""
+def make_table(headers: Sequence[str], *, min_height: int = 100, max_height: int | None = None,
+               label: str = "") -> Table:
+    """An empty read-only table with column ``headers``."""
     table = Table(label=label)
     table.read_only = True
     table.native.verticalHeader().setVisible(False)
+    table.native.horizontalHeader().setStretchLastSection(True)
     table.min_height = min_height
+    if max_height is not None:
+        table.max_height = max_height
     fill_table(table, headers, [])
     return table
 

@@ -1,9 +1,10 @@
 """Glue between the engine's job generators and the widgets: threads, cancelling, errors.
 
 ``start_job`` runs an engine generator (``predict_steps``, ``train_steps``, ``evaluate_steps``) in a
-napari ``thread_worker`` so the viewer stays responsive. Each yielded event goes to ``on_event`` and the
-generator's return value to ``on_done``, both in the main (Qt) thread. Cancel sets the
-``threading.Event`` the engine polls (``cancel=``) and asks the worker to quit at its next yield.
+napari worker thread (``create_worker``, the machinery of ``thread_worker``) so the viewer stays
+responsive. Each yielded event goes to ``on_event`` and the generator's return value to ``on_done``,
+both in the main (Qt) thread. Cancel sets the ``threading.Event`` the engine polls (``cancel=``) and
+asks the worker to quit at its next yield.
 
 With the environment variable ``NUS_SYNC=1`` the job runs synchronously in the main thread (the viewer
 freezes until it ends), which makes debugging with breakpoints and tracebacks simple.
@@ -81,25 +82,42 @@ class Job:
             self.worker.quit()
 
 
+def _guard(callback: Callable | None) -> Callable[..., None]:
+    """``callback`` made safe to call after its widget's Qt object was deleted (a dock closed mid-job)."""
+
+    def call(*args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except RuntimeError as error:
+            if "has been deleted" not in str(error):
+                raise
+            logger.debug("a widget closed while its job ran: %s", error)
+
+    return call
+
+
 def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
               on_event: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None,
-              on_finish: Callable[[Job], None] | None = None) -> Job:
+              on_finish: Callable[[Job], None] | None = None, owner: Any = None) -> Job:
     """Run the generator ``make_steps(cancel_event)`` in a worker thread; return its :class:`Job`.
 
     ``on_event(event)`` gets every yielded event, ``on_done(result)`` the return value of a job that
     completed, and ``on_finish(job)`` is always called last (completed, cancelled or failed), so the
     widget can re-enable its buttons. Errors are shown as napari notifications (see :func:`report_error`).
-    ``what`` names the job in those messages (``"segmentation"``, ``"training"``, ...).
+    ``what`` names the job in those messages (``"segmentation"``, ``"training"``, ...). When the Qt
+    widget ``owner`` is destroyed (its dock closed), the job is cancelled.
     """
     job = Job(what)
     job.state = RUNNING
     steps = make_steps(job.cancel_event)
+    on_event, on_done, on_finish = _guard(on_event), _guard(on_done), _guard(on_finish)
 
     def event(value: Any) -> None:
         if isinstance(value, Message):
             show_message(value)
-        if on_event is not None:
-            on_event(value)
+        on_event(value)
 
     def returned(value: Any) -> None:
         job.result = value
@@ -107,8 +125,7 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
             job.state = CANCELLED  # the engine stopped early on its own and returned a partial result
         else:
             job.state = DONE
-        if on_done is not None:
-            on_done(value)
+        on_done(value)
 
     def errored(error: BaseException) -> None:
         error = error.error if isinstance(error, _Failure) else error
@@ -127,8 +144,7 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
             logger.debug("closing the %s generator failed", what, exc_info=True)
         if job.state == CANCELLED:
             show_info(f"{what} cancelled")
-        if on_finish is not None:
-            on_finish(job)
+        on_finish(job)
 
     if sync_mode():
         try:
@@ -149,6 +165,8 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
     worker.errored.connect(errored)
     worker.finished.connect(finished)
     job.worker = worker
+    if owner is not None:
+        owner.destroyed.connect(job.cancel)
     worker.start()
     return job
 
@@ -171,11 +189,11 @@ def show_message(message: Message) -> None:
 
 
 def free_gpu_memory() -> None:
-    """Give cached CUDA memory back after a job (training holds a lot of it)."""
-    import gc
-
+    """Give cached CUDA memory back after a job (training holds a lot of it); nothing to do on a CPU."""
     import torch
 
-    gc.collect()
     if torch.cuda.is_available():
+        import gc
+
+        gc.collect()
         torch.cuda.empty_cache()

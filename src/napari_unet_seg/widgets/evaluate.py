@@ -52,14 +52,14 @@ class EvaluateWidget(Container):
         self.evaluate_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="images", value=0, min=0, max=1)
-        self.table = make_table(FOLDER_HEADERS, min_height=140)
+        self.table = make_table(FOLDER_HEADERS, min_height=265)
         self.csv_file = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
         self.export_button = PushButton(text="Export CSV", enabled=False)
         # a Labels layer against a ground-truth Labels layer
         self.labels_layer = ComboBox(label="labels", choices=self._labels_layers)
         self.truth_layer = ComboBox(label="ground truth", choices=self._labels_layers)
         self.compare_button = PushButton(text="Compare")
-        self.compare_table = make_table(("class", "Dice", "IoU"), min_height=90)
+        self.compare_table = make_table(("class", "Dice", "IoU"), min_height=60, max_height=160)
         self.extend([_heading("Model on a folder of image/mask pairs"), self.model, self.model_file, self.images,
                      self.masks, self.device,
                      Container(widgets=[self.evaluate_button, self.cancel_button], layout="horizontal",
@@ -99,7 +99,8 @@ class EvaluateWidget(Container):
         self._set_running(True)
         self.job = start_job("evaluation",
                              lambda cancel: evaluate_steps(model, images, masks, device=device, cancel=cancel),
-                             on_event=self._on_event, on_done=self._show_result, on_finish=self._on_finish)
+                             on_event=self._on_event, on_done=self._show_result,
+                             on_finish=self._on_finish, owner=self.native)
         return self.job
 
     def cancel(self, *_: Any) -> None:

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtWidgets import QSizePolicy
 
 from ..device import DEVICES
 from ..errors import UserError
@@ -58,6 +59,8 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.extend([self.image, self.model, self.model_file, self.device, self.tile, self.overlap,
                      self.threshold, self.tta, self.min_size, self.probabilities,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
@@ -103,7 +106,8 @@ class SegmentWidget(Container):
             self.status.value = f"{target['name']}: done in {time.perf_counter() - began:.1f} s"
 
         self.job = start_job("segmentation", lambda cancel: predict_steps(model, data, cancel=cancel, **options),
-                             on_event=self._on_event, on_done=done, on_finish=self._on_finish)
+                             on_event=self._on_event, on_done=done,
+                             on_finish=self._on_finish, owner=self.native)
         return self.job
 
     def cancel(self, *_: Any) -> None:

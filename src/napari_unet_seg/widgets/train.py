@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
                               RadioButtons, SpinBox)
+from qtpy.QtWidgets import QSizePolicy
 
 from ..config import AUGMENTS, OPTIMIZERS
 from ..device import DEVICES
@@ -51,7 +52,8 @@ class TrainWidget(Container):
         self.labels_layer = ComboBox(label="labels layer", choices=self._layers_of("Labels"),
                                      tooltip="labels painted on the image layer; stack slices without labels "
                                              "are left out")
-        self.model = ComboBox(label="model", choices=MODEL_NAMES, value="unet")
+        self.model = ComboBox(label="model", choices=MODEL_NAMES, value="unet",
+                              tooltip="network architecture: U-Net variants (MONAI) or SegNet")
         self.model_width = FloatSpinBox(label="width", value=1.0, min=0.125, max=4.0, step=0.125,
                                         tooltip="channel multiplier of the network (0.25: small and fast)")
         self.classes = SpinBox(label="classes", value=2, min=2, max=255,
@@ -75,7 +77,9 @@ class TrainWidget(Container):
         self.epoch_progress = ProgressBar(label="epochs", value=0, min=0, max=1)
         self.batch_progress = ProgressBar(label="batches", value=0, min=0, max=1)
         self.status = Label(value="")
-        self.table = make_table(TABLE_HEADERS, min_height=120, label="best")
+        self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.table = make_table(TABLE_HEADERS, min_height=235, label="best")
         self.extend([self.source, self.images, self.masks, self.image_layer, self.labels_layer, self.model,
                      self.model_width, self.classes, self.loss, self.optimizer, self.lr, self.epochs,
                      self.batch_size, self.patch_size, self.val_fraction, self.augment, self.out, self.overwrite,
@@ -102,17 +106,21 @@ class TrainWidget(Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(4.2, 2.4), layout="constrained")
+        # fixed margins and legend places: re-laying out the figure at each epoch would cost the main thread
+        self.figure = Figure(figsize=(4.2, 2.4))
+        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.19, top=0.96, wspace=0.28)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.loss_axes, self.score_axes = self.figure.subplots(1, 2)
         self.lines = {}
-        for axes, titles in ((self.loss_axes, ("train loss", "val loss")), (self.score_axes, ("val Dice", "val IoU"))):
+        panels = ((self.loss_axes, ("train loss", "val loss"), "upper right"),
+                  (self.score_axes, ("val Dice", "val IoU"), "lower right"))
+        for axes, titles, place in panels:
             for title in titles:
                 self.lines[title] = axes.plot([], [], marker="o", markersize=3, label=title)[0]
             axes.set_xlabel("epoch", fontsize=8)
             axes.tick_params(labelsize=7)
-            axes.legend(fontsize=7, loc="best")
+            axes.legend(fontsize=7, loc=place)
         self.score_axes.set_ylim(0, 1)
         self.native.layout().addWidget(self.canvas)
 
@@ -162,7 +170,8 @@ class TrainWidget(Container):
         self.status.value = f"training {config.model} -> {config.out}"
         self._set_running(True)
         self.job = start_job("training", lambda cancel: train_steps(config, arrays=arrays, cancel=cancel),
-                             on_event=self._on_event, on_finish=self._on_finish)
+                             on_event=self._on_event,
+                             on_finish=self._on_finish, owner=self.native)
         return self.job
 
     def cancel(self, *_: Any) -> None:
@@ -202,7 +211,8 @@ class TrainWidget(Container):
         if self.best_path is not None and self.best_path.exists():
             announce_model(self.best_path, self.viewer)
         self.status.value = f"{job.state}: {len(self.history)} epoch(s)" + (
-            f", best model {self.best_path}" if self.best_path else "")
+            f"; best model: {self.best_path.parent.name}/{self.best_path.name}" if self.best_path else "")
+        self.status.tooltip = str(self.best_path or "")
 
     def _set_running(self, running: bool) -> None:
         self.start_button.enabled = not running

@@ -1,0 +1,148 @@
+"""The widgets' pure functions (widget values -> engine arguments, results -> tables), without Qt."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_unet_seg.config import TrainConfig
+from napari_unet_seg.errors import UserError
+from napari_unet_seg.widgets import _params as params
+
+
+def test_params_module_imports_no_qt():
+    code = ("import sys, napari_unet_seg.widgets._params, napari_unet_seg.training, napari_unet_seg.inference, "
+            "napari_unet_seg.evaluation, napari_unet_seg.model_file, napari_unet_seg.sample_data\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'magicgui', 'PyQt5', "
+            "'PySide2', 'PyQt6', 'PySide6')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), ("  ", None), ("a/b", "a/b"),
+                                                 (Path("x") / "y", str(Path("x") / "y"))])
+def test_optional_path(value, expected):
+    assert params.optional_path(value) == expected
+
+
+def test_layer_array_and_names():
+    pyramid = [np.zeros((8, 8)), np.zeros((4, 4))]
+    assert params.layer_array(pyramid, True) is pyramid[0]
+    assert params.layer_array(pyramid[1], False) is pyramid[1]
+    assert params.labels_name("cells") == "cells labels"
+    assert params.probabilities_name("cells") == "cells probabilities"
+
+
+def test_segment_options_map_widget_values_to_predict_keywords():
+    options = params.segment_options(device="cpu", tile=0, overlap=0.5, threshold=0.3, tta=1, min_size=12,
+                                     probabilities=True, rgb=True)
+    assert options == {"device": "cpu", "tile": None, "overlap": 0.5, "threshold": 0.3, "tta": True,
+                       "min_size": 12, "return_probabilities": True, "rgb": True}
+    assert params.segment_options(tile=128)["tile"] == 128
+    import inspect
+
+    from napari_unet_seg.inference import predict_steps
+
+    assert set(options) <= set(inspect.signature(predict_steps).parameters)
+
+
+def test_train_config_from_widget_values(tmp_path):
+    config = params.train_config(out=tmp_path / "run", images=tmp_path / "i", masks=tmp_path / "m", model="segnet",
+                                 width=0.5, classes=3, loss="ce", optimizer="sgd", lr=0.01, epochs=7, batch_size=4,
+                                 patch_size=128, val_fraction=0.2, augment="strong", device="cpu", overwrite=True)
+    assert isinstance(config, TrainConfig)
+    assert (config.out, config.images, config.masks) == (str(tmp_path / "run"), str(tmp_path / "i"),
+                                                         str(tmp_path / "m"))
+    assert (config.model, config.width, config.classes, config.loss, config.optimizer) == ("segnet", 0.5, 3, "ce",
+                                                                                          "sgd")
+    assert (config.lr, config.epochs, config.batch_size, config.patch_size) == (0.01, 7, 4, 128)
+    assert (config.val_fraction, config.augment, config.device, config.overwrite) == (0.2, "strong", "cpu", True)
+    assert config.command == params.WIDGET_COMMAND
+    from_layers = params.train_config(out="run", images="ignored", masks=None, from_layers=True)
+    assert from_layers.images is None and from_layers.masks is None
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"out": None, "images": "i", "masks": "m"}, "output folder"),
+    ({"out": "run", "images": "i", "masks": None}, "masks folder"),
+    ({"out": "run", "images": None, "masks": None}, "images folder"),
+    ({"out": "run", "from_layers": True, "loss": "nope"}, "--loss 'nope' is unknown"),
+    ({"out": "run", "from_layers": True, "val_fraction": 1.0}, "--val-fraction"),
+    ({"out": "run", "from_layers": True, "patch_size": 4}, "--patch-size"),
+])
+def test_train_config_refuses_with_a_message_that_names_the_value(values, message):
+    with pytest.raises(UserError, match=message.replace("'", ".").replace("-", "\\-")):
+        params.train_config(**values)
+
+
+def test_layer_pairs_2d_rgb_and_stacks():
+    image, labels = np.zeros((6, 8)), np.zeros((6, 8), np.uint8)
+    labels[1, 1] = 1
+    (pair,) = params.layer_pairs(image, labels)
+    assert pair[0].shape == (6, 8) and pair[1] is not None
+    rgb = np.zeros((6, 8, 3))
+    assert len(params.layer_pairs(rgb, labels, rgb=True)) == 1
+    stack, stack_labels = np.zeros((4, 6, 8)), np.zeros((4, 6, 8), np.uint8)
+    stack_labels[[0, 2], 0, 0] = 1
+    pairs = params.layer_pairs(stack, stack_labels)
+    assert len(pairs) == 2 and pairs[0][0].shape == (6, 8)  # unpainted slices 1 and 3 are left out
+
+
+@pytest.mark.parametrize(("image", "labels", "message"), [
+    (np.zeros((6, 8)), np.zeros((6, 9), np.uint8), "does not match"),
+    (np.zeros((6, 8)), np.zeros((6, 8), np.uint8), "holds no labels"),
+    (np.zeros((2, 2, 6, 8)), np.ones((2, 2, 6, 8), np.uint8), "2D images or stacks"),
+])
+def test_layer_pairs_refusals(image, labels, message):
+    with pytest.raises(UserError, match=message):
+        params.layer_pairs(image, labels, image_name="img", labels_name="lab")
+
+
+def test_model_choices_list_shipped_models_then_files_once():
+    shipped = {"em-membranes": Path("/pkg/pretrained/em-membranes.pt")}
+    choices = params.model_choices(shipped, ["/runs/a/best.pt", "/runs/a/best.pt", "/runs/b/last.pt"])
+    assert choices == [("em-membranes (shipped)", "em-membranes"), ("a/best.pt", "/runs/a/best.pt"),
+                       ("b/last.pt", "/runs/b/last.pt")]
+    assert params.model_choices({}, []) == []
+
+
+def test_curve_series_and_best_rows():
+    history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.5, "val_iou": 0.33},
+               {"epoch": 2, "train_loss": 0.7, "val_loss": 0.6, "val_dice": 0.6, "val_iou": 0.43}]
+    series = params.curve_series(history)
+    assert series["train loss"] == ([1, 2], [0.9, 0.7])
+    assert series["val IoU"] == ([1, 2], [0.33, 0.43])
+    assert params.curve_series([]) == {k: ([], []) for k in ("train loss", "val loss", "val Dice", "val IoU")}
+    rows = params.best_rows(2, history[1])
+    assert rows[0] == ["epoch", "2"] and ["val Dice", "0.6000"] in rows and ["train loss", "0.7000"] in rows
+
+
+def test_evaluation_and_comparison_tables_and_csv(tmp_path):
+    result = {"dice": 0.5, "iou": 0.4, "accuracy": 0.9, "count": 2,
+              "per_image": [{"name": "a.png", "dice": 0.6, "iou": 0.5, "accuracy": 0.95},
+                            {"name": "b.png", "dice": 0.4, "iou": 0.3, "accuracy": 0.85}]}
+    headers, rows = params.evaluation_table(result)
+    assert headers == ["image", "Dice", "IoU", "accuracy"]
+    assert rows == [["a.png", 0.6, 0.5, 0.95], ["b.png", 0.4, 0.3, 0.85], ["mean", 0.5, 0.4, 0.9]]
+    path = params.write_csv(tmp_path / "out" / "scores.txt", headers, rows)
+    assert path == tmp_path / "out" / "scores.csv"
+    with path.open() as handle:
+        assert list(csv.reader(handle))[-1] == ["mean", "0.5", "0.4", "0.9"]
+
+    _, rows = params.comparison_table({"dice": 0.8, "iou": 0.7, "accuracy": 0.9})
+    assert rows == [["foreground", 0.8, 0.7]]
+    _, rows = params.comparison_table({"dice": 0.5, "iou": 0.4, "accuracy": 0.9,
+                                       "per_class": {1: {"dice": 0.6, "iou": 0.5}, 2: {"dice": 0.4, "iou": 0.3}}})
+    assert rows == [["mean of classes", 0.5, 0.4], ["1", 0.6, 0.5], ["2", 0.4, 0.3]]
+
+
+def test_write_csv_refuses_an_unwritable_place(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot write"):
+        params.write_csv(blocker / "scores.csv", ["a"], [[1]])
