@@ -96,3 +96,37 @@ def test_cli_module_imports_no_heavy_packages():
     code = "import sys, napari_unet_seg.cli; print(any(m in sys.modules for m in ('torch', 'monai', 'napari')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_ctrl_c_stops_training_with_consistent_files(tmp_path, synthetic_dir):
+    import signal
+
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.reporting import read_history
+    from napari_unet_seg.training import RUN_FILES
+
+    images, masks = synthetic_dir
+    run = tmp_path / "run"
+    args = ["train", "--images", images, "--masks", masks, "--out", run, "--epochs", 100, "--batch-size", 4,
+            "--patch-size", 32, "--width", 0.25, "--device", "cpu", "--augment", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "napari_unet_seg", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        seen = []
+        for line in proc.stderr:  # wait for the first epoch line, then press Ctrl-C
+            seen.append(line)
+            if line.startswith("epoch 1/100"):
+                break
+        assert seen and seen[-1].startswith("epoch 1/100"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "(cancelled)" in out and "Traceback" not in err
+    epoch = load_model(run / "last.pt").metrics["epoch"]
+    history = read_history(run / "history.csv")
+    assert 1 <= epoch < 100 and [row["epoch"] for row in history] == list(range(1, epoch + 1))
+    assert load_model(run / "best.pt").metrics["epoch"] <= epoch
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)  # no temporary left behind

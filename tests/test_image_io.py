@@ -116,3 +116,18 @@ def test_roundtrip_any_gray_image(tmp_path_factory, data, ext):
     else:
         iio.imwrite(path, data)
     assert np.array_equal(read_image(path), data)
+
+
+shapes = st.tuples(st.integers(1, 12), st.integers(1, 12))
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.one_of(arrays(np.uint16, shapes),
+                      arrays(np.float32, shapes, elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+                      arrays(np.uint8, st.tuples(st.integers(5, 12), st.integers(5, 12), st.just(3)))))
+def test_tiff_roundtrip_any_16bit_float_or_rgb_image(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("rt") / "a.tif"
+    tifffile.imwrite(path, data, photometric="rgb" if data.ndim == 3 else "minisblack")
+    out = read_image(path)
+    assert out.dtype == data.dtype and out.shape == data.shape
+    assert np.array_equal(out, data, equal_nan=data.dtype.kind == "f")

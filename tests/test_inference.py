@@ -88,3 +88,39 @@ def test_postprocess_min_size_and_holes():
     out = postprocess(labels, min_size=4, fill_holes=True)
     assert out[15, 15] == 0 and out[5, 5] == 1 and out[2:10, 2:10].all()
     assert np.array_equal(postprocess(labels), labels)
+
+
+def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch):
+    import torch
+
+    from napari_unet_seg.events import Message
+
+    model = load_model(tiny_model)
+    stack = np.stack([synthetic_pair((96, 96), seed=s)[0] for s in range(2)])
+    expected = predict(model, stack, device="cpu", tile=32)
+    forward, sizes = model.network.forward, []
+
+    def flaky(x):
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(x.shape[0])
+        return forward(x)
+
+    monkeypatch.setattr(model.network, "forward", flaky)
+    steps = predict_steps(model, stack, device="cpu", tile=32, batch_size=4)
+    events = []
+    while True:
+        try:
+            events.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    messages = [e for e in events if isinstance(e, Message)]
+    assert [(m.text, m.level) for m in messages] == [("out of GPU memory: tile batch size lowered to 1", "warning")]
+    assert set(sizes) == {1} and events[-1] == Tiles(events[-1].total, events[-1].total)
+    assert (result.labels == expected).mean() > 0.999
+    with pytest.warns(UserWarning, match="out of GPU memory: tile batch size lowered to 1"):
+        assert predict(model, stack[0], device="cpu", tile=32).shape == (96, 96)
+    monkeypatch.setattr(model.network, "forward", lambda x: flaky(torch.cat([x, x])))
+    with pytest.raises(UserError, match="out of GPU memory even for one tile of 32x32 pixels"):
+        predict(model, stack[0], device="cpu", tile=32)

@@ -109,3 +109,83 @@ def test_bad_options(tmp_path, synthetic_dir, option, value, match):
     images, masks = synthetic_dir
     with pytest.raises(UserError, match=match):
         train(images=images, masks=masks, out=tmp_path / "r", **{**FAST, "epochs": 1, option: value})
+
+
+def _flaky_network(monkeypatch, fails) -> list[int]:
+    """Make the network raise CUDA's out-of-memory error in training whenever ``fails(batch)``; return the
+    sizes of the batches it trained on."""
+    import torch
+
+    import napari_unet_seg.training as training
+
+    trained, real_build = [], training.build_network
+
+    def build(*args, **kwargs):
+        network = real_build(*args, **kwargs)
+        forward = network.forward
+
+        def flaky(x):
+            if network.training:
+                if fails(x.shape[0]):
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                trained.append(x.shape[0])
+            return forward(x)
+
+        network.forward = flaky
+        return network
+
+    monkeypatch.setattr(training, "build_network", build)
+    return trained
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, monkeypatch):
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    trained = _flaky_network(monkeypatch, lambda batch: batch > 2)
+    pairs = [synthetic_pair((64, 64), seed=i) for i in range(3)]  # 2 training images: 8 patches of 32
+    events = []
+    result = train(arrays=pairs, out=tmp_path / "run", epochs=2, on_event=events.append, **FAST)
+    warnings = [e.text for e in events if isinstance(e, Message) and "memory" in e.text]
+    assert warnings == ["out of GPU memory: batch size lowered to 2 for the rest of the run"]
+    assert [e.level for e in events if isinstance(e, Message) and "memory" in e.text] == ["warning"]
+    assert set(trained) == {2} and sum(trained) == 2 * 8  # the failed batch was redone, no patch lost
+    batches = {e.epoch: e.batches for e in events if isinstance(e, Batch)}
+    assert batches == {1: 2, 2: 4}  # epoch 2's loader was rebuilt with the smaller batch
+    assert [row["epoch"] for row in result.history] == [1, 2] and load_model(result.last).metrics["epoch"] == 2
+
+
+def test_out_of_memory_with_batch_size_one_is_a_user_error(tmp_path, monkeypatch):
+    _flaky_network(monkeypatch, lambda batch: True)
+    pairs = [(np.random.rand(32, 32), np.random.rand(32, 32) > 0.5)] * 2
+    with pytest.raises(UserError, match="out of GPU memory even with batch size 1; use a smaller --patch-size"):
+        train(arrays=pairs, out=tmp_path / "run", epochs=1, **FAST)
+
+
+def test_paths_stored_in_a_model_file_are_never_written_to(tmp_path, synthetic_dir):
+    import shutil
+
+    images, masks = synthetic_dir
+    train(images=images, masks=masks, out=tmp_path / "a", epochs=1, **FAST)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")  # the `out` stored in b's model files now names a folder that is gone
+    assert load_model(tmp_path / "b" / "last.pt").config["out"] == str(tmp_path / "a")
+    resumed = train(out=tmp_path / "b", resume=True, epochs=2)
+    assert resumed.run_dir == tmp_path / "b" and len(read_history(tmp_path / "b" / "history.csv")) == 2
+    tuned = train(images=images, masks=masks, out=tmp_path / "c", epochs=1, initial_model=tmp_path / "b" / "best.pt",
+                  **FAST)
+    assert tuned.best == tmp_path / "c" / "best.pt" and tuned.best.exists()
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_long_run_does_not_grow_host_memory(tmp_path):
+    """The quick form of benchmarks/bench_memory.py: RSS after epoch 30 against after epoch 10."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_memory", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(tmp_path / "run", epochs=30, mark=10)
+    assert result["growth"] < 20, result  # MiB; a figure or a history copy kept per epoch would show here

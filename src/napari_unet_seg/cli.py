@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .errors import UserError
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_options(p)
     p = sub.add_parser("demo", help="train, evaluate and predict on the shipped sample data; write a report")
     p.add_argument("--out", default="demo-out", help="report folder")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     p = sub.add_parser("info", help="show what a model file holds (architecture, classes, metrics, command)")
@@ -105,6 +106,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a corrupt file precede our one line
     if args.command == "train":
         args.command_line = "napari-unet-seg " + " ".join(sys.argv[1:] if argv is None else argv)
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 import warnings
 from argparse import Namespace
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -48,21 +51,43 @@ def _warnings_to_console() -> None:
     warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
 
 
+@contextmanager
+def _ctrl_c_cancels(cancel: threading.Event):
+    """The first Ctrl-C sets ``cancel`` (training stops after the batch, files stay whole); the second stops now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nnapari-unet-seg: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_train(args: Namespace) -> int:
     from .config import TrainConfig
     from .training import train
 
     _warnings_to_console()
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "resume")}
-    if args.resume:  # only the options given explicitly override the stored run
-        from .cli import build_parser
+    cancel = threading.Event()
+    with _ctrl_c_cancels(cancel):
+        if args.resume:  # only the options given explicitly override the stored run
+            from .cli import build_parser
 
-        defaults = vars(build_parser().parse_args(["train"]))
-        fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
-        result = train(resume=True, on_event=ConsoleProgress(), **fields)
-    else:
-        config = TrainConfig(**fields, command=args.command_line)
-        result = train(config, on_event=ConsoleProgress())
+            defaults = vars(build_parser().parse_args(["train"]))
+            fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
+            result = train(resume=True, on_event=ConsoleProgress(), cancel=cancel, **fields)
+        else:
+            config = TrainConfig(**fields, command=args.command_line)
+            result = train(config, on_event=ConsoleProgress(), cancel=cancel)
     best = result.best_metrics
     if best:
         print(f"best epoch {result.best_epoch}: val Dice {best['val_dice']:.4f}  IoU {best['val_iou']:.4f}  "
@@ -96,6 +121,7 @@ def run_predict(args: Namespace) -> int:
     from .model_file import load_model
     from .normalization import is_rgb
 
+    _warnings_to_console()
     model = load_model(args.model)
     files = _inputs(Path(args.input))
     output = Path(args.output)
@@ -132,6 +158,7 @@ def run_evaluate(args: Namespace) -> int:
     from .evaluation import evaluate
     from .image_io import atomic_write
 
+    _warnings_to_console()
     scores = evaluate(args.model, args.images, args.masks, skip_unpaired=args.skip_unpaired,
                       **_predict_options(args))
     _print_scores(scores)

@@ -29,7 +29,7 @@ def _split_sample(data: Path) -> tuple[Path, Path]:
     return train, test
 
 
-def run_demo(out: str | Path, *, epochs: int = 30, device: str = "auto", on_event=None) -> Path:
+def run_demo(out: str | Path, *, epochs: int = 80, device: str = "auto", on_event=None) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``.
 
     Writes ``data/`` (the split used), ``run/`` (model files, history, curves), ``predictions/``,

@@ -6,7 +6,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["DEVICES", "resolve_device"]
+__all__ = ["DEVICES", "resolve_device", "is_out_of_memory", "free_cuda_memory"]
 
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -25,3 +25,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise UserError(f"device {device!r}: no CUDA GPU is available here; use --device cpu or auto")
         return torch.device(name)
     raise UserError(f"device {device!r} is unknown; use auto, cuda or cpu")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the GPU running out of memory (the jobs then retry with smaller batches)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def free_cuda_memory() -> None:
+    """Give cached GPU memory back (after an out-of-memory error, or when a job ends)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -55,7 +55,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if array.ndim < 2 or array.size == 0:
-        raise UserError(f"{path}: holds no 2D image (shape {array.shape})")
+        raise UserError(f"{path}: holds no 2D image (shape {array.shape}); the file may be corrupt, replace it")
     return array
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .device import resolve_device
+from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
-from .events import Tiles, drain
+from .events import Message, Tiles, drain
 from .model_file import SegmentationModel, load_model
 from .normalization import is_rgb, normalize, to_channels_first
 
@@ -46,12 +47,14 @@ def _window_count(size: tuple[int, int], roi: int, overlap: float) -> int:
 def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int,
                   overlap: float = 0.25, batch_size: int = 4, tta: bool = False, amp: bool = True,
                   on_window: Callable[[int], None] | None = None, cancel: Any = None,
-                  raw: bool = False) -> torch.Tensor:
+                  raw: bool = False, on_out_of_memory: Callable[[int], None] | None = None) -> torch.Tensor:
     """Class probabilities ``(K, Y, X)`` of one normalized image ``(C, Y, X)`` already on the device.
 
     With ``raw=True`` the blended logits instead (validation computes its loss on them).
     ``K`` is 1 (foreground) for binary models, else ``num_classes``. Tiles of ``tile`` pixels overlap
     by ``overlap`` and are blended with a gaussian window. ``tta`` averages the four flips.
+    When the GPU runs out of memory, the tile batch is halved and the image redone;
+    ``on_out_of_memory(new_batch_size)`` is told (else a warning is issued).
     """
     from monai.inferers import sliding_window_inference
 
@@ -78,8 +81,24 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
     with torch.inference_mode():
         for dims in flips:
             view = torch.flip(x, dims) if dims else x
-            out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
-                                           overlap=overlap, mode="gaussian")
+            while True:
+                try:
+                    out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
+                                                   overlap=overlap, mode="gaussian")
+                    break
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    if batch_size == 1:
+                        raise UserError(f"out of GPU memory even for one tile of {roi[0]}x{roi[1]} pixels; "
+                                        "use a smaller tile size or the CPU") from None
+                # Out of the except block, the failed attempt's tensors are released.
+                batch_size //= 2
+                free_cuda_memory()
+                if on_out_of_memory is not None:
+                    on_out_of_memory(batch_size)
+                else:
+                    warnings.warn(f"out of GPU memory: tile batch size lowered to {batch_size}", stacklevel=2)
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
     return (total / len(flips))[0]
@@ -142,11 +161,12 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
                   tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5, batch_size: int = 4,
                   tta: bool = False, min_size: int = 0, fill_holes: bool = False,
                   return_probabilities: bool = False, rgb: bool | None = None,
-                  cancel: Any = None) -> Generator[Tiles, None, Prediction]:
-    """Segment ``array``, yielding :class:`Tiles` progress after each batch of tiles; return a :class:`Prediction`.
+                  cancel: Any = None) -> Generator[Tiles | Message, None, Prediction]:
+    """Segment ``array``, yielding :class:`Tiles` progress (in tiles) after each slice; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
-    ``tile`` defaults to the model's training patch size (at least 256).
+    ``tile`` defaults to the model's training patch size (at least 256). When the GPU runs out of
+    memory, ``batch_size`` is halved for the rest of the job and a warning :class:`Message` is yielded.
     """
     model = load_model(model)
     if not 0 <= overlap < 1:
@@ -164,31 +184,31 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     stack = len(spatial) == 3
     slices = spatial[0] if stack else 1
     per_slice = _window_count(spatial[-2:], tile, overlap) * (4 if tta else 1)
-    total = slices * math.ceil(per_slice / batch_size)
+    total = slices * per_slice
     labels = np.zeros(spatial, dtype=np.uint8)
     channels = 1 if model.num_classes == 2 else model.num_classes
     probs_out = None
     if return_probabilities:
         probs_out = np.zeros(((channels,) if channels > 1 else ()) + spatial, dtype=np.float32)
-    done = 0
-    pending: list[int] = []
+    lowered: list[int] = []
     for z in range(slices):
         plane = np.asarray(array[z] if stack else array)
         image = normalize(to_channels_first(plane, model.in_channels, rgb=colour, name="image"),
                           model.normalization)
         tensor = torch.from_numpy(image).to(torch_device)
         probs = probabilities(network, tensor, num_classes=model.num_classes, tile=tile, overlap=overlap,
-                              batch_size=batch_size, tta=tta, cancel=cancel,
-                              on_window=lambda n: pending.append(n))
-        done += len(pending)
-        pending.clear()
+                              batch_size=batch_size, tta=tta, cancel=cancel, on_out_of_memory=lowered.append)
+        if lowered:
+            batch_size = lowered[-1]
+            yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")
+            lowered.clear()
         slice_labels = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()
         labels[z if stack else ...] = postprocess(slice_labels, min_size=min_size, fill_holes=fill_holes)
         if probs_out is not None:
             values = probs.cpu().numpy()
             target = probs_out if not stack else (probs_out[:, z] if channels > 1 else probs_out[z])
             target[...] = values if channels > 1 else values[0]
-        yield Tiles(min(done, total), total)
+        yield Tiles((z + 1) * per_slice, total)
     return Prediction(labels, probs_out)
 
 
@@ -204,5 +224,10 @@ def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device:
         >>> labels = predict("em-membranes", image)          # doctest: +SKIP
     """
     steps = predict_steps(model, array, device=device, return_probabilities=return_probabilities, **options)
-    result: Prediction = drain(steps)
+    result: Prediction = drain(steps, _warn)
     return (result.labels, result.probabilities) if return_probabilities else result.labels
+
+
+def _warn(event: Any) -> None:
+    if isinstance(event, Message) and event.level == "warning":
+        warnings.warn(event.text, stacklevel=3)

@@ -52,7 +52,9 @@ def list_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
     # A folder named like an image is not an image file.
     files = [p for p in files if p.is_file()]
     if not files:
-        raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp)")
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        found = f"; found only other types ({_shorten(others, 3)}), convert them" if others else ""
+        raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp){found}")
     return files
 
 

@@ -10,6 +10,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 
 from .config import TrainConfig
 from .dataset import PatchDataset, Sample, build_augmentation, load_samples, samples_from_arrays, split_indices
-from .device import resolve_device
+from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
 from .losses import build_loss
@@ -123,21 +124,32 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def _seed_worker(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which cancels the run
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
 
 
 def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, num_classes: int, tile: int,
-             device: torch.device, amp: bool, cancel: Any = None) -> dict:
-    """Loss and mean per-image metrics of ``network`` on whole validation images (tiled)."""
+             device: torch.device, amp: bool, cancel: Any = None, batch_size: int = 4,
+             on_out_of_memory=None) -> dict:
+    """Loss and mean per-image metrics of ``network`` on whole validation images (tiled).
+
+    ``on_out_of_memory(new_batch_size)`` is told when the tile batch had to be lowered.
+    """
     from .inference import labels_from_probabilities, probabilities
+
+    def lower(size: int) -> None:
+        nonlocal batch_size
+        batch_size = size
+        if on_out_of_memory is not None:
+            on_out_of_memory(size)
 
     network.eval()
     losses, per_image = [], []
     for sample in samples:
         image = torch.from_numpy(sample.image.astype(np.float32)).to(device)
         logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25, amp=amp,
-                               raw=True, cancel=cancel)
+                               raw=True, cancel=cancel, batch_size=batch_size, on_out_of_memory=lower)
         target = torch.from_numpy(sample.mask).to(device)[None, None].float()
         losses.append(float(loss_fn(logits[None], target)))
         probs = torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=0)
@@ -211,6 +223,19 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
                       f"holds; using {batch_size}", "warning")
     tile = config.resize or config.patch_size
     tile = max(16, tile)
+
+    def step(images: torch.Tensor, masks: torch.Tensor) -> float:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = network(images)
+        loss = loss_fn(logits.float(), masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())
+
+    val_batch_size, lowered = 4, []
     status, waited = "completed", 0
     best_path, last_path = run / "best.pt", run / "last.pt"
     for epoch in range(first_epoch, config.epochs + 1):
@@ -229,23 +254,40 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
             for index, (images, masks) in enumerate(loader, start=1):
                 if is_cancelled(cancel):
                     raise JobCancelled()
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = network(images)
-                loss = loss_fn(logits.float(), masks)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
+                # After running out of GPU memory, the loader's batches are done in parts of batch_size.
+                done, parts = 0, []
+                while done < len(images):
+                    part = slice(done, done + batch_size)
+                    try:
+                        parts.append(step(images[part], masks[part]))
+                        done = part.stop
+                        continue
+                    except RuntimeError as error:
+                        if not is_out_of_memory(error):
+                            raise
+                        if batch_size == 1:
+                            raise UserError("out of GPU memory even with batch size 1; use a smaller --patch-size "
+                                            "or --width, or --device cpu") from None
+                    # Out of the except block, the failed step's tensors are released; redo that part.
+                    batch_size //= 2
+                    free_cuda_memory()
+                    yield Message(f"out of GPU memory: batch size lowered to {batch_size} for the rest of the run",
+                                  "warning")
+                losses.append(float(np.mean(parts)))
                 yield Batch(epoch, index, len(loader), losses[-1])
             row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
             row.update(validate(network, val_set, loss_fn, num_classes=config.classes, tile=tile, device=device,
-                                amp=use_amp, cancel=cancel))
+                                amp=use_amp, cancel=cancel, batch_size=val_batch_size,
+                                on_out_of_memory=lowered.append))
         except JobCancelled:
             status = "cancelled"
             yield Message(f"cancelled during epoch {epoch}; the run's files hold epoch {epoch - 1}", "warning")
             break
+        if lowered:
+            val_batch_size = lowered[-1]
+            yield Message(f"out of GPU memory while validating: tile batch size lowered to {val_batch_size}",
+                          "warning")
+            lowered.clear()
         row["lr"] = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step(row["val_dice"]) if config.scheduler == "plateau" else scheduler.step()

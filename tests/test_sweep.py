@@ -1,0 +1,260 @@
+"""Sweeps: the grid, its tables, the fixed split, resuming, reading runs back, sweep-file errors, experiments/."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from napari_unet_seg.errors import UserError
+from napari_unet_seg.events import Batch, Epoch, Message
+from napari_unet_seg.sweep import (RESULT_COLUMNS, list_runs, load_sweep, parse_sweep, read_comparison, split_lists,
+                                   sweep, sweep_steps)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Where the experiments' relative paths (``../../shared/data/<name>``) lead.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FAST = "epochs: 1\nbatch_size: 4\npatch_size: 32\nwidth: 0.125\naugment: none\nlr: 1e-2\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a shared 2-core machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(folder: Path, text: str, name: str = "sweep.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def _data(folder: Path, synthetic_dir) -> str:
+    """images/masks lines relative to ``folder`` (paths in a sweep file start at its folder)."""
+    images, masks = synthetic_dir
+    return f"images: {os.path.relpath(images, folder)}\nmasks: {os.path.relpath(masks, folder)}\n"
+
+
+def _messages(events) -> list[str]:
+    return [e.text for e in events if isinstance(e, Message)]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, synthetic_dir):
+    """A 2x2 grid (models x losses) with a separate test folder, run once for the tests below."""
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    root = tmp_path_factory.mktemp("grid")
+    test_images, test_masks = write_synthetic_folder(root / "test", 2, (64, 64), seed=100)
+    path = _write(root / "cfg", _data(root / "cfg", synthetic_dir) + FAST +
+                  f"test_images: {test_images}\ntest_masks: {test_masks}\n"
+                  "models: [unet, segnet]\nlosses: [dice, bce]\n")
+    events = []
+    rows = sweep(path, root / "out", device="cpu", on_event=events.append)
+    return SimpleNamespace(path=path, out=root / "out", rows=rows, events=events)
+
+
+def test_grid_writes_one_row_per_run(grid):
+    names = ["01-unet-dice-adamw-lr0.01", "02-unet-bce-adamw-lr0.01", "03-segnet-dice-adamw-lr0.01",
+             "04-segnet-bce-adamw-lr0.01"]
+    assert [r["run"] for r in grid.rows] == names
+    with open(grid.out / "comparison.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    columns = ["run", "model", "loss", "optimizer", "lr", "epochs", "batch_size", "width", "patch_size", "augment",
+               *RESULT_COLUMNS]
+    assert list(table[0]) == columns
+    assert [(r["run"], r["model"], r["loss"], r["lr"]) for r in table] == [
+        (n, m, loss, "0.01") for n, (m, loss) in zip(names, [("unet", "dice"), ("unet", "bce"), ("segnet", "dice"),
+                                                              ("segnet", "bce")])]
+    for row in grid.rows:
+        assert row["status"] == "completed" and row["epochs_run"] == 1 and row["best_epoch"] == 1
+        for key in ("best_val_dice", "best_val_iou", "test_dice", "test_iou", "test_accuracy"):
+            assert 0.0 <= row[key] <= 1.0, key
+        assert row["seconds"] > 0
+        scores = json.loads((grid.out / row["run"] / "test_scores.json").read_text())
+        assert scores["count"] == 2 and scores["dice"] == row["test_dice"]
+    markdown = (grid.out / "comparison.md").read_text().splitlines()
+    table_lines = [line for line in markdown if line.startswith("|")]
+    assert len(table_lines) == 2 + 4 and table_lines[0].split(" | ")[:3] == ["| run", "model", "loss"]
+    assert (grid.out / "sweep.yaml").read_text() == grid.path.read_text()
+    # events: the engine's, plus one line per run start
+    assert sum(isinstance(e, Epoch) for e in grid.events) == 4
+    starts = [m for m in _messages(grid.events) if m.startswith("run ") and "->" in m]
+    assert starts[2].startswith("run 3/4: model=segnet loss=dice optimizer=adamw lr=0.01 epochs=1")
+
+
+def test_second_call_skips_finished_runs(grid):
+    files = [grid.out / r["run"] / name for r in grid.rows for name in ("best.pt", "history.csv", "test_scores.json")]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    events = []
+    rows = sweep(grid.path, grid.out, device="cpu", on_event=events.append)
+    assert not any(isinstance(e, (Batch, Epoch)) for e in events)
+    assert sum("is finished already; skipped" in m for m in _messages(events)) == 4
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    assert rows == grid.rows
+
+
+def test_list_runs_and_read_comparison(grid, tmp_path):
+    runs = list_runs(grid.out)
+    assert [r["run"] for r in runs] == [r["run"] for r in grid.rows]  # split/ and files are not runs
+    assert [(r["model"], r["loss"], r["width"]) for r in runs][0] == ("unet", "dice", 0.125)
+    assert [r["test_dice"] for r in runs] == [r["test_dice"] for r in grid.rows]
+    table = read_comparison(grid.out)
+    assert [r["run"] for r in table] == [r["run"] for r in grid.rows]
+    assert table[0]["lr"] == 0.01 and table[0]["epochs"] == 1 and isinstance(table[0]["test_iou"], float)
+    assert Path(table[0]["path"]).is_dir()
+    # a folder of runs without a table: listed from the run folders
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "a").symlink_to(grid.out / grid.rows[1]["run"])
+    rows = read_comparison(tmp_path / "only")
+    assert [(r["run"], r["loss"]) for r in rows] == [("a", "bce")]
+    with pytest.raises(UserError, match="does not exist"):
+        list_runs(tmp_path / "nothing")
+
+
+def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
+    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST + "split: {test_fraction: 0.25, seed: 3}\n")
+    # cancelled before the first run: the split is made, nothing is trained
+    events = []
+    rows = sweep(path, tmp_path / "out", device="cpu", cancel=lambda: True, on_event=events.append)
+    assert rows == [] and not any(isinstance(e, Epoch) for e in events)
+    record = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert len(record["test"]) == 2 and len(record["trainval"]) == 6 and record["seed"] == 3
+    assert not set(record["test"]) & set(record["trainval"])
+    assert sorted(record["test"] + record["trainval"]) == [f"img{i:03d}" for i in range(8)]
+    for side in ("trainval", "test"):
+        images = sorted(p.stem for p in (tmp_path / "out" / "split" / side / "images").iterdir())
+        masks = sorted(p.stem for p in (tmp_path / "out" / "split" / side / "masks").iterdir())
+        assert images == masks == record[side]
+    assert (tmp_path / "out" / "split" / "test" / "images" / f"{record['test'][0]}.png").resolve().parent == \
+        synthetic_dir[0].resolve()
+    # seeded: the same lists again, other ones for another seed
+    spec = load_sweep(path)
+    assert split_lists(spec) == {"trainval": record["trainval"], "test": record["test"]}
+    other = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST + "split: {test_fraction: 0.25, seed: 4}\n",
+                   "other.yaml")
+    assert split_lists(load_sweep(other))["test"] != record["test"]
+    # an OUT with another split is refused (its runs would mix two splits)
+    with pytest.raises(UserError, match="holds another split"):
+        sweep(other, tmp_path / "out", device="cpu", cancel=lambda: True)
+
+
+def test_split_run_scores_the_held_out_pairs(tmp_path, synthetic_dir):
+    """Named test stems and a contiguous validation range (the ISBI layout); a resized model is tested
+    on resized images and scored at the masks' own size."""
+    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST.replace("patch_size: 32", "resize: 32") +
+                  "split:\n  test_stems: [img006, img007]\n  val_range: [4, 5]\n")
+    rows = sweep(path, tmp_path / "out", device="cpu")
+    record = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert record["test"] == ["img006", "img007"] and record["val"] == ["img004", "img005"]
+    assert record["train"] == [f"img{i:03d}" for i in range(4)]
+    scores = json.loads((tmp_path / "out" / rows[0]["run"] / "test_scores.json").read_text())
+    assert [s["name"] for s in scores["per_image"]] == ["img006.png", "img007.png"]
+    assert rows[0]["test_dice"] == scores["dice"] and rows[0]["resize"] == 32
+
+
+def test_cancelled_sweep_keeps_its_table_and_resumes(tmp_path, synthetic_dir):
+    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST.replace("epochs: 1", "epochs: 2") +
+                  "losses: [dice, bce]\n")
+    cancel = threading.Event()
+    for event in sweep_steps(path, tmp_path / "out", device="cpu", cancel=cancel):
+        if isinstance(event, Epoch) and event.epoch == 1:
+            cancel.set()
+    with open(tmp_path / "out" / "comparison.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(r["run"], r["status"], r["epochs_run"]) for r in table] == [("01-unet-dice-adamw-lr0.01", "cancelled",
+                                                                           "1")]
+    events = []
+    rows = sweep(path, tmp_path / "out", device="cpu", on_event=events.append)
+    assert any(m.startswith("resuming") for m in _messages(events))
+    assert [e.epoch for e in events if isinstance(e, Epoch)] == [2, 1, 2]  # run 1 went on from epoch 2
+    assert [(r["status"], r["epochs_run"]) for r in rows] == [("completed", 2), ("completed", 2)]
+
+
+def test_settings_and_names(tmp_path, synthetic_dir):
+    spec = parse_sweep({"images": "i", "masks": "m", "lr": "1e-4", "epochs": [1, 2], "model": "segnet",
+                        "grids": [{"losses": ["dice"]}, {"loss": "bce", "resize": 64}]},
+                       base=tmp_path, check_data=False)
+    assert spec.images == (tmp_path / "i").resolve()
+    assert [r.name for r in spec.runs] == ["01-segnet-dice-adamw-lr0.0001-e1", "02-segnet-dice-adamw-lr0.0001-e2",
+                                           "03-segnet-bce-adamw-lr0.0001-e1", "04-segnet-bce-adamw-lr0.0001-e2"]
+    assert spec.columns[-1] == "resize" and spec.runs[0].config.lr == 1e-4  # "1e-4" is a string in YAML 1.1
+    assert [r.settings["resize"] for r in spec.runs] == [None, None, 64, 64]
+    assert spec.runs[3].describe().startswith("model=segnet loss=bce optimizer=adamw lr=0.0001 epochs=2")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("modle: unet\n", r"unknown key 'modle'; allowed keys: images, masks, .*models"),
+    ("lr: fast\n", r"lr must be a number, got 'fast'"),
+    ("models: [unet, resnet]\n", r"model 'resnet' is unknown; use one of unet"),
+    ("epochs: 0\n", r"epochs must be > 0"),
+    ("epochs: 1.5\n", r"epochs must be a whole number"),
+    ("augment: yes\n", r"augment must be a name, got True"),
+    ("losses: []\n", r"losses is an empty list"),
+    ("models: unet\nmodel: unet\n", r"give models or model, not both"),
+    ("test_images: somewhere\n", r"give both test_images and test_masks"),
+    ("grids:\n  - {lr: 0.1, colour: red}\n", r"grids\[1\]: unknown key 'colour'"),
+    ("grids: [{}, {}]\n", r"appears twice"),
+    ("split: {test_fraction: 0.2, test_count: 2}\n", r"exactly one of test_fraction"),
+    ("split: {test_fraction: 1.5}\n", r"test_fraction must be between 0 and 1"),
+    ("split: {test_share: 0.2}\n", r"split: unknown key 'test_share'; allowed keys: seed, test_fraction"),
+    ("split: {test_stems: [img001, nope]}\n", r"test_stems nope are not among the 8 pairs"),
+    ("split: {test_range: [6, 9]}\n", r"test_range \[6, 9\] goes past the 8 pairs"),
+    ("split: {test_count: 1}\ntest_images: a\ntest_masks: b\n", r"test_images/test_masks or split, not both"),
+    ("models: [unet\n", r"is not valid YAML at line"),
+])
+def test_sweep_file_errors(tmp_path, synthetic_dir, text, message):
+    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + text)
+    with pytest.raises(UserError, match=message):
+        load_sweep(path)
+
+
+def test_missing_files_and_folders(tmp_path, synthetic_dir):
+    with pytest.raises(UserError, match="sweep file .*nothing.yaml: does not exist"):
+        load_sweep(tmp_path / "nothing.yaml")
+    path = _write(tmp_path, "images: gone/images\nmasks: gone/masks\n")
+    with pytest.raises(UserError, match=r"images: folder .*gone/images does not exist"):
+        load_sweep(path)
+    with pytest.raises(UserError, match="masks is missing"):
+        load_sweep(_write(tmp_path, "images: a\n", "half.yaml"))
+    spec = load_sweep(path, check_data=False)  # checked again before anything runs
+    with pytest.raises(UserError, match="does not exist"):
+        sweep(spec, tmp_path / "out", device="cpu")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_experiments_parse(path):
+    present = SHARED_DATA.is_dir()
+    spec = load_sweep(path, check_data=present)  # with ../shared: the data folders and split stems exist
+    assert len(spec.runs) >= 2 and spec.split is not None and spec.description
+    assert len({r.name for r in spec.runs}) == len(spec.runs)
+    defaults = [r for r in spec.runs if (r.config.loss, r.config.lr, r.config.scheduler) == ("dicece", 1e-3,
+                                                                                                "cosine")]
+    assert defaults, "each experiment has a row of our default settings"
+    if present:
+        lists = split_lists(spec)
+        assert not set(lists["test"]) & set(lists["trainval"])
+        if path.stem == "ph2":
+            assert (len(lists["trainval"]), len(lists["test"])) == (160, 20)
+        if path.stem == "isbi2012-em":
+            assert lists["test"] == ["27", "28", "29"]
+
+
+def test_sweep_module_imports_no_qt():
+    code = ("import sys, napari_unet_seg.sweep\n"
+            "print(sorted(m for m in ('qtpy', 'napari', 'magicgui', 'PyQt5') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
