@@ -130,3 +130,16 @@ def test_ctrl_c_stops_training_with_consistent_files(tmp_path, synthetic_dir):
     assert 1 <= epoch < 100 and [row["epoch"] for row in history] == list(range(1, epoch + 1))
     assert load_model(run / "best.pt").metrics["epoch"] <= epoch
     assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)  # no temporary left behind
+
+
+def test_sweep_dry_run_and_errors(tmp_path, synthetic_dir):
+    images, masks = synthetic_dir
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"images: {images}\nmasks: {masks}\nmodels: [unet, segnet]\nlosses: [dice]\nepochs: 1\n")
+    done = cli("sweep", config, "--out", tmp_path / "s", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 2 and "segnet" in done.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("images: x\nmasks: y\nmodelz: [unet]\n")
+    done = cli("sweep", bad, "--dry-run")
+    assert done.returncode == 2 and "modelz" in done.stderr and "Traceback" not in done.stderr

@@ -124,3 +124,52 @@ def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch
     monkeypatch.setattr(model.network, "forward", lambda x: flaky(torch.cat([x, x])))
     with pytest.raises(UserError, match="out of GPU memory even for one tile of 32x32 pixels"):
         predict(model, stack[0], device="cpu", tile=32)
+
+
+def test_resize_models_predict_at_their_training_scale(tmp_path):
+    import torch
+    from skimage.transform import resize
+
+    from napari_unet_seg.dataset import samples_from_arrays
+    from napari_unet_seg.inference import probabilities
+    from napari_unet_seg.training import train
+
+    pairs = [synthetic_pair((90, 120), seed=s) for s in range(4)]
+    result = train(arrays=pairs, out=tmp_path / "r", epochs=2, resize=48, batch_size=2, width=0.25,
+                   augment="none", device="cpu")
+    model = load_model(result.best)
+    image, mask = synthetic_pair((90, 120), seed=11)
+    labels, probs = predict(model, image, device="cpu", return_probabilities=True)
+    assert labels.shape == probs.shape == (90, 120)
+    # The same as the training-time view: the image prepared at 48x48, predicted, scaled back.
+    (sample,), _ = samples_from_arrays([(image, mask)], classes=2, normalization=model.normalization, resize=48)
+    with torch.no_grad():
+        small = probabilities(model.network, torch.from_numpy(sample.image.astype("float32")), num_classes=2,
+                              tile=48)[0].numpy()
+    expected = resize(small, (90, 120), order=1) > 0.5
+    assert (labels == expected).mean() > 0.97
+
+
+@pytest.mark.parametrize("shape, device, expected", [
+    ((300, 200), "cpu", ((300, 200), 69)),        # whole image in one tile on the CPU
+    ((2048, 2048), "cpu", ((2048, 2048), 1)),
+    ((4096, 1000), "cpu", ((1664, 1000), 2)),      # three windows of 1664 cover 4096 with overlap 0.25
+    ((4096, 4096), "cuda", ((1024, 1024), 8)),
+])
+def test_auto_tiling_covers_with_few_windows(shape, device, expected):
+    import torch
+
+    from napari_unet_seg.inference import auto_tiling
+
+    roi, batch = auto_tiling(shape, torch.device(device), minimum=256, overlap=0.25)
+    assert (roi, batch) == expected
+    assert all(r % 32 == 0 or r == s for r, s in zip(roi, shape))
+
+
+def test_reduced_precision_keeps_the_masks(model):
+    image, _ = synthetic_pair((128, 128), seed=5)
+    exact = predict(model, image, device="cpu", precision="fp32")
+    for precision in ("auto", "bf16"):
+        assert (predict(model, image, device="cpu", precision=precision) == exact).mean() > 0.995
+    with pytest.raises(UserError, match="precision 'fp8'"):
+        predict(model, image, device="cpu", precision="fp8")

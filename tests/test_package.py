@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ["napari_unet_seg", "napari_unet_seg.training", "napari_unet_seg.inference", "napari_unet_seg.evaluation",
           "napari_unet_seg.model_file", "napari_unet_seg.dataset", "napari_unet_seg.models",
           "napari_unet_seg.models.segnet", "napari_unet_seg.metrics", "napari_unet_seg.losses",
-          "napari_unet_seg.pairing", "napari_unet_seg.image_io", "napari_unet_seg.demo", "napari_unet_seg.commands"]
+          "napari_unet_seg.pairing", "napari_unet_seg.image_io", "napari_unet_seg.demo", "napari_unet_seg.commands",
+          "napari_unet_seg.sweep", "napari_unet_seg.export"]
 
 
 def test_engine_imports_no_qt_napari_or_magicgui():

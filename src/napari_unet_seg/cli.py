@@ -94,6 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     p = sub.add_parser("info", help="show what a model file holds (architecture, classes, metrics, command)")
     p.add_argument("model", help="model file (.pt) or shipped model name")
+    p = sub.add_parser("sweep", help="train a grid of runs on one data set; write comparison.csv and .md")
+    p.add_argument("config", help="sweep file (YAML): the data and the settings to compare (see docs/sweeps.md)")
+    p.add_argument("--out", help="sweep folder (default: runs/<config file name>); an existing one is resumed, "
+                   "its finished runs skipped")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
+    p = sub.add_parser("export", help="export a model to TorchScript, ONNX or a bioimage.io package (checked)")
+    p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "bioimageio"),
+                   help="torchscript (.pt), onnx (.onnx) or bioimageio (a package folder, or a .zip)")
+    p.add_argument("--out", required=True, help="the file to write; for bioimageio a folder or a .zip")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="do not run the export on a test image to compare it with PyTorch")
+    p.add_argument("--test-image", help="image for the check and the package's test tensors "
+                   "(default: the first training image, else a synthetic one)")
+    p.add_argument("--author", action="append", help="bioimageio: an author's name (repeat for several)")
+    p.add_argument("--license", help="bioimageio: SPDX license id of the weights (default: CC-BY-4.0)")
     return parser
 
 

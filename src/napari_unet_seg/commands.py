@@ -15,7 +15,8 @@ from pathlib import Path
 from .errors import UserError
 from .events import Batch, Checkpoint, Epoch, Message, Tiles
 
-__all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "ConsoleProgress"]
+__all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "run_sweep", "run_export",
+           "ConsoleProgress"]
 
 
 class ConsoleProgress:
@@ -191,4 +192,35 @@ def run_demo(args: Namespace) -> int:
         raise UserError(f"--out {out}: exists and is not empty; choose another folder or pass --overwrite")
     report = demo(out, epochs=args.epochs, device=args.device, on_event=ConsoleProgress())
     print(f"report: {report}")
+    return 0
+
+
+def run_sweep(args: Namespace) -> int:
+    from .sweep import load_sweep, sweep
+
+    _warnings_to_console()
+    spec = load_sweep(args.config)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.dry_run:
+        for run in spec.runs:
+            print(f"{out / run.name}: {run.describe()}")
+        return 0
+    cancel = threading.Event()
+    with _ctrl_c_cancels(cancel):
+        rows = sweep(spec, out, device=args.device, cancel=cancel, on_event=ConsoleProgress())
+    print((out / "comparison.md").read_text(), end="")
+    return 130 if cancel.is_set() or len(rows) < len(spec.runs) else 0
+
+
+def run_export(args: Namespace) -> int:
+    from .export import export_model
+    from .image_io import read_image
+
+    _warnings_to_console()
+    test_image = read_image(args.test_image) if args.test_image else None
+    began = time.perf_counter()
+    out = export_model(args.model, args.format, args.out, check=args.check, overwrite=args.overwrite,
+                       test_image=test_image, authors=args.author, license=args.license,
+                       on_message=lambda text: print(text, file=sys.stderr))
+    print(f"{args.format}: {out}  ({time.perf_counter() - began:.1f} s)")
     return 0

@@ -19,7 +19,8 @@ class TrainConfig:
     """Everything ``train`` needs; the CLI options and the Train widget map onto these fields.
 
     ``images``/``masks`` are folders of pairs. ``patch_size`` trains on random patches; ``resize``
-    (when set) trains on whole images resized to ``resize x resize`` instead.
+    (when set) trains on whole images resized to ``resize x resize`` instead. ``curves_every``: redraw
+    ``curves.png`` every N epochs (0: only at the end; the Train widget draws its own plot).
     """
 
     images: str | None = None
@@ -49,6 +50,7 @@ class TrainConfig:
     skip_unpaired: bool = False
     overwrite: bool = False
     amp: bool = True
+    curves_every: int = 1
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,7 +79,7 @@ class TrainConfig:
             raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.classes < 2 or self.classes > 255:
             raise UserError(f"--classes must be between 2 (binary) and 255, got {self.classes}")
-        if self.workers < 0 or self.early_stop < 0 or self.weight_decay < 0:
+        if self.workers < 0 or self.early_stop < 0 or self.weight_decay < 0 or self.curves_every < 0:
             raise UserError("--workers, --early-stop and --weight-decay must be >= 0")
         if (self.val_images is None) != (self.val_masks is None):
             raise UserError("give both --val-images and --val-masks, or neither")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
@@ -34,37 +35,84 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-def _window_count(size: tuple[int, int], roi: int, overlap: float) -> int:
+def _window_count(size: tuple[int, int], roi: tuple[int, int], overlap: float) -> int:
     count = 1
-    for extent in size:
-        if extent <= roi:
+    for extent, length in zip(size, roi):
+        if extent <= length:
             continue
-        interval = max(1, int(roi * (1 - overlap)))
-        count *= math.ceil((extent - roi) / interval) + 1
+        interval = max(1, int(length * (1 - overlap)))
+        count *= math.ceil((extent - length) / interval) + 1
     return count
 
 
-def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int,
-                  overlap: float = 0.25, batch_size: int = 4, tta: bool = False, amp: bool = True,
+#: Largest tile edge and pixels per tile batch chosen automatically, per device type. On the CPU whole
+#: images up to 2048 px are one tile (no overlap overhead); see benchmarks/bench_predict.py.
+AUTO_TILE = {"cpu": (2048, 2048 * 2048), "cuda": (1024, 32 * 512 * 512)}
+
+
+def auto_tiling(shape: tuple[int, int], device: torch.device, *, minimum: int, overlap: float,
+                batch_size: int | None = None) -> tuple[tuple[int, int], int]:
+    """``(tile height, tile width), tile batch``: per axis the smallest tile (a multiple of 32, at least
+    ``minimum``, at most the device's cap) that covers the axis with the fewest overlapping windows."""
+    cap, batch_pixels = AUTO_TILE["cuda" if device.type == "cuda" else "cpu"]
+    cap = max(cap, minimum)
+    roi = []
+    for extent in shape:
+        if extent <= cap:
+            roi.append(extent)
+            continue
+        windows = math.ceil((extent - cap * overlap) / (cap * (1 - overlap)))
+        size = math.ceil(extent / (windows - (windows - 1) * overlap))
+        roi.append(min(cap, max(minimum, -(-size // 32) * 32)))
+    batch = batch_size or max(1, batch_pixels // (roi[0] * roi[1]))
+    return (roi[0], roi[1]), batch
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for inference: ``auto`` is float16 on CUDA and bfloat16 on CPUs with native
+    bfloat16 (AVX512-BF16 or AMX), else float32 (None); ``fp32``, ``fp16``, ``bf16`` force one."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise UserError(f"precision {precision!r} is unknown; use auto, fp32, fp16 or bf16")
+    if device.type == "cuda":
+        return torch.float16
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # older torch: stay exact
+        native = False
+    return torch.bfloat16 if native else None
+
+
+def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int | tuple[int, int],
+                  overlap: float = 0.25, batch_size: int = 4, tta: bool = False, precision: str = "auto",
+                  channels_last: bool = False,
                   on_window: Callable[[int], None] | None = None, cancel: Any = None,
                   raw: bool = False, on_out_of_memory: Callable[[int], None] | None = None) -> torch.Tensor:
     """Class probabilities ``(K, Y, X)`` of one normalized image ``(C, Y, X)`` already on the device.
 
     With ``raw=True`` the blended logits instead (validation computes its loss on them).
     ``K`` is 1 (foreground) for binary models, else ``num_classes``. Tiles of ``tile`` pixels overlap
-    by ``overlap`` and are blended with a gaussian window. ``tta`` averages the four flips.
+    by ``overlap`` and are blended with a gaussian window. ``tta`` averages the four flips. The network
+    runs under autocast (:func:`autocast_dtype`); ``channels_last`` feeds it NHWC tiles.
     When the GPU runs out of memory, the tile batch is halved and the image redone;
     ``on_out_of_memory(new_batch_size)`` is told (else a warning is issued).
     """
     from monai.inferers import sliding_window_inference
 
     device = image.device
-    use_amp = amp and device.type == "cuda"
+    dtype = autocast_dtype(device, precision)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         if is_cancelled(cancel):
             raise JobCancelled()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = network(batch)
         if on_window is not None:
             on_window(batch.shape[0])
@@ -75,7 +123,8 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
 
     flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
     # An image smaller than the tile is one window of its own size (the network pads internally).
-    roi = (min(tile, image.shape[-2]), min(tile, image.shape[-1]))
+    tile = (tile, tile) if isinstance(tile, int) else tile
+    roi = (min(tile[0], image.shape[-2]), min(tile[1], image.shape[-1]))
     total = None
     x = image[None]
     with torch.inference_mode():
@@ -158,15 +207,17 @@ def _layout(array: Any, in_channels: int, rgb: bool | None) -> tuple[bool, tuple
 
 
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
-                  tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5, batch_size: int = 4,
-                  tta: bool = False, min_size: int = 0, fill_holes: bool = False,
-                  return_probabilities: bool = False, rgb: bool | None = None,
+                  tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
+                  batch_size: int | None = None, tta: bool = False, min_size: int = 0, fill_holes: bool = False,
+                  return_probabilities: bool = False, rgb: bool | None = None, precision: str = "auto",
                   cancel: Any = None) -> Generator[Tiles | Message, None, Prediction]:
     """Segment ``array``, yielding :class:`Tiles` progress (in tiles) after each slice; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
-    ``tile`` defaults to the model's training patch size (at least 256). When the GPU runs out of
-    memory, ``batch_size`` is halved for the rest of the job and a warning :class:`Message` is yielded.
+    ``tile``/``batch_size`` default to :func:`auto_tiling` (as few windows as the device's cap allows,
+    at least the training patch size); the network runs channels-last under ``precision``
+    (:func:`autocast_dtype`). When the GPU runs out of memory, ``batch_size`` is halved for the rest of
+    the job and a warning :class:`Message` is yielded.
     """
     model = load_model(model)
     if not 0 <= overlap < 1:
@@ -175,15 +226,22 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
         raise UserError(f"threshold must be in (0, 1), got {threshold}")
     if tile is not None and tile < 16:
         raise UserError(f"tile size must be at least 16 pixels, got {tile}")
-    if batch_size < 1 or min_size < 0:
+    if (batch_size is not None and batch_size < 1) or min_size < 0:
         raise UserError("batch size must be >= 1 and minimum object size >= 0")
     colour, spatial = _layout(array, model.in_channels, rgb)
-    tile = int(tile or model.tile_size)
     torch_device = resolve_device(device)
-    network = model.network.to(torch_device).eval()
+    autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
+    network = model.network.to(torch_device, memory_format=torch.channels_last).eval()
     stack = len(spatial) == 3
+    resize = model.config.get("resize")
+    plane_shape = (resize, resize) if resize else tuple(spatial[-2:])
+    if tile:
+        roi, batch_size = (int(tile), int(tile)), batch_size or 4
+    else:
+        roi, batch_size = auto_tiling(plane_shape, torch_device, minimum=model.tile_size, overlap=overlap,
+                                      batch_size=batch_size)
     slices = spatial[0] if stack else 1
-    per_slice = _window_count(spatial[-2:], tile, overlap) * (4 if tta else 1)
+    per_slice = _window_count(plane_shape, roi, overlap) * (4 if tta else 1)
     total = slices * per_slice
     labels = np.zeros(spatial, dtype=np.uint8)
     channels = 1 if model.num_classes == 2 else model.num_classes
@@ -196,8 +254,13 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
         image = normalize(to_channels_first(plane, model.in_channels, rgb=colour, name="image"),
                           model.normalization)
         tensor = torch.from_numpy(image).to(torch_device)
-        probs = probabilities(network, tensor, num_classes=model.num_classes, tile=tile, overlap=overlap,
-                              batch_size=batch_size, tta=tta, cancel=cancel, on_out_of_memory=lowered.append)
+        if resize:  # a model trained on resized images sees them resized, and its output is scaled back
+            tensor = F.interpolate(tensor[None], size=(resize, resize), mode="bilinear", antialias=True)[0]
+        probs = probabilities(network, tensor, num_classes=model.num_classes, tile=roi, overlap=overlap,
+                              batch_size=batch_size, tta=tta, precision=precision, channels_last=True,
+                              cancel=cancel, on_out_of_memory=lowered.append)
+        if resize:
+            probs = F.interpolate(probs[None], size=tuple(spatial[-2:]), mode="bilinear")[0]
         if lowered:
             batch_size = lowered[-1]
             yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")

@@ -60,7 +60,7 @@ class SegmentationModel:
 
     @property
     def tile_size(self) -> int:
-        """The tile edge predict uses by default: the training patch (or resize) size, at least 256."""
+        """The smallest tile edge predict uses by default: the training patch (or resize) size, at least 256."""
         size = self.config.get("resize") or self.config.get("patch_size") or 256
         return max(256, int(size))
 

@@ -148,8 +148,9 @@ def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, nu
     losses, per_image = [], []
     for sample in samples:
         image = torch.from_numpy(sample.image.astype(np.float32)).to(device)
-        logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25, amp=amp,
-                               raw=True, cancel=cancel, batch_size=batch_size, on_out_of_memory=lower)
+        logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25,
+                               precision="auto" if amp else "fp32", raw=True, cancel=cancel,
+                               batch_size=batch_size, on_out_of_memory=lower)
         target = torch.from_numpy(sample.mask).to(device)[None, None].float()
         losses.append(float(loss_fn(logits[None], target)))
         probs = torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=0)
@@ -236,7 +237,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         return float(loss.detach())
 
     val_batch_size, lowered = 4, []
-    status, waited = "completed", 0
+    status, waited, plotted = "completed", 0, 0
     best_path, last_path = run / "best.pt", run / "last.pt"
     for epoch in range(first_epoch, config.epochs + 1):
         began = time.perf_counter()
@@ -307,12 +308,16 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         save_model(last_path, model, training_state=state)
         yield Checkpoint(last_path, "last", epoch)
         write_history(run / "history.csv", history)
-        plot_curves(run / "curves.png", history)
+        if config.curves_every and epoch % config.curves_every == 0:
+            plot_curves(run / "curves.png", history)
+            plotted = epoch
         yield Epoch(epoch, config.epochs, dict(row))
         if config.early_stop and waited >= config.early_stop:
             status = "early_stopped"
             yield Message(f"early stop: no better validation Dice for {waited} epochs")
             break
+    if history and plotted != history[-1]["epoch"]:
+        plot_curves(run / "curves.png", history)
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     return TrainResult(run, best_path if best_path.exists() else None, last_path if last_path.exists() else None,
                        history, best_epoch, best_row, status)

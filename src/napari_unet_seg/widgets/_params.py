@@ -84,7 +84,7 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
                          classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
                          epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
                          val_fraction=float(val_fraction), augment=str(augment), device=str(device),
-                         overwrite=bool(overwrite), command=WIDGET_COMMAND)
+                         overwrite=bool(overwrite), command=WIDGET_COMMAND, curves_every=0)
     return config.validate()
 
 
