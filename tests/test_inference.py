@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet_seg.errors import JobCancelled, UserError
-from napari_unet_seg.events import Tiles
+from napari_unet_seg.events import Message, Tiles, drain
 from napari_unet_seg.inference import postprocess, predict, predict_steps
 from napari_unet_seg.model_file import load_model
 from napari_unet_seg.sample_data import synthetic_pair
@@ -35,12 +35,7 @@ def test_stack_is_predicted_slice_by_slice_and_reports_progress(model):
     stack = np.stack(slices)
     steps = predict_steps(model, stack, device="cpu", tile=64)
     events = []
-    while True:
-        try:
-            events.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(steps, events.append)
     assert all(isinstance(e, Tiles) for e in events) and events[-1].done == events[-1].total
     assert result.labels.shape == stack.shape
     for z, image in enumerate(slices):
@@ -93,8 +88,6 @@ def test_postprocess_min_size_and_holes():
 def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch):
     import torch
 
-    from napari_unet_seg.events import Message
-
     model = load_model(tiny_model)
     stack = np.stack([synthetic_pair((96, 96), seed=s)[0] for s in range(2)])
     expected = predict(model, stack, device="cpu", tile=32)
@@ -109,12 +102,7 @@ def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch
     monkeypatch.setattr(model.network, "forward", flaky)
     steps = predict_steps(model, stack, device="cpu", tile=32, batch_size=4)
     events = []
-    while True:
-        try:
-            events.append(next(steps))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(steps, events.append)
     messages = [e for e in events if isinstance(e, Message)]
     assert [(m.text, m.level) for m in messages] == [("out of GPU memory: tile batch size lowered to 1", "warning")]
     assert set(sizes) == {1} and events[-1] == Tiles(events[-1].total, events[-1].total)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["pretrained_path", "shipped_models"]
+__all__ = ["DISPLAY_NAMES", "display_name", "pretrained_path", "shipped_models"]
+
+#: How shipped models are listed in the widgets (file stem -> name).
+DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)"}
 
 
 def _folder() -> Path:
@@ -21,3 +24,8 @@ def shipped_models() -> dict[str, Path]:
 def pretrained_path(name: str) -> Path | None:
     """The file of shipped model ``name``, or None."""
     return shipped_models().get(name)
+
+
+def display_name(name: str) -> str:
+    """The listed name of shipped model ``name`` (its file stem when none is registered)."""
+    return DISPLAY_NAMES.get(name, name)

@@ -106,7 +106,7 @@ def test_layer_pairs_refusals(image, labels, message):
 def test_model_choices_list_shipped_models_then_files_once():
     shipped = {"em-membranes": Path("/pkg/pretrained/em-membranes.pt")}
     choices = params.model_choices(shipped, ["/runs/a/best.pt", "/runs/a/best.pt", "/runs/b/last.pt"])
-    assert choices == [("em-membranes (shipped)", "em-membranes"), ("a/best.pt", "/runs/a/best.pt"),
+    assert choices == [("EM membranes (U-Net)", "em-membranes"), ("a/best.pt", "/runs/a/best.pt"),
                        ("b/last.pt", "/runs/b/last.pt")]
     assert params.model_choices({}, []) == []
 

@@ -107,10 +107,9 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_di
     ``tiny_model`` is only a warm-up: the first training in a process imports torch and MONAI modules,
     and a C extension being initialised holds the GIL, which no widget design can avoid.
 
-    Known limit: at the end of each epoch the engine draws ``curves.png`` with matplotlib in the worker
-    thread (``reporting.plot_curves``), and Agg rendering holds the GIL for 0.3-1 s, so the event loop
-    pauses once per epoch. Between epochs it must tick freely; the per-epoch pause must stay short.
-    (Tighten the last bound to 0.25 s once the engine can skip per-epoch curves, see the widget report.)
+    The widget asks the engine for no per-epoch ``curves.png`` (``curves_every=0``): drawing it with
+    matplotlib in the worker would hold the GIL for 0.3-1 s each epoch. The run's curves are drawn once,
+    at its end.
     """
     from qtpy.QtCore import QTimer
 
@@ -130,8 +129,8 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_di
         timer.stop()
     gaps = np.diff(ticks)
     assert len(ticks) > 10
-    slow = gaps[gaps > 0.25]
-    assert len(slow) <= 3, f"{len(slow)} pauses over 250 ms in 3 epochs: {np.round(slow * 1000)}"
+    slow = gaps[gaps > 0.25]  # generous: CI's two cores run the viewer, the worker and torch's threads
+    assert len(slow) <= 2, f"{len(slow)} pauses over 250 ms in 3 epochs: {np.round(slow * 1000)}"
     assert np.median(gaps) < 0.03
     assert gaps.max() < 1.5, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
 

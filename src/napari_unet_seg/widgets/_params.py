@@ -115,9 +115,11 @@ def layer_pairs(image: Any, labels: Any, *, rgb: bool = False, image_name: str =
 
 
 def model_label(value: str | os.PathLike, shipped: Mapping[str, Path] | None = None) -> str:
-    """How a model shows in a model list: ``name (shipped)`` or ``run-folder/file.pt``."""
+    """How a model shows in a model list: a shipped model's display name or ``run-folder/file.pt``."""
     if shipped and str(value) in shipped:
-        return f"{value} (shipped)"
+        from ..pretrained import display_name
+
+        return display_name(str(value))
     path = Path(value)
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 

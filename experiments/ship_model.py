@@ -1,0 +1,39 @@
+"""Turn a trained run into a shipped model: score it on held-out test pairs, record the figures and the
+data's provenance in its metadata, and write it to ``src/napari_unet_seg/pretrained/NAME.pt``.
+
+    python experiments/ship_model.py runs/em/best.pt em-membranes --test-images T/images --test-masks T/masks \\
+        --display-name "EM membranes (U-Net)" --data "ISBI 2012 EM training volume, slices 0-23 (val 24-26)"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from napari_unet_seg.evaluation import evaluate
+from napari_unet_seg.model_file import load_model, save_model
+
+TARGET = Path(__file__).resolve().parents[1] / "src" / "napari_unet_seg" / "pretrained"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("name")
+    parser.add_argument("--test-images", required=True)
+    parser.add_argument("--test-masks", required=True)
+    parser.add_argument("--display-name", required=True)
+    parser.add_argument("--data", required=True, help="what the model was trained on, and its terms")
+    args = parser.parse_args()
+    model = load_model(args.model)
+    scores = evaluate(model, args.test_images, args.test_masks, device="cpu")
+    model.metrics = {**model.metrics, "test_dice": scores["dice"], "test_iou": scores["iou"],
+                     "test_accuracy": scores["accuracy"], "test_count": scores["count"]}
+    model.info = {**model.info, "display_name": args.display_name, "data": args.data}
+    path = save_model(TARGET / f"{args.name}.pt", model)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): test Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f}, "
+          f"accuracy {scores['accuracy']:.4f} on {scores['count']} images")
+
+
+if __name__ == "__main__":
+    main()
