@@ -27,7 +27,8 @@ from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
 from .losses import build_loss
 from .metrics import mean_metrics, segmentation_metrics
-from .model_file import SegmentationModel, _out_channels, load_model, load_training_state, save_model
+from .model_file import (SegmentationModel, _out_channels, load_model, load_training_state, read_metadata,
+                         save_model)
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
 from .pairing import pair_files
@@ -174,13 +175,11 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         initial_model: start from this model's weights (fine-tuning) instead of random ones.
         cancel: a ``threading.Event`` (or callable) that stops the run between batches.
     """
-    if resume:
-        stored = load_model(Path((config.out if config else options["out"])) / "last.pt")
-        base = TrainConfig.from_dict(stored.config)
-        config = TrainConfig.from_dict({**base.to_dict(), **(config.to_dict() if config else {}), **options}) \
-            if config else TrainConfig.from_dict({**base.to_dict(), **options})
-    else:
-        config = TrainConfig.from_dict({**(config.to_dict() if config else {}), **options})
+    values = {**(config.to_dict() if config else {}), **options}
+    if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
+        out = Path(values.get("out", TrainConfig.out))
+        values = {**read_metadata(out / "last.pt").get("config", {}), **values}
+    config = TrainConfig.from_dict(values)
     config.validate()
     device = resolve_device(config.device)
     run = _prepare_run_dir(config, resume)

@@ -1,0 +1,40 @@
+"""The models that ship with the package load by name and segment the package's sample data."""
+
+import pytest
+
+from napari_unet_seg.image_io import read_image
+from napari_unet_seg.inference import predict
+from napari_unet_seg.metrics import segmentation_metrics
+from napari_unet_seg.model_file import load_model
+from napari_unet_seg.pretrained import display_name, shipped_models
+from napari_unet_seg.sample_data import sample_folders
+
+
+def test_em_model_ships_small_with_its_provenance():
+    assert "em-membranes" in shipped_models()
+    model = load_model("em-membranes")
+    assert model.path.stat().st_size < 10e6
+    assert display_name("em-membranes") == "EM membranes (U-Net)" == model.info["display_name"]
+    assert model.config["command"].startswith("napari-unet-seg train ")
+    assert {"test_dice", "test_iou", "test_accuracy"} <= set(model.metrics)
+
+
+def test_em_model_segments_the_held_out_sample():
+    # em_28 is a crop of ISBI slice 28, one of the test slices the model never saw (trained on 0-23).
+    images, masks = sample_folders("em")
+    labels = predict("em-membranes", read_image(images / "em_28.png"), device="cpu")
+    scores = segmentation_metrics(labels, read_image(masks / "em_28.png") > 0)
+    assert scores["dice"] > 0.8 and scores["accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_cli_predicts_with_a_shipped_model_by_name(tmp_path):
+    import subprocess
+    import sys
+
+    images, _ = sample_folders("em")
+    done = subprocess.run([sys.executable, "-m", "napari_unet_seg", "predict", "--model", "em-membranes",
+                           "--input", str(images / "em_28.png"), "--output", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_image(tmp_path / "em_28.png").shape == (256, 256)
