@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +33,32 @@ def wait_job(qtbot):
         return job.state
 
     return wait
+
+
+@pytest.fixture
+def event_loop_gaps(wait_job):
+    """``event_loop_gaps(start)``: start a widget job with ``start()`` while a 10 ms QTimer ticks; return
+    the gaps between ticks (seconds) during the job's work in its worker thread."""
+
+    def measure(start, timeout: int = 60_000) -> np.ndarray:
+        from qtpy.QtCore import QTimer
+
+        ticks: list[float] = []
+        jobs = []
+        timer = QTimer()
+        timer.setInterval(10)
+        # only ticks while the worker computes: adding the result layer afterwards is main-thread work
+        timer.timeout.connect(lambda: jobs and jobs[0].running and ticks.append(time.perf_counter()))
+        timer.start()
+        try:
+            jobs.append(start())
+            assert wait_job(jobs[0], timeout=timeout) == "done"
+        finally:
+            timer.stop()
+        assert len(ticks) > 10
+        return np.diff(ticks)
+
+    return measure
 
 
 @pytest.fixture

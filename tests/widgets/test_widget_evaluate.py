@@ -87,7 +87,8 @@ def test_compare_labels_layers_binary_and_multiclass(make_napari_viewer):
     assert [row[0] for row in rows] == ["mean of classes", "1", "2"]
 
 
-def test_evaluate_refusals(make_napari_viewer, notifications):
+def test_evaluate_refusals(make_napari_viewer, notifications, monkeypatch):
+    monkeypatch.setattr("napari_unet_seg.widgets._models.shipped_models", dict)  # no model listed yet
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((4, 4), np.uint8), name="a")
     viewer.add_labels(np.zeros((5, 5), np.uint8), name="b")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -96,7 +94,9 @@ def test_segment_cancel_stops_the_job(make_napari_viewer, tiny_model, wait_job, 
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
-def test_segment_errors_are_one_line_notifications(make_napari_viewer, tmp_path, notifications, wait_job):
+def test_segment_errors_are_one_line_notifications(make_napari_viewer, tmp_path, notifications, wait_job,
+                                                   monkeypatch):
+    monkeypatch.setattr("napari_unet_seg.widgets._models.shipped_models", dict)  # no model listed yet
     viewer = make_napari_viewer()
     widget = _segment_widget(viewer)
     assert widget.run() is None  # no image layer
@@ -128,26 +128,18 @@ def test_segment_sync_mode_runs_in_the_main_thread(make_napari_viewer, tiny_mode
     assert viewer.layers["img labels"].data.shape == (32, 32)
 
 
-def test_viewer_stays_responsive_while_segmenting(make_napari_viewer, tiny_model, wait_job, qtbot):
-    from qtpy.QtCore import QTimer
-
+def test_viewer_stays_responsive_while_segmenting(make_napari_viewer, tiny_model, event_loop_gaps):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(1).integers(0, 255, (12, 256, 256), dtype=np.uint8), name="big")
     widget = _segment_widget(viewer)
     widget.model_file.value = tiny_model
     widget.tile.value = 64
-    ticks: list[float] = []
-    jobs = []
-    timer = QTimer()
-    timer.setInterval(10)
-    # only ticks while the worker computes: adding the result layer afterwards is main-thread work
-    timer.timeout.connect(lambda: jobs and jobs[0].running and ticks.append(time.perf_counter()))
-    timer.start()
-    try:
-        jobs.append(widget.run())
-        assert wait_job(jobs[0], timeout=60_000) == "done"
-    finally:
-        timer.stop()
-    gaps = np.diff(ticks)
-    assert len(ticks) > 10
+    gaps = event_loop_gaps(widget.run)
     assert gaps.max() < 0.25, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+
+def test_shipped_model_is_listed_by_name_and_chosen_first(make_napari_viewer):
+    widget = _segment_widget(make_napari_viewer())
+    combo = widget.model.native
+    labels = [combo.itemText(i) for i in range(combo.count())]
+    assert "EM membranes (U-Net)" in labels and widget.model.value == "em-membranes"
