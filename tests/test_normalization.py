@@ -55,3 +55,25 @@ def test_channel_layout():
               elements=st.floats(allow_nan=True, allow_infinity=True, width=32)))
 def test_normalize_never_produces_nan(image):
     assert np.isfinite(normalize(image, PERCENTILE)).all()
+
+
+def test_blocks_scaled_with_the_whole_images_range_match_the_whole():
+    from napari_unet_seg.normalization import intensity_range
+
+    image = np.random.default_rng(0).integers(0, 4000, (1, 64, 96)).astype(np.uint16)
+    whole = normalize(image, PERCENTILE)
+    value_range = intensity_range(image, PERCENTILE)
+    block = normalize(image[:, 10:40, 50:90], PERCENTILE, value_range)
+    assert np.array_equal(block, whole[:, 10:40, 50:90])
+
+
+def test_huge_images_are_measured_on_a_subsample_close_to_the_whole(monkeypatch):
+    from napari_unet_seg import normalization
+
+    image = np.random.default_rng(1).gamma(2.0, 50.0, (1, 300, 300)).astype(np.float32)
+    exact = normalization.intensity_range(image, PERCENTILE)
+    monkeypatch.setattr(normalization, "STATS_SAMPLE", 10_000)  # every 3rd pixel per axis
+    sampled = normalization.intensity_range(image, PERCENTILE)
+    assert sampled != exact
+    assert abs(sampled["low"] - exact["low"]) < 0.02 * (exact["high"] - exact["low"])
+    assert abs(sampled["high"] - exact["high"]) < 0.05 * (exact["high"] - exact["low"])

@@ -1,0 +1,127 @@
+"""Training speed: an epoch from the image/mask folder against steps on a batch already on the device.
+
+Runs ``train_steps`` on a folder (decoding, cropping, augmentation, host-to-device copies included) and,
+in the same run, the same network, loss and optimizer on one resident batch; prints both step rates and
+their ratio (the speed issue's target: >= 0.85, i.e. data loading is never the bottleneck).
+
+    python benchmarks/bench_train.py                                  # synthetic folder, auto device
+    python benchmarks/bench_train.py --images ../shared/data/isbi2012-em/images \\
+        --masks ../shared/data/isbi2012-em/masks --augment strong --workers 2 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def folder_rate(args, images: str, masks: str, out: str) -> tuple[float, int]:
+    """Training steps per second over epochs 2.. of ``train_steps`` (epoch 1 warms up); and the batch count."""
+    from napari_unet_seg.events import Batch, Epoch
+    from napari_unet_seg.training import train_steps
+
+    steps = train_steps(images=images, masks=masks, out=out, model=args.model, width=args.width,
+                        epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size,
+                        augment=args.augment, workers=args.workers, device=args.device, val_fraction=0.1,
+                        curves_every=0, overwrite=True)
+    # An epoch's clock starts when the previous epoch's validation is done (its Epoch event) and stops at
+    # its last batch: loader start, decoding, cropping, augmentation and copies all count.
+    started, timed, batches = None, 0.0, 0
+    for event in steps:
+        if isinstance(event, Epoch):
+            started = time.perf_counter()
+        elif isinstance(event, Batch) and started is not None and event.batch == event.batches:
+            timed += time.perf_counter() - started
+            batches += event.batches
+            started = None
+    return batches / timed, batches
+
+
+def resident_rate(args, channels: int, steps: int) -> float:
+    """Steps per second of the same network, loss and optimizer on one batch already on the device."""
+    from napari_unet_seg.device import resolve_device
+    from napari_unet_seg.losses import build_loss
+    from napari_unet_seg.models import build_network, network_kwargs
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    network = build_network(args.model, channels, 1, **network_kwargs(args.model, width=args.width)).to(device)
+    network.train()
+    loss_fn = build_loss("dicece", 2).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    images = torch.rand(args.batch_size, channels, args.patch_size, args.patch_size, device=device)
+    masks = (torch.rand(args.batch_size, 1, args.patch_size, args.patch_size, device=device) > 0.5).float()
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = network(images)
+        loss = loss_fn(logits.float(), masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.detach())  # the training loop reads the loss each step too
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps / (time.perf_counter() - began)
+
+
+def main() -> None:
+    import monai
+
+    from napari_unet_seg.device import resolve_device
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", help="image folder (default: 24 synthetic 512x512 images)")
+    parser.add_argument("--masks", help="mask folder")
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=256)
+    parser.add_argument("--augment", default="light")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first one warms up)")
+
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks = (args.images, args.masks) if args.images else write_synthetic_folder(tmp, 24, (512, 512))
+        from napari_unet_seg.pairing import pair_files
+        from napari_unet_seg.image_io import read_image
+
+        first = read_image(pair_files(images, masks)[0].image)
+        channels = 3 if first.ndim == 3 and first.shape[-1] in (3, 4) else 1
+        rate_folder, batches = folder_rate(args, images, masks, f"{tmp}/run")
+    rate_resident = resident_rate(args, channels, steps=max(10, batches // (args.epochs - 1)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    print(f"device: {device} ({name}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
+          f"monai {monai.__version__}; model {args.model} width {args.width}; batch {args.batch_size} x "
+          f"{args.patch_size}^2; augment {args.augment}; workers {args.workers}; data {images}")
+    print(f"epoch from the folder (train_steps):      {rate_folder:8.2f} steps/s")
+    print(f"resident batch (network, loss, optimizer): {rate_resident:8.2f} steps/s")
+    print(f"ratio folder / resident: {rate_folder / rate_resident:.2f}  (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()

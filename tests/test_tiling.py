@@ -1,0 +1,46 @@
+"""Tests of tiling.py: automatic tile sizes and the blocks large planes are predicted in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet_seg.tiling import auto_tiling, blocks, window_count
+
+
+@pytest.mark.parametrize("shape, device, expected", [
+    ((300, 200), "cpu", ((300, 200), 69)),        # whole image in one tile on the CPU
+    ((2048, 2048), "cpu", ((2048, 2048), 1)),
+    ((4096, 1000), "cpu", ((1664, 1000), 2)),      # three windows of 1664 cover 4096 with overlap 0.25
+    ((4096, 4096), "cuda", ((1024, 1024), 8)),
+])
+def test_auto_tiling_covers_with_few_windows(shape, device, expected):
+    roi, batch = auto_tiling(shape, torch.device(device), minimum=256, overlap=0.25)
+    assert (roi, batch) == expected
+    assert all(r % 32 == 0 or r == s for r, s in zip(roi, shape))
+
+
+def test_window_count_matches_monai():
+    from monai.inferers.utils import _get_scan_interval
+    from monai.data.utils import dense_patch_slices
+
+    for size, roi, overlap in [((300, 200), (128, 128), 0.25), ((1000, 999), (256, 320), 0.5), ((64, 64), (96, 96), 0)]:
+        clipped = tuple(min(r, s) for r, s in zip(roi, size))
+        interval = _get_scan_interval(size, clipped, 2, (overlap, overlap))
+        assert window_count(size, roi, overlap) == len(dense_patch_slices(size, clipped, interval))
+
+
+@pytest.mark.parametrize("shape, block, halo", [((1000, 700), 256, 32), ((300, 300), 4096, 64), ((513, 257), 256, 0)])
+def test_blocks_tile_the_plane_exactly_with_bounded_context(shape, block, halo):
+    covered = np.zeros(shape, np.int32)
+    for outer, inner in blocks(shape, block, halo):
+        region = covered[outer]
+        assert all(s.stop - s.start <= block + 2 * halo for s in outer)
+        assert all(s.stop - s.start <= block for s in inner)
+        region[inner] += 1
+        # the halo is as wide as the plane allows on each side
+        for axis, (o, i) in enumerate(zip(outer, inner)):
+            assert i.start == min(halo, o.start + i.start)
+            assert o.stop - o.start - i.stop == min(halo, shape[axis] - (o.start + i.stop))
+    assert (covered == 1).all()
