@@ -39,7 +39,7 @@ def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
     again = cli("predict", "--model", run / "best.pt", "--input", images, "--output", out)
     assert again.returncode == 2 and "exists already; pass --overwrite" in again.stderr
     same = cli("predict", "--model", run / "best.pt", "--input", images, "--output", images)
-    assert same.returncode == 2 and "would replace the image itself" in same.stderr
+    assert same.returncode == 2 and "would replace the input image img000.png" in same.stderr
 
     scores_file = tmp_path / "scores.json"
     done = cli("evaluate", "--model", run / "best.pt", "--images", images, "--masks", masks, "--json", scores_file,
@@ -51,6 +51,44 @@ def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
 
     done = cli("info", run / "best.pt")
     assert done.returncode == 0 and "unet" in done.stdout and "napari-unet-seg train" in done.stdout
+
+
+def test_predict_writes_instances_and_uncertainty_and_never_overwrites(tmp_path, tiny_model):
+    import imageio.v3 as iio
+
+    from napari_unet_seg import predict
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    image, _ = synthetic_pair((64, 80), seed=5)
+    iio.imwrite(inputs / "cells.v1.png", image)
+    args = ["predict", "--model", tiny_model, "--input", inputs, "--output", out, "--device", "cpu",
+            "--instances", "watershed", "--min-distance", 3, "--uncertainty"]
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cells.v1.png", "cells.v1_uncertainty.tif"]
+    labels, spread = predict(tiny_model, image, device="cpu", instances="watershed", min_distance=3,
+                             uncertainty=True)
+    assert labels.max() >= 2
+    np.testing.assert_array_equal(read_image(out / "cells.v1.png"), labels)
+    written = read_image(out / "cells.v1_uncertainty.tif")
+    assert written.dtype == np.float32 and written.shape == (64, 80)
+    np.testing.assert_allclose(written, spread, atol=1e-6)
+
+    (out / "cells.v1.png").unlink()
+    (out / "cells.v1.tif").write_bytes(b"older")  # beyond 65535 objects the instance mask would be this TIFF
+    before = (out / "cells.v1_uncertainty.tif").read_bytes()
+    for existing in ("cells.v1.tif", "cells.v1_uncertainty.tif"):
+        refused = cli(*args)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+        assert f"{existing} exists already; pass --overwrite to replace it" in lines[0]
+        assert not (out / "cells.v1.png").exists() and (out / "cells.v1_uncertainty.tif").read_bytes() == before
+        (out / "cells.v1.tif").unlink(missing_ok=True)
+    done = cli(*args, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert read_image(out / "cells.v1_uncertainty.tif").dtype == np.float32 and (out / "cells.v1.png").exists()
 
 
 def test_resume_continues_a_run(tmp_path, synthetic_dir):

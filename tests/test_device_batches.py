@@ -66,3 +66,14 @@ def test_multi_class_masks_keep_their_ids():
                                   torch.from_numpy(np.stack([mask[None]] * 4)).float(), "strong",
                                   torch.Generator().manual_seed(0))
     assert set(torch.unique(masks).tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_processes_share_an_epoch_without_overlap():
+    samples, _ = samples_from_arrays(_discs(7, 32), classes=2, normalization=NONE)
+    batches = DeviceBatches(samples, None, "none", torch.device("cpu"))
+    alone = torch.cat([images for images, _ in batches.epoch(3, seed=5)])
+    shares = [torch.cat([images for images, _ in batches.epoch(2, seed=5, rank=r, world=2)]) for r in (0, 1)]
+    assert [len(s) for s in shares] == [4, 4] and batches.batch_count(2, world=2) == 2
+    # the two shares interleave to the single process's order (one item repeated to even them out)
+    merged = torch.stack([shares[i % 2][i // 2] for i in range(7)])
+    assert torch.equal(merged, alone)

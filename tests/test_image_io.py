@@ -78,9 +78,20 @@ def test_write_mask_png_and_tiff(tmp_path):
     stack = np.zeros((2, 4, 4), np.uint8)
     path = write_mask(tmp_path / "s.png", stack)
     assert path.suffix == ".tif" and read_image(path).shape == (2, 4, 4)
-    many = np.array([[0, 300]], np.uint16)
+    many = np.array([[0, 300]], np.int32)  # instance ids: a 16-bit PNG up to 65535, then a 32-bit TIFF
     path = write_mask(tmp_path / "many", many)
-    assert path.suffix == ".tif" and read_image(path).max() == 300
+    assert path.suffix == ".png" and read_image(path).dtype == np.uint16 and read_image(path).max() == 300
+    path = write_mask(tmp_path / "more", np.array([[0, 70_000]], np.int32))
+    assert path.suffix == ".tif" and read_image(path).dtype == np.uint32 and read_image(path).max() == 70_000
+
+
+def test_write_map_keeps_float32(tmp_path):
+    from napari_unet_seg.image_io import write_map
+
+    values = np.array([[0.0, 0.25], [0.5, 1e-7]], np.float64)
+    path = write_map(tmp_path / "u.png", values)
+    assert path.name == "u.tif" and read_image(path).dtype == np.float32
+    np.testing.assert_array_equal(read_image(path), values.astype(np.float32))
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

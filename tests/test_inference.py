@@ -138,20 +138,20 @@ def test_resize_models_predict_at_their_training_scale(tmp_path):
     assert (labels == expected).mean() > 0.97
 
 
-@pytest.mark.parametrize("shape, device, expected", [
-    ((300, 200), "cpu", ((300, 200), 69)),        # whole image in one tile on the CPU
-    ((2048, 2048), "cpu", ((2048, 2048), 1)),
-    ((4096, 1000), "cpu", ((1664, 1000), 2)),      # three windows of 1664 cover 4096 with overlap 0.25
-    ((4096, 4096), "cuda", ((1024, 1024), 8)),
-])
-def test_auto_tiling_covers_with_few_windows(shape, device, expected):
-    import torch
+def test_large_planes_are_predicted_in_blocks_like_whole(model, monkeypatch):
+    from napari_unet_seg import inference, tiling
 
-    from napari_unet_seg.inference import auto_tiling
-
-    roi, batch = auto_tiling(shape, torch.device(device), minimum=256, overlap=0.25)
-    assert (roi, batch) == expected
-    assert all(r % 32 == 0 or r == s for r, s in zip(roi, shape))
+    image, _ = synthetic_pair((384, 320), seed=9, objects=16)
+    whole, whole_probs = predict(model, image, device="cpu", precision="fp32", return_probabilities=True)
+    monkeypatch.setitem(tiling.BLOCK, "cpu", 128)
+    monkeypatch.setattr(inference, "BLOCK_HALO", 64)
+    events = list(inference.predict_steps(model, image, device="cpu", precision="fp32"))
+    assert len(events) > 4  # progress after each of the 3x3 blocks
+    assert events[-1].done == events[-1].total
+    blocked, blocked_probs = predict(model, image, device="cpu", precision="fp32", return_probabilities=True)
+    # as with tiles (test_tiled_equals_untiled), the borders' padding differs a little
+    assert np.abs(blocked_probs - whole_probs).mean() < 0.02
+    assert (blocked == whole).mean() > 0.99
 
 
 def test_reduced_precision_keeps_the_masks(model):
@@ -161,3 +161,97 @@ def test_reduced_precision_keeps_the_masks(model):
         assert (predict(model, image, device="cpu", precision=precision) == exact).mean() > 0.995
     with pytest.raises(UserError, match="precision 'fp8'"):
         predict(model, image, device="cpu", precision="fp8")
+
+
+def _eight_views(model, image, **options):
+    """Probabilities of the image turned and flipped the eight ways, each turned back: ``(8, ...)``."""
+    out = []
+    for flip in (False, True):
+        for k in range(4):
+            view = np.ascontiguousarray(np.rot90(image[:, ::-1] if flip else image, k))
+            _, probs = predict(model, view, device="cpu", precision="fp32", return_probabilities=True, **options)
+            probs = np.rot90(probs, -k, axes=(-2, -1))
+            out.append(probs[..., ::-1] if flip else probs)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("tile", [None, 32])  # one whole non-square window, or square tiles
+def test_uncertainty_is_the_spread_of_the_eight_views(model, tile):
+    image, _ = synthetic_pair((72, 100), seed=4)
+    labels, probs, spread = predict(model, image, device="cpu", precision="fp32", tile=tile, overlap=0.5,
+                                    uncertainty=True, return_probabilities=True)
+    assert labels.shape == probs.shape == spread.shape == image.shape and spread.dtype == np.float32
+    views = _eight_views(model, image, tile=tile, overlap=0.5)
+    np.testing.assert_allclose(probs, views.mean(axis=0), atol=1e-5)
+    np.testing.assert_array_equal(labels, (views.mean(axis=0) > 0.5).astype(np.uint8))
+    np.testing.assert_allclose(spread, views.std(axis=0), atol=1e-5)
+    assert spread.min() >= 0 and spread.max() > 0.01  # a trained U-Net is not symmetric: the views differ
+    only_labels, only_spread = predict(model, image, device="cpu", precision="fp32", tile=tile, overlap=0.5,
+                                       uncertainty=True)
+    assert np.array_equal(only_labels, labels) and np.array_equal(only_spread, spread)
+
+
+def _pixelwise_model(classes=2, kernel=1):
+    import torch
+
+    from napari_unet_seg.model_file import SegmentationModel
+    from napari_unet_seg.normalization import default_normalization
+
+    torch.manual_seed(0)
+    out = 1 if classes == 2 else classes
+    network = torch.nn.Conv2d(1, out, kernel, padding=kernel // 2).eval()
+    return SegmentationModel(network=network, architecture={"name": "conv", "kwargs": {}}, in_channels=1,
+                             num_classes=classes, normalization=default_normalization("minmax"))
+
+
+def test_uncertainty_is_zero_for_a_network_blind_to_rotations_and_flips():
+    image, _ = synthetic_pair((40, 70), seed=2)
+    model = _pixelwise_model()  # a 1x1 convolution sees each pixel alone
+    labels, spread = predict(model, image, device="cpu", precision="fp32", uncertainty=True)
+    assert spread.shape == image.shape and spread.max() < 1e-6
+    assert np.array_equal(labels, predict(model, image, device="cpu", precision="fp32"))
+
+
+def test_multi_class_uncertainty_is_the_mean_of_the_class_spreads():
+    image, _ = synthetic_pair((40, 56), seed=6)
+    model = _pixelwise_model(classes=3, kernel=3)
+    labels, probs, spread = predict(model, image, device="cpu", precision="fp32", uncertainty=True,
+                                    return_probabilities=True)
+    views = _eight_views(model, image)
+    assert probs.shape == (3, 40, 56) and spread.shape == labels.shape == (40, 56)
+    np.testing.assert_allclose(spread, views.std(axis=0).mean(axis=0), atol=1e-5)
+    assert spread.max() > 1e-3
+    with pytest.raises(UserError, match="instances need a binary model, this one has 3 classes"):
+        predict(model, image, device="cpu", instances="watershed")
+
+
+def test_uncertainty_of_stacks_and_progress_counts(model):
+    stack = np.stack([synthetic_pair((48, 64), seed=s)[0] for s in range(2)])
+    counts = {}
+    for name, options in {"plain": {}, "tta": {"tta": True}, "uncertainty": {"uncertainty": True}}.items():
+        events = []
+        result = drain(predict_steps(model, stack, device="cpu", tile=32, precision="fp32", **options),
+                       events.append)
+        assert events[-1].done == events[-1].total and len(events) == 2
+        counts[name] = events[-1].total
+    assert counts["tta"] == 4 * counts["plain"] and counts["uncertainty"] == 8 * counts["plain"]
+    assert result.uncertainty.shape == stack.shape and result.labels.dtype == np.uint8
+    for z in range(2):
+        _, spread = predict(model, stack[z], device="cpu", tile=32, precision="fp32", uncertainty=True)
+        np.testing.assert_array_equal(result.uncertainty[z], spread)
+
+
+def test_instances_number_the_objects(model):
+    from skimage.measure import label
+
+    image, _ = synthetic_pair((96, 96), seed=123)
+    plain = predict(model, image, device="cpu")
+    components = predict(model, image, device="cpu", instances="components")
+    assert components.dtype == np.int32 and np.array_equal(components, label(plain))
+    split = predict(model, image, device="cpu", instances="watershed", min_distance=3)
+    assert split.dtype == np.int32 and np.array_equal(split > 0, plain > 0)
+    assert split.max() >= components.max()
+    stack = predict(model, np.stack([image, image]), device="cpu", instances="watershed", min_distance=3)
+    assert np.array_equal(stack[0], split) and np.array_equal(stack[1][stack[1] > 0], split[split > 0] + split.max())
+    with pytest.raises(UserError, match="instances 'cells' is unknown"):
+        predict(model, image, device="cpu", instances="cells")

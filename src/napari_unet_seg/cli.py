@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .errors import UserError
+from .errors import ReportedElsewhere, UserError
 
 __all__ = ["build_parser", "main"]
 
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the masks (PNG; TIFF for stacks)")
     p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output")
     _add_predict_options(p)
+    p.add_argument("--instances", choices=("none", "components", "watershed"), default="none",
+                   help="number the objects (binary models): connected components, or watershed to split "
+                   "touching ones; masks become 16-bit PNG (32-bit TIFF beyond 65535 objects)")
+    p.add_argument("--min-distance", type=int, default=5, help="watershed: least distance between object "
+                   "centres, in pixels")
+    p.add_argument("--uncertainty", action="store_true", help="also write <name>_uncertainty.tif (float32): "
+                   "the spread of 8 rotated/flipped predictions, whose mean gives the mask (8x slower)")
     p = sub.add_parser("evaluate", help="score a model on folders of image/mask pairs")
     p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
     p.add_argument("--images", required=True)
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return getattr(commands, f"run_{args.command}")(args) or 0
     except UserError as error:
-        print(f"napari-unet-seg: error: {error}", file=sys.stderr)
+        if not isinstance(error, ReportedElsewhere):  # under torchrun, rank 0 prints the errors all ranks share
+            print(f"napari-unet-seg: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("napari-unet-seg: interrupted; files written so far are complete", file=sys.stderr)

@@ -73,27 +73,35 @@ def _ctrl_c_cancels(cancel: threading.Event):
 
 
 def run_train(args: Namespace) -> int:
+    """Train; under torchrun every process runs this and rank 0 alone prints (see docs/distributed.md)."""
+    from . import distributed
     from .config import TrainConfig
     from .training import train
 
-    _warnings_to_console()
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "resume")}
     cancel = threading.Event()
-    with _ctrl_c_cancels(cancel):
+    with distributed.process_group(args.device), _ctrl_c_cancels(cancel):
+        main = distributed.is_main()
+        if main:
+            _warnings_to_console()
+        else:
+            warnings.simplefilter("ignore")
+        progress = ConsoleProgress() if main else None
         if args.resume:  # only the options given explicitly override the stored run
             from .cli import build_parser
 
             defaults = vars(build_parser().parse_args(["train"]))
             fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
-            result = train(resume=True, on_event=ConsoleProgress(), cancel=cancel, **fields)
+            result = train(resume=True, on_event=progress, cancel=cancel, **fields)
         else:
             config = TrainConfig(**fields, command=args.command_line)
-            result = train(config, on_event=ConsoleProgress(), cancel=cancel)
+            result = train(config, on_event=progress, cancel=cancel)
     best = result.best_metrics
-    if best:
+    if main and best:
         print(f"best epoch {result.best_epoch}: val Dice {best['val_dice']:.4f}  IoU {best['val_iou']:.4f}  "
               f"accuracy {best['val_accuracy']:.4f}")
-    print(f"model: {result.best}  ({result.status})")
+    if main:
+        print(f"model: {result.best}  ({result.status})")
     return 130 if result.status == "cancelled" else 0
 
 
@@ -112,12 +120,18 @@ def _predict_options(args: Namespace) -> dict:
             "tta": args.tta, "min_size": args.min_size, "fill_holes": args.fill_holes}
 
 
-def _mask_target(output: Path, source: Path, stack: bool, many_classes: bool) -> Path:
-    return (output / source.stem).with_suffix(".tif" if stack or many_classes else ".png")
+def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace) -> list[Path]:
+    """The files predicting ``source`` may write: its mask first (instance ids claim both the PNG and the
+    TIFF, taken beyond 65535 objects), then with ``--uncertainty`` ``<stem>_uncertainty.tif``."""
+    from .image_io import mask_suffix
+
+    counts = (largest,) if args.instances == "none" else (0, 2**31 - 1)
+    targets = [output / f"{source.stem}{suffix}" for suffix in dict.fromkeys(mask_suffix(ndim, n) for n in counts)]
+    return targets + ([output / f"{source.stem}_uncertainty.tif"] if args.uncertainty else [])
 
 
 def run_predict(args: Namespace) -> int:
-    from .image_io import read_image, write_mask
+    from .image_io import read_image, write_map, write_mask
     from .inference import predict
     from .model_file import load_model
     from .normalization import is_rgb
@@ -132,19 +146,24 @@ def run_predict(args: Namespace) -> int:
     planned = []
     for path in files:
         image = read_image(path)
-        stack = (image.ndim - int(is_rgb(image))) == 3
-        target = _mask_target(output, path, stack, model.num_classes > 256)
-        if target.resolve() in inputs:
-            raise UserError(f"--output {output}: the mask of {path.name} would replace the image itself; "
-                            "choose another output folder")
-        if target.exists() and not args.overwrite:
-            raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
-        planned.append((path, target))
-    for index, (path, target) in enumerate(planned, start=1):
+        targets = _targets(output, path, image.ndim - int(is_rgb(image)), model.num_classes - 1, args)
+        for target in targets:
+            if target.resolve() in inputs:
+                raise UserError(f"--output {output}: the output of {path.name} would replace the input image "
+                                f"{target.name}; choose another output folder")
+            if target.exists() and not args.overwrite:
+                raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
+        planned.append((path, targets))
+    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
+    for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
-        labels = predict(model, read_image(path), **_predict_options(args))
-        written = write_mask(target, labels)
-        print(f"[{index}/{len(planned)}] {path.name} -> {written}  ({time.perf_counter() - began:.1f} s)")
+        result = predict(model, read_image(path), uncertainty=args.uncertainty, **options)
+        labels, spread = result if args.uncertainty else (result, None)
+        written = [write_mask(targets[0], labels)]
+        if spread is not None:
+            written.append(write_map(targets[-1], spread))
+        print(f"[{index}/{len(planned)}] {path.name} -> {', '.join(map(str, written))}  "
+              f"({time.perf_counter() - began:.1f} s)")
     return 0
 
 

@@ -148,13 +148,21 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.index)
 
-    def batch_count(self, batch_size: int) -> int:
-        return math.ceil(len(self.index) / batch_size)
+    def batch_count(self, batch_size: int, world: int = 1) -> int:
+        """Batches in an epoch of each of ``world`` processes."""
+        return math.ceil(math.ceil(len(self.index) / world) / batch_size)
 
-    def epoch(self, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches ``(images (B, C, Y, X), masks (B, 1, Y, X))``, float32 on the device, of one epoch."""
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self.index), generator=generator).tolist()
+    def epoch(self, batch_size: int, seed: int, rank: int = 0, world: int = 1
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches ``(images (B, C, Y, X), masks (B, 1, Y, X))``, float32 on the device, of one epoch.
+
+        ``seed`` orders the epoch; process ``rank`` of ``world`` takes every ``world``-th item of that
+        order (padded to equal shares, as ``DistributedSampler`` does) and draws its own crops and
+        augmentation from ``seed * world + rank``.
+        """
+        order = torch.randperm(len(self.index), generator=torch.Generator().manual_seed(seed)).tolist()
+        order = (order * world)[:math.ceil(len(order) / world) * world][rank::world]
+        generator = torch.Generator().manual_seed(seed * world + rank)
         for start in range(0, len(order), batch_size):
             images, masks = [], []
             for item in order[start:start + batch_size]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "JobCancelled", "is_cancelled"]
+__all__ = ["UserError", "ReportedElsewhere", "JobCancelled", "is_cancelled"]
 
 
 class UserError(ValueError):
@@ -10,6 +10,10 @@ class UserError(ValueError):
 
     The CLI prints it and exits with status 2; the widgets show it as a napari notification.
     """
+
+
+class ReportedElsewhere(UserError):
+    """A user error that another process reports (rank 0 of a distributed run); the CLI exits 2 quietly."""
 
 
 class JobCancelled(Exception):

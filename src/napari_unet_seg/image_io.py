@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_mask", "atomic_write", "is_image_file"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "write_mask", "write_map", "mask_suffix", "atomic_write", "is_image_file"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -87,22 +87,37 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def mask_suffix(ndim: int, largest: int) -> str:
+    """The suffix :func:`write_mask` gives labels of ``ndim`` axes whose largest id is ``largest``."""
+    return ".png" if ndim == 2 and largest <= 65535 else ".tif"
+
+
 def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Write a label image: PNG for 2D labels up to 255, TIFF (zlib) for stacks or more classes.
+    """Write a label image: PNG (8-bit up to 255, else 16-bit) for 2D labels up to 65535, TIFF (zlib;
+    8, 16 or 32-bit) for stacks or more labels (instance ids).
 
     The suffix of ``path`` is replaced to match the chosen format; the written path is returned.
     """
     path = Path(path)
     labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.max(initial=0) <= 255:
-        path = path.with_suffix(".png")
+    largest = int(labels.max(initial=0))
+    dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.uint32
+    path = path.with_suffix(mask_suffix(labels.ndim, largest))
+    if path.suffix == ".png":
         import imageio.v3 as iio
 
-        atomic_write(path, lambda tmp: iio.imwrite(tmp, labels.astype(np.uint8), extension=".png"))
+        atomic_write(path, lambda tmp: iio.imwrite(tmp, labels.astype(dtype), extension=".png"))
     else:
         import tifffile
 
-        path = path.with_suffix(".tif")
-        dtype = np.uint8 if labels.max(initial=0) <= 255 else np.uint16
         atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib"))
     return path
+
+
+def write_map(path: str | os.PathLike, values: np.ndarray) -> Path:
+    """Write a float32 map (e.g. uncertainty) as a zlib TIFF at ``path`` (suffix made ``.tif``); return it."""
+    import tifffile
+
+    path = Path(path).with_suffix(".tif")
+    values = np.asarray(values, dtype=np.float32)
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, values, compression="zlib"))

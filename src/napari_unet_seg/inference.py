@@ -1,12 +1,13 @@
 """Prediction: tiled inference with MONAI's ``sliding_window_inference``, then labels.
 
 ``predict_steps`` is a generator that yields :class:`~napari_unet_seg.events.Tiles` progress and
-returns a :class:`Prediction`; ``predict`` drains it. Stacks are predicted slice by slice.
+returns a :class:`Prediction`; ``predict`` drains it. Stacks are predicted slice by slice, large planes
+block by block (:mod:`.tiling`). Test-time
+augmentation predicts rotated and flipped views of the image; their spread is the uncertainty map.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Generator
@@ -20,52 +21,34 @@ import torch.nn.functional as F
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Message, Tiles, drain
+from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
-from .normalization import is_rgb, normalize, to_channels_first
+from .normalization import intensity_range, is_rgb, normalize, to_channels_first
+from .tiling import BLOCK, auto_tiling, blocks, window_count
 
-__all__ = ["Prediction", "predict", "predict_steps", "probabilities", "labels_from_probabilities", "postprocess"]
+__all__ = ["Prediction", "predict", "predict_steps", "probabilities", "labels_from_probabilities", "postprocess",
+           "views", "FLIPS", "DIHEDRAL"]
+
+#: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)``. ``tta`` averages the four flips;
+#: ``uncertainty`` the eight rotations and flips (the symmetries of the square).
+FLIPS = ((0, ()), (0, (-1,)), (0, (-2,)), (0, (-2, -1)))
+DIHEDRAL = tuple((k, dims) for dims in ((), (-1,)) for k in range(4))
+
+
+def views(tta: bool = False, uncertainty: bool = False) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The views predicted: the eight of :data:`DIHEDRAL` for uncertainty, the :data:`FLIPS` for tta, else one."""
+    return DIHEDRAL if uncertainty else FLIPS if tta else ((0, ()),)
 
 
 @dataclass
 class Prediction:
-    """``labels``: uint8 class ids of the input's spatial shape; ``probabilities``: float32, when asked
-    (foreground probability for binary models, ``(classes, ...)`` for multi-class)."""
+    """``labels``: uint8 class ids of the input's spatial shape (int32 instance ids with ``instances``);
+    ``probabilities``: float32, when asked (foreground probability for binary models, ``(classes, ...)``
+    for multi-class); ``uncertainty``: float32 of the labels' shape, when asked (spread across views)."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
-
-
-def _window_count(size: tuple[int, int], roi: tuple[int, int], overlap: float) -> int:
-    count = 1
-    for extent, length in zip(size, roi):
-        if extent <= length:
-            continue
-        interval = max(1, int(length * (1 - overlap)))
-        count *= math.ceil((extent - length) / interval) + 1
-    return count
-
-
-#: Largest tile edge and pixels per tile batch chosen automatically, per device type. On the CPU whole
-#: images up to 2048 px are one tile (no overlap overhead); see benchmarks/bench_predict.py.
-AUTO_TILE = {"cpu": (2048, 2048 * 2048), "cuda": (1024, 32 * 512 * 512)}
-
-
-def auto_tiling(shape: tuple[int, int], device: torch.device, *, minimum: int, overlap: float,
-                batch_size: int | None = None) -> tuple[tuple[int, int], int]:
-    """``(tile height, tile width), tile batch``: per axis the smallest tile (a multiple of 32, at least
-    ``minimum``, at most the device's cap) that covers the axis with the fewest overlapping windows."""
-    cap, batch_pixels = AUTO_TILE["cuda" if device.type == "cuda" else "cpu"]
-    cap = max(cap, minimum)
-    roi = []
-    for extent in shape:
-        if extent <= cap:
-            roi.append(extent)
-            continue
-        windows = math.ceil((extent - cap * overlap) / (cap * (1 - overlap)))
-        size = math.ceil(extent / (windows - (windows - 1) * overlap))
-        roi.append(min(cap, max(minimum, -(-size // 32) * 32)))
-    batch = batch_size or max(1, batch_pixels // (roi[0] * roi[1]))
-    return (roi[0], roi[1]), batch
+    uncertainty: np.ndarray | None = None
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -89,15 +72,18 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int | tuple[int, int],
-                  overlap: float = 0.25, batch_size: int = 4, tta: bool = False, precision: str = "auto",
-                  channels_last: bool = False,
+                  overlap: float = 0.25, batch_size: int = 4, tta: bool = False, uncertainty: bool = False,
+                  precision: str = "auto", channels_last: bool = False,
                   on_window: Callable[[int], None] | None = None, cancel: Any = None,
-                  raw: bool = False, on_out_of_memory: Callable[[int], None] | None = None) -> torch.Tensor:
+                  raw: bool = False, on_out_of_memory: Callable[[int], None] | None = None,
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(K, Y, X)`` of one normalized image ``(C, Y, X)`` already on the device.
 
     With ``raw=True`` the blended logits instead (validation computes its loss on them).
     ``K`` is 1 (foreground) for binary models, else ``num_classes``. Tiles of ``tile`` pixels overlap
-    by ``overlap`` and are blended with a gaussian window. ``tta`` averages the four flips. The network
+    by ``overlap`` and are blended with a gaussian window. ``tta`` averages the four flips;
+    ``uncertainty`` averages the eight rotations and flips and returns ``(mean, std)``, ``std`` the
+    per-pixel standard deviation ``(K, Y, X)`` across them (see :func:`views`). The network
     runs under autocast (:func:`autocast_dtype`); ``channels_last`` feeds it NHWC tiles.
     When the GPU runs out of memory, the tile batch is halved and the image redone;
     ``on_out_of_memory(new_batch_size)`` is told (else a warning is issued).
@@ -121,15 +107,18 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
             return logits
         return torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=1)
 
-    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
-    # An image smaller than the tile is one window of its own size (the network pads internally).
-    tile = (tile, tile) if isinstance(tile, int) else tile
-    roi = (min(tile[0], image.shape[-2]), min(tile[1], image.shape[-1]))
-    total = None
+    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    chosen = views(tta, uncertainty)
+    total = mean = m2 = None
     x = image[None]
     with torch.inference_mode():
-        for dims in flips:
+        for count, (k, dims) in enumerate(chosen, start=1):
             view = torch.flip(x, dims) if dims else x
+            view = torch.rot90(view, k, (-2, -1)) if k else view
+            # A quarter turn swaps the axes and the tile's; an image smaller than the tile is one window of
+            # its own size (the network pads internally).
+            size = tile[::-1] if k % 2 else tile
+            roi = (min(size[0], view.shape[-2]), min(size[1], view.shape[-1]))
             while True:
                 try:
                     out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
@@ -148,9 +137,19 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
                     on_out_of_memory(batch_size)
                 else:
                     warnings.warn(f"out of GPU memory: tile batch size lowered to {batch_size}", stacklevel=2)
+            out = torch.rot90(out, -k, (-2, -1)) if k else out
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
-    return (total / len(flips))[0]
+            if uncertainty:  # Welford's running variance: exactly 0 where all views agree
+                if mean is None:
+                    mean, m2 = out.clone(), torch.zeros_like(out)
+                else:
+                    delta = out - mean
+                    mean += delta / count
+                    m2 += delta * (out - mean)
+    if uncertainty:
+        return (total / len(chosen))[0], torch.sqrt(m2.clamp_min(0) / len(chosen))[0]
+    return (total / len(chosen))[0]
 
 
 def labels_from_probabilities(probs: torch.Tensor, num_classes: int, threshold: float = 0.5) -> torch.Tensor:
@@ -206,18 +205,29 @@ def _layout(array: Any, in_channels: int, rgb: bool | None) -> tuple[bool, tuple
     return colour, spatial
 
 
+#: Context read around each block of a large plane (pixels), cut off again after prediction.
+BLOCK_HALO = 128
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
-                  batch_size: int | None = None, tta: bool = False, min_size: int = 0, fill_holes: bool = False,
+                  batch_size: int | None = None, tta: bool = False, uncertainty: bool = False,
+                  min_size: int = 0, fill_holes: bool = False, instances: str = "none", min_distance: int = 5,
                   return_probabilities: bool = False, rgb: bool | None = None, precision: str = "auto",
                   cancel: Any = None) -> Generator[Tiles | Message, None, Prediction]:
-    """Segment ``array``, yielding :class:`Tiles` progress (in tiles) after each slice; return a :class:`Prediction`.
+    """Segment ``array``, yielding :class:`Tiles` progress (in tiles) after each block; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
+    A plane larger than a block (:data:`~napari_unet_seg.tiling.BLOCK`) is predicted block by block with
+    :data:`BLOCK_HALO` pixels of context, normalized with the whole plane's intensity range, so memory
+    stays bounded (probabilities are kept whole only when asked for, or for watershed instances).
     ``tile``/``batch_size`` default to :func:`auto_tiling` (as few windows as the device's cap allows,
     at least the training patch size); the network runs channels-last under ``precision``
     (:func:`autocast_dtype`). When the GPU runs out of memory, ``batch_size`` is halved for the rest of
-    the job and a warning :class:`Message` is yielded.
+    the job and a warning :class:`Message` is yielded. ``uncertainty`` predicts the eight rotations and
+    flips, labels their mean and returns the spread (std of the foreground probability; for multi-class
+    the mean over classes of each class's std). ``instances`` (``components`` or ``watershed``, binary
+    models) turns the labels into int32 object ids, unique across a stack (:mod:`.instances`).
     """
     model = load_model(model)
     if not 0 <= overlap < 1:
@@ -228,67 +238,97 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
         raise UserError(f"tile size must be at least 16 pixels, got {tile}")
     if (batch_size is not None and batch_size < 1) or min_size < 0:
         raise UserError("batch size must be >= 1 and minimum object size >= 0")
+    check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
     network = model.network.to(torch_device, memory_format=torch.channels_last).eval()
-    stack = len(spatial) == 3
+    stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
-    plane_shape = (resize, resize) if resize else tuple(spatial[-2:])
+    # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
+    halo = 0 if resize else BLOCK_HALO
+    regions = list(blocks(plane_shape, max(plane_shape) if resize else BLOCK[torch_device.type], halo))
+    extents = [tuple(s.stop - s.start for s in outer) for outer, _ in regions]
+    network_shape = (resize, resize) if resize else tuple(map(max, zip(*extents)))
     if tile:
         roi, batch_size = (int(tile), int(tile)), batch_size or 4
     else:
-        roi, batch_size = auto_tiling(plane_shape, torch_device, minimum=model.tile_size, overlap=overlap,
+        roi, batch_size = auto_tiling(network_shape, torch_device, minimum=model.tile_size, overlap=overlap,
                                       batch_size=batch_size)
+    view_count = len(views(tta, uncertainty))
+    windows = [view_count * window_count(network_shape if resize else extent, roi, overlap) for extent in extents]
     slices = spatial[0] if stack else 1
-    per_slice = _window_count(plane_shape, roi, overlap) * (4 if tta else 1)
-    total = slices * per_slice
-    labels = np.zeros(spatial, dtype=np.uint8)
+    total = slices * sum(windows)
+    labels = np.zeros(spatial, dtype=np.uint8 if instances == "none" else np.int32)
     channels = 1 if model.num_classes == 2 else model.num_classes
-    probs_out = None
-    if return_probabilities:
-        probs_out = np.zeros(((channels,) if channels > 1 else ()) + spatial, dtype=np.float32)
+    keep_probs = return_probabilities or instances == "watershed"
+    probs_out = np.zeros(((channels,) if channels > 1 else ()) + spatial, np.float32) if keep_probs else None
+    spread_out = np.zeros(spatial, dtype=np.float32) if uncertainty else None
     lowered: list[int] = []
+    done = last_id = 0
     for z in range(slices):
-        plane = np.asarray(array[z] if stack else array)
-        image = normalize(to_channels_first(plane, model.in_channels, rgb=colour, name="image"),
-                          model.normalization)
-        tensor = torch.from_numpy(image).to(torch_device)
-        if resize:  # a model trained on resized images sees them resized, and its output is scaled back
-            tensor = F.interpolate(tensor[None], size=(resize, resize), mode="bilinear", antialias=True)[0]
-        probs = probabilities(network, tensor, num_classes=model.num_classes, tile=roi, overlap=overlap,
-                              batch_size=batch_size, tta=tta, precision=precision, channels_last=True,
-                              cancel=cancel, on_out_of_memory=lowered.append)
-        if resize:
-            probs = F.interpolate(probs[None], size=tuple(spatial[-2:]), mode="bilinear")[0]
-        if lowered:
-            batch_size = lowered[-1]
-            yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")
-            lowered.clear()
-        slice_labels = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()
-        labels[z if stack else ...] = postprocess(slice_labels, min_size=min_size, fill_holes=fill_holes)
-        if probs_out is not None:
-            values = probs.cpu().numpy()
-            target = probs_out if not stack else (probs_out[:, z] if channels > 1 else probs_out[z])
-            target[...] = values if channels > 1 else values[0]
-        yield Tiles((z + 1) * per_slice, total)
-    return Prediction(labels, probs_out)
+        here = z if stack else ...
+        image = to_channels_first(np.asarray(array[z] if stack else array), model.in_channels, rgb=colour,
+                                  name="image")
+        value_range = intensity_range(image, model.normalization)  # of the whole plane, for every block
+        for (outer, inner), count in zip(regions, windows):
+            tensor = torch.from_numpy(normalize(image[(slice(None), *outer)], model.normalization,
+                                                value_range)).to(torch_device)
+            if resize:  # resized for the model, and its output scaled back
+                tensor = F.interpolate(tensor[None], size=(resize, resize), mode="bilinear", antialias=True)[0]
+            probs = probabilities(network, tensor, num_classes=model.num_classes, tile=roi, overlap=overlap,
+                                  batch_size=batch_size, tta=tta, uncertainty=uncertainty, precision=precision,
+                                  channels_last=True, cancel=cancel, on_out_of_memory=lowered.append)
+            probs, spread = (probs[0], probs[1].mean(dim=0, keepdim=True)) if uncertainty else (probs, None)
+            if resize:
+                probs = F.interpolate(probs[None], size=plane_shape, mode="bilinear")[0]
+                spread = None if spread is None else F.interpolate(spread[None], size=plane_shape,
+                                                                   mode="bilinear")[0]
+            if lowered:
+                batch_size = lowered[-1]
+                yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")
+                lowered.clear()
+            probs = probs[(slice(None), *inner)]
+            target = (here, *(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner)))
+            labels[target] = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()
+            if spread_out is not None:
+                spread_out[target] = spread[0][inner].cpu().numpy()
+            if probs_out is not None:
+                values = probs.cpu().numpy()
+                if channels > 1:
+                    probs_out[(slice(None), *target)] = values
+                else:
+                    probs_out[target] = values[0]
+            done += count
+            yield Tiles(done, total)
+        plane = postprocess(labels[here], min_size=min_size, fill_holes=fill_holes)
+        if instances != "none":
+            plane = instance_labels(plane, None if probs_out is None else probs_out[here], mode=instances,
+                                    min_distance=min_distance, offset=last_id)
+            last_id = max(last_id, int(plane.max(initial=0)))
+        labels[here] = plane
+    return Prediction(labels, probs_out if return_probabilities else None, spread_out)
 
 
 def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
-            return_probabilities: bool = False, **options: Any) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+            return_probabilities: bool = False, uncertainty: bool = False,
+            **options: Any) -> np.ndarray | tuple[np.ndarray, ...]:
     """Segment a numpy or dask array with a model (object, file path or shipped model name).
 
-    Returns uint8 labels of the input's spatial shape (0/1, or class ids); with
-    ``return_probabilities=True`` a tuple ``(labels, probabilities)``. Options: ``tile``, ``overlap``,
-    ``threshold``, ``batch_size``, ``tta``, ``min_size``, ``fill_holes``, ``rgb``, ``cancel``.
+    Returns uint8 labels of the input's spatial shape (0/1, or class ids; int32 object ids with
+    ``instances``); with ``return_probabilities=True`` and/or ``uncertainty=True`` a tuple
+    ``(labels, [probabilities,] [uncertainty])``. Options: ``tile``, ``overlap``, ``threshold``,
+    ``batch_size``, ``tta``, ``min_size``, ``fill_holes``, ``instances``, ``min_distance``, ``rgb``,
+    ``precision``, ``cancel`` (see :func:`predict_steps`).
 
     Example:
         >>> labels = predict("em-membranes", image)          # doctest: +SKIP
     """
-    steps = predict_steps(model, array, device=device, return_probabilities=return_probabilities, **options)
+    steps = predict_steps(model, array, device=device, return_probabilities=return_probabilities,
+                          uncertainty=uncertainty, **options)
     result: Prediction = drain(steps, _warn)
-    return (result.labels, result.probabilities) if return_probabilities else result.labels
+    extra = ([result.probabilities] if return_probabilities else []) + ([result.uncertainty] if uncertainty else [])
+    return (result.labels, *extra) if extra else result.labels
 
 
 def _warn(event: Any) -> None:

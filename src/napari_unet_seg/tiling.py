@@ -55,15 +55,24 @@ def auto_tiling(shape: tuple[int, int], device: torch.device, *, minimum: int, o
 Region = tuple[slice, slice]
 
 
-def blocks(shape: tuple[int, int], block: int, halo: int) -> Iterator[tuple[Region, Region]]:
+def blocks(shape: tuple[int, int], block: int, halo: int, multiple: int = 32) -> Iterator[tuple[Region, Region]]:
     """``(outer, inner)`` regions covering ``shape`` in row-major order: ``outer`` is a block of at most
-    ``block`` pixels a side plus ``halo`` of context on each side (clipped at the plane's border);
-    ``inner`` is the block itself, relative to ``outer``. The inner regions tile the plane exactly."""
+    ``block`` pixels a side plus at least ``halo`` of context on each side (clipped at the plane's
+    border), grown where the plane allows to a multiple of ``multiple`` (the network then pads nothing,
+    which would change its output near the edge); ``inner`` is the block itself, relative to ``outer``.
+    The inner regions tile the plane exactly."""
     spans = []
     for extent in shape:
         count = max(1, math.ceil(extent / block))
         edges = [round(i * extent / count) for i in range(count + 1)]  # equal blocks, no sliver at the end
-        spans.append([(a, b, max(0, a - halo), min(extent, b + halo)) for a, b in zip(edges, edges[1:])])
+        axis = []
+        for a, b in zip(edges, edges[1:]):
+            start, stop = max(0, a - halo), min(extent, b + halo)
+            grow = min(-(stop - start) % multiple, extent - (stop - start))  # as far as the plane allows
+            after = min(grow, extent - stop)
+            start, stop = start - (grow - after), stop + after
+            axis.append((a, b, start, stop))
+        spans.append(axis)
     for y0, y1, oy0, oy1 in spans[0]:
         for x0, x1, ox0, ox1 in spans[1]:
             yield ((slice(oy0, oy1), slice(ox0, ox1)),

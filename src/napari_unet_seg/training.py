@@ -4,7 +4,8 @@
 worker thread. Each epoch writes ``history.csv``, ``curves.png``, ``last.pt`` (resumable) and, when
 validation Dice improves, ``best.pt``. Cancelling stops between batches: the files then hold the last
 completed epoch. Every epoch's randomness derives from ``(seed, epoch)``, so a resumed run repeats an
-uninterrupted one.
+uninterrupted one. Under torchrun (see :mod:`.distributed` and docs/distributed.md) the processes train
+one model with DistributedDataParallel; ``batch_size`` is then the batch of all processes together.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from .config import TrainConfig
 from .dataset import PatchDataset, Sample, build_augmentation, load_samples, samples_from_arrays, split_indices
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
 from .losses import build_loss
-from .metrics import mean_metrics, segmentation_metrics
+from .metrics import segmentation_metrics
 from .model_file import (SegmentationModel, _out_channels, load_model, load_training_state, read_metadata,
                          save_model)
 from .models import build_network, network_kwargs
@@ -69,6 +71,21 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     except OSError as error:
         raise UserError(f"--out {run}: cannot write there ({error.strerror}); choose another folder") from None
     return run
+
+
+def _prepare_run(values: dict, resume: bool) -> tuple[TrainConfig, Path]:
+    """The job's checked settings and its (created) run folder; under torchrun rank 0 alone runs this."""
+    if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
+        out = Path(values.get("out", TrainConfig.out))
+        values = {**read_metadata(out / "last.pt").get("config", {}), **values}
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    resolve_device(config.device)
+    world = distributed.world_size()
+    if config.batch_size < world:
+        raise UserError(f"--batch-size {config.batch_size} is the batch of all {world} processes together; "
+                        f"give at least {world} (one patch each)")
+    return config, _prepare_run_dir(config, resume)
 
 
 def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays
@@ -135,7 +152,8 @@ def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, nu
              on_out_of_memory=None) -> dict:
     """Loss and mean per-image metrics of ``network`` on whole validation images (tiled).
 
-    ``on_out_of_memory(new_batch_size)`` is told when the tile batch had to be lowered.
+    ``on_out_of_memory(new_batch_size)`` is told when the tile batch had to be lowered. In distributed
+    training each process passes its share of the images; the means are over all of them.
     """
     from .inference import labels_from_probabilities, probabilities
 
@@ -146,20 +164,23 @@ def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, nu
             on_out_of_memory(size)
 
     network.eval()
-    losses, per_image = [], []
+    totals = {"count": 0.0, "val_loss": 0.0, "val_dice": 0.0, "val_iou": 0.0, "val_accuracy": 0.0}
     for sample in samples:
         image = torch.from_numpy(sample.image.astype(np.float32)).to(device)
         logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25,
                                precision="auto" if amp else "fp32", raw=True, cancel=cancel,
                                batch_size=batch_size, on_out_of_memory=lower)
         target = torch.from_numpy(sample.mask).to(device)[None, None].float()
-        losses.append(float(loss_fn(logits[None], target)))
         probs = torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=0)
         labels = labels_from_probabilities(probs, num_classes).cpu().numpy()
-        per_image.append(segmentation_metrics(labels, sample.mask, num_classes))
-    scores = mean_metrics(per_image)
-    return {"val_loss": float(np.mean(losses)), "val_dice": scores["dice"], "val_iou": scores["iou"],
-            "val_accuracy": scores["accuracy"]}
+        scores = segmentation_metrics(labels, sample.mask, num_classes)
+        totals["count"] += 1
+        totals["val_loss"] += float(loss_fn(logits[None], target))
+        for name in ("dice", "iou", "accuracy"):
+            totals[f"val_{name}"] += scores[name]
+    totals = distributed.sum_across(totals)
+    count = totals.pop("count")
+    return {name: value / count if count else float("nan") for name, value in totals.items()}
 
 
 def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=None, resume: bool = False,
@@ -175,14 +196,11 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         initial_model: start from this model's weights (fine-tuning) instead of random ones.
         cancel: a ``threading.Event`` (or callable) that stops the run between batches.
     """
+    distributed.check_joined()
     values = {**(config.to_dict() if config else {}), **options}
-    if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
-        out = Path(values.get("out", TrainConfig.out))
-        values = {**read_metadata(out / "last.pt").get("config", {}), **values}
-    config = TrainConfig.from_dict(values)
-    config.validate()
-    device = resolve_device(config.device)
-    run = _prepare_run_dir(config, resume)
+    config, run = distributed.on_main(_prepare_run, values, resume)
+    device = distributed.local_device(config.device)
+    world, rank = distributed.world_size(), distributed.rank()
     start = load_model(initial_model) if initial_model is not None else None
     normalization = start.normalization if start else default_normalization(config.normalization)
     train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
@@ -197,6 +215,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     if start:
         network.load_state_dict(start.network.state_dict())
     network.to(device)
+    network, trained = distributed.wrap(network, device)  # trained: the DDP wrapper when distributed
     loss_fn = build_loss(config.loss, config.classes).to(device)
     optimizer = _optimizer(config, network.parameters())
     scheduler = _scheduler(config, optimizer)
@@ -221,6 +240,10 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     if batch_size < config.batch_size:
         yield Message(f"--batch-size {config.batch_size} is larger than the {len(dataset)} patches an epoch "
                       f"holds; using {batch_size}", "warning")
+    if world > 1:  # --batch-size is the global batch: each process takes its share
+        batch_size = max(1, batch_size // world)
+        yield Message(f"distributed training: {world} processes, {batch_size} patches each per batch")
+    sampler = distributed.sampler(dataset, config.seed * 100003)  # None when alone: the loader shuffles
     tile = config.resize or config.patch_size
     tile = max(16, tile)
 
@@ -228,7 +251,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = network(images)
+            logits = trained(images)
         loss = loss_fn(logits.float(), masks)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -240,19 +263,23 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     best_path, last_path = run / "best.pt", run / "last.pt"
     for epoch in range(first_epoch, config.epochs + 1):
         began = time.perf_counter()
-        dataset.reseed(config.seed * 100003 + epoch)
-        generator = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        stream = (config.seed * 100003 + epoch) * world + rank  # each process its own patches and augmentation
+        dataset.reseed(stream)
+        generator = torch.Generator().manual_seed(stream)
         torch.manual_seed(config.seed * 100003 + epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=False,
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None,
+                                             sampler=sampler, drop_last=False,
                                              num_workers=config.workers, generator=generator,
                                              worker_init_fn=_seed_worker if config.workers else None,
                                              pin_memory=device.type == "cuda",
                                              persistent_workers=False)
-        network.train()
+        trained.train()
         losses = []
         try:
             for index, (images, masks) in enumerate(loader, start=1):
-                if is_cancelled(cancel):
+                if distributed.any_rank(is_cancelled(cancel)):  # all processes stop at the same batch
                     raise JobCancelled()
                 # After running out of GPU memory, the loader's batches are done in parts of batch_size.
                 done, parts = 0, []
@@ -268,6 +295,9 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
                         if batch_size == 1:
                             raise UserError("out of GPU memory even with batch size 1; use a smaller --patch-size "
                                             "or --width, or --device cpu") from None
+                        if world > 1:  # the processes would have to agree on a new batch size: stop instead
+                            raise UserError(f"out of GPU memory with {batch_size} patches per GPU; give a smaller "
+                                            "--batch-size (the batch of all GPUs together) or --patch-size") from None
                     # Out of the except block, the failed step's tensors are released; redo that part.
                     batch_size //= 2
                     free_cuda_memory()
@@ -275,10 +305,15 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
                                   "warning")
                 losses.append(float(np.mean(parts)))
                 yield Batch(epoch, index, len(loader), losses[-1])
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
-            row.update(validate(network, val_set, loss_fn, num_classes=config.classes, tile=tile, device=device,
-                                amp=use_amp, cancel=cancel, batch_size=val_batch_size,
-                                on_out_of_memory=lowered.append))
+            # Every process has as many batches: the mean of their means is the mean over all batches.
+            mean_loss = distributed.sum_across({"loss": float(np.mean(losses))})["loss"] / world
+            row = {"epoch": epoch, "train_loss": mean_loss}
+            # Each process validates its share of the images; the sums are added across processes, so every
+            # process gets the same metrics and makes the same best-model and early-stop decisions.
+            distributed.share_buffers(network)
+            row.update(validate(network, val_set[rank::world], loss_fn, num_classes=config.classes, tile=tile,
+                                device=device, amp=use_amp, cancel=None if world > 1 else cancel,
+                                batch_size=val_batch_size, on_out_of_memory=lowered.append))
         except JobCancelled:
             status = "cancelled"
             yield Message(f"cancelled during epoch {epoch}; the run's files hold epoch {epoch - 1}", "warning")
@@ -301,22 +336,24 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         model.metrics = {k: row[k] for k in ("val_dice", "val_iou", "val_accuracy", "val_loss")} | {"epoch": epoch}
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
                  "epoch": epoch, "history": history, "best_score": best_score, "best_epoch": best_epoch}
-        if improved:
-            save_model(best_path, model)
-            yield Checkpoint(best_path, "best", epoch)
-        save_model(last_path, model, training_state=state)
-        yield Checkpoint(last_path, "last", epoch)
-        write_history(run / "history.csv", history)
-        if config.curves_every and epoch % config.curves_every == 0:
-            plot_curves(run / "curves.png", history)
-            plotted = epoch
+        if distributed.is_main():  # one process writes the run's files
+            if improved:
+                save_model(best_path, model)
+                yield Checkpoint(best_path, "best", epoch)
+            save_model(last_path, model, training_state=state)
+            yield Checkpoint(last_path, "last", epoch)
+            write_history(run / "history.csv", history)
+            if config.curves_every and epoch % config.curves_every == 0:
+                plot_curves(run / "curves.png", history)
+                plotted = epoch
         yield Epoch(epoch, config.epochs, dict(row))
         if config.early_stop and waited >= config.early_stop:
             status = "early_stopped"
             yield Message(f"early stop: no better validation Dice for {waited} epochs")
             break
-    if history and plotted != history[-1]["epoch"]:
+    if history and plotted != history[-1]["epoch"] and distributed.is_main():
         plot_curves(run / "curves.png", history)
+    distributed.barrier()  # the files are written before any process reports them
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     return TrainResult(run, best_path if best_path.exists() else None, last_path if last_path.exists() else None,
                        history, best_epoch, best_row, status)

@@ -100,3 +100,48 @@ def test_evaluate_refusals(make_napari_viewer, notifications, monkeypatch):
     assert "evaluate a model" in notifications[-1][1]
     assert widget.evaluate() is None
     assert "choose a model" in notifications[-1][1]
+
+
+def test_compare_runs_lists_a_folder_and_hands_a_run_to_the_model_lists(make_napari_viewer, tiny_model,
+                                                                        synthetic_dir, tmp_path, notifications):
+    from napari_unet_seg.sweep import list_runs
+    from napari_unet_seg.training import train
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "a-tiny").symlink_to(tiny_model.parent, target_is_directory=True)
+    images, masks = synthetic_dir
+    train(images=images, masks=masks, out=runs / "b-segnet", model="segnet", loss="dice", epochs=1, batch_size=4,
+          patch_size=32, width=0.125, augment="none", device="cpu")
+    (runs / "not-a-run").mkdir()
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    widget = _evaluate_widget(viewer)
+
+    widget.runs_folder.value = runs  # choosing the folder lists it
+    table = widget.runs_table.value
+    assert list(table["columns"]) == ["run", "model", "loss", "val Dice", "val IoU", "test Dice", "test IoU",
+                                      "epochs", "time"]
+    expected = list_runs(runs)
+    assert [row[:3] for row in table["data"]] == [["a-tiny", "unet", "dicece"], ["b-segnet", "segnet", "dice"]]
+    for row, run in zip(table["data"], expected):
+        assert float(row[3]) == pytest.approx(run["best_val_dice"], abs=1e-4)
+        assert float(row[4]) == pytest.approx(run["best_val_iou"], abs=1e-4)
+        assert row[5] == row[6] == "-"  # no test scores in these runs
+        assert int(row[7]) == run["epochs_run"] and row[8].endswith(" s")
+
+    widget.run.value = str(runs / "b-segnet")
+    assert widget.use_run() == runs / "b-segnet" / "best.pt"
+    assert segment.model.value == str(runs / "b-segnet" / "best.pt") == widget.model.value
+    assert notifications[-1][0] == "info" and "b-segnet/best.pt" in notifications[-1][1]
+
+    (tmp_path / "empty").mkdir()
+    widget.runs_folder.value = tmp_path / "empty"
+    assert notifications[-1][0] == "error" and "holds no run" in notifications[-1][1]
+    assert len(widget.runs_table.value["data"]) == 2  # the last listing stays
+    widget.runs_folder.value = tmp_path / "missing"
+    assert notifications[-1][0] == "error" and "does not exist" in notifications[-1][1]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "comparison.csv").write_text("model,loss\nunet,dice\n")  # no run column
+    widget.runs_folder.value = tmp_path / "broken"
+    assert notifications[-1][0] == "error" and "cannot be read" in notifications[-1][1]

@@ -78,6 +78,33 @@ def test_segment_stack_rgb_multiscale_and_probabilities(make_napari_viewer, tiny
     np.testing.assert_array_equal(viewer.layers["pyramid labels"].data, predict(tiny_model, full, device="cpu"))
 
 
+def test_segment_instances_and_uncertainty_layer(make_napari_viewer, tiny_model, wait_job):
+    viewer = make_napari_viewer()
+    image, _ = synthetic_pair((64, 80), seed=5)
+    viewer.add_image(image, name="cells", scale=(0.5, 2.0), translate=(3.0, -1.0))
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    widget.instances.value = "watershed"
+    widget.min_distance.value = 3
+    widget.uncertainty.value = True
+    assert wait_job(widget.run()) == "done"
+    expected, spread = predict(tiny_model, image, device="cpu", instances="watershed", min_distance=3,
+                               uncertainty=True)
+    labels = viewer.layers["cells labels"]
+    assert labels.data.dtype == np.int32 and labels.data.max() >= 2
+    np.testing.assert_array_equal(labels.data, expected)
+    layer = viewer.layers["cells uncertainty"]
+    assert layer.data.dtype == np.float32 and layer.colormap.name == "inferno"
+    np.testing.assert_array_equal(layer.data, spread)
+    np.testing.assert_allclose(layer.scale, (0.5, 2.0))
+    np.testing.assert_allclose(layer.translate, (3.0, -1.0))
+
+    widget.instances.value = "components"  # a second run updates both layers
+    assert wait_job(widget.run()) == "done"
+    assert [lay.name for lay in viewer.layers] == ["cells", "cells labels", "cells uncertainty"]
+    assert viewer.layers["cells labels"].data.max() <= labels.data.max()
+
+
 def test_segment_cancel_stops_the_job(make_napari_viewer, tiny_model, wait_job, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (40, 64, 64), dtype=np.uint8), name="big")

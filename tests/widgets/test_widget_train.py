@@ -1,13 +1,17 @@
-"""The Train widget in a real viewer: a one-epoch run from folders and from layers, Cancel, hand-over."""
+"""The Train widget in a real viewer: a one-epoch run from folders and from layers, Cancel, hand-over,
+adding corrected pairs to the training set and fine-tuning."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
 import pytest
 
+from napari_unet_seg.image_io import read_image
 from napari_unet_seg.model_file import load_model
+from napari_unet_seg.pairing import pair_files
 from napari_unet_seg.sample_data import synthetic_pair
 
 pytestmark = pytest.mark.gui
@@ -31,7 +35,7 @@ def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_pat
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
     images, masks = synthetic_dir
     widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run")
-    assert _shown(widget.images) and not _shown(widget.image_layer)
+    assert _shown(widget.images) and _shown(widget.add_button) and _shown(widget.image_layer)
 
     job = widget.start()
     assert not widget.start_button.enabled and widget.cancel_button.enabled
@@ -63,7 +67,7 @@ def test_train_from_layers(make_napari_viewer, tmp_path, wait_job):
     viewer.add_labels(labels, name="painted")
     widget = _train_widget(viewer, out=tmp_path / "run")
     widget.source.value = "layers"
-    assert _shown(widget.image_layer) and not _shown(widget.images)
+    assert _shown(widget.image_layer) and not _shown(widget.images) and not _shown(widget.add_button)
     assert widget.image_layer.value is image or widget.image_layer.value.name == "stack"
     widget.labels_layer.value = viewer.layers["painted"]
     assert wait_job(widget.start(), timeout=60_000) == "done"
@@ -120,6 +124,94 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_di
     assert len(slow) <= 2, f"{len(slow)} pauses over 250 ms in 3 epochs: {np.round(slow * 1000)}"
     assert np.median(gaps) < 0.03
     assert gaps.max() < 1.5, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+
+def test_add_to_training_set_saves_pairs_and_never_overwrites(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    image, mask = synthetic_pair((40, 40), seed=1)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels((mask > 0).astype(np.uint8), name="corrected")
+    images, masks = tmp_path / "train" / "images", tmp_path / "train" / "masks"
+    widget = _train_widget(viewer, images=images, masks=masks)
+    widget.image_layer.value, widget.labels_layer.value = viewer.layers["cells"], viewer.layers["corrected"]
+
+    first = widget.add_to_training_set()
+    assert first == (images / "cells.tif", masks / "cells.png")
+    assert notifications[-1][0] == "info" and "cells.tif" in notifications[-1][1] and str(images) in \
+        notifications[-1][1]
+    assert np.array_equal(read_image(first[0]), image) and np.array_equal(read_image(first[1]), mask > 0)
+    kept = first[0].read_bytes(), first[1].read_bytes()
+    viewer.layers["corrected"].data[:5] = 2  # another correction of the same image: a second pair
+    second = widget.add_to_training_set()
+    assert second == (images / "cells-2.tif", masks / "cells-2.png")
+    assert (first[0].read_bytes(), first[1].read_bytes()) == kept
+    assert read_image(second[1])[0, 0] == 2
+    assert sorted(p.image.name for p in pair_files(images, masks)) == ["cells-2.tif", "cells.tif"]
+
+    # a stack: the slice the viewer shows
+    stack = np.stack([synthetic_pair((40, 40), seed=s)[0] for s in range(3)])
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[1, 5:20, 5:20] = 1
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(labels, name="stack labels")
+    widget.image_layer.value, widget.labels_layer.value = viewer.layers["stack"], viewer.layers["stack labels"]
+    viewer.dims.set_current_step(0, 1)
+    image_path, mask_path = widget.add_to_training_set()
+    assert image_path.name == "stack_z1.tif" and np.array_equal(read_image(image_path), stack[1])
+    assert np.array_equal(read_image(mask_path), labels[1])
+    viewer.dims.set_current_step(0, 2)  # nothing painted there
+    assert widget.add_to_training_set() is None
+    assert notifications[-1][0] == "error" and "paint or correct the labels first" in notifications[-1][1]
+    viewer.dims.ndisplay = 3
+    assert widget.add_to_training_set() is None
+    assert "view it in 2D" in notifications[-1][1]
+    viewer.dims.ndisplay = 2
+    widget.labels_layer.value = viewer.layers["corrected"]  # 2D labels on a 3D stack's slice: same shape
+    assert widget.add_to_training_set()[0].name == "stack_z2.tif"
+    widget.masks.value = None
+    assert widget.add_to_training_set() is None and "masks folder" in notifications[-1][1]
+    assert len(list(images.iterdir())) == len(list(masks.iterdir())) == 4
+
+
+def test_fine_tune_continues_a_model_into_a_new_folder(make_napari_viewer, tiny_model, synthetic_dir, tmp_path,
+                                                       wait_job, notifications):
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    images, masks = synthetic_dir
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(tiny_model, base / "best.pt")  # the folder holds a run: fine-tuning must not touch it
+    kept = (base / "best.pt").read_bytes()
+    widget = _train_widget(viewer, images=images, masks=masks, out=base, epochs=2, model_width=1.0)
+    assert widget.fine_tune() is None
+    assert notifications[-1][0] == "error" and "choose the model to fine-tune" in notifications[-1][1]
+    assert widget.model.enabled
+
+    widget.start_file.value = base / "best.pt"
+    assert widget.start_from.value == str(base / "best.pt")
+    # the model fixes the architecture and the classes
+    assert widget.model_width.value == 0.25 and not widget.model.enabled and not widget.classes.enabled
+    widget.overwrite.value = True
+    assert widget.start() is None and "the model to start from" in notifications[-1][1]  # would replace it
+
+    job = widget.fine_tune()
+    assert not widget.finetune_button.enabled and not widget.start_button.enabled
+    assert wait_job(job, timeout=60_000) == "done"
+    tuned = tmp_path / "base-2" / "best.pt"
+    assert widget.out.value == tmp_path / "base-2" and any("base-2" in text for _, text in notifications)
+    assert (base / "best.pt").read_bytes() == kept
+    start, result = load_model(tiny_model), load_model(tuned)
+    assert result.architecture == start.architecture and result.normalization == start.normalization
+    assert result.config["width"] == 0.25
+    # the same live plot and progress as a training run
+    for title in ("train loss", "val loss", "val Dice", "val IoU"):
+        assert list(widget.lines[title].get_xdata()) == [1, 2], title
+    assert widget.epoch_progress.value == widget.epoch_progress.max == 2
+    assert widget.status.value.startswith("done") and "base-2" in widget.status.value
+    # the new model goes to Segment and becomes the next one to fine-tune
+    assert segment.model.value == str(tuned) and widget.start_from.value == str(tuned)
+    widget.start_from.value = "(new model)"
+    assert widget.model.enabled and widget.model_width.enabled
 
 
 def test_announce_model_reaches_the_model_lists_of_the_same_viewer_only(qtbot, tmp_path):

@@ -17,7 +17,10 @@ from ..errors import UserError
 from ..pretrained import shipped_models
 from ._params import model_choices
 
-__all__ = ["ModelPicker", "announce_model", "same_viewer"]
+__all__ = ["ModelPicker", "NEW_MODEL", "announce_model", "same_viewer"]
+
+#: The value of the "new model" choice of a picker made with ``new_model=True`` (random weights).
+NEW_MODEL = "(new model)"
 
 _PICKERS: weakref.WeakSet[ModelPicker] = weakref.WeakSet()
 
@@ -35,10 +38,14 @@ def same_viewer(a: Any, b: Any) -> bool:
 
 
 class ModelPicker:
-    """Two widgets: ``combo`` (the models to choose from) and ``file`` (adds a ``.pt`` file and selects it)."""
+    """Two widgets: ``combo`` (the models to choose from) and ``file`` (adds a ``.pt`` file and selects it).
 
-    def __init__(self, viewer: Any = None) -> None:
+    With ``new_model=True`` the list starts with a "new model" choice (value :data:`NEW_MODEL`).
+    """
+
+    def __init__(self, viewer: Any = None, *, new_model: bool = False) -> None:
         self.viewer = viewer
+        self.new_model = new_model
         self.files: list[str] = []
         self.combo = ComboBox(label="model", choices=self._choices,
                               tooltip="a shipped model, or a model file (.pt) added below or made by Train")
@@ -48,7 +55,8 @@ class ModelPicker:
         _PICKERS.add(self)
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        return model_choices(shipped_models(), self.files)
+        choices = model_choices(shipped_models(), self.files)
+        return [("new model (random weights)", NEW_MODEL), *choices] if self.new_model else choices
 
     def _on_file(self, value: Any) -> None:
         if value:

@@ -17,9 +17,10 @@ from ..config import TrainConfig
 from ..errors import UserError
 
 __all__ = [
-    "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "segment_options",
+    "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
+    "segment_options",
     "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
-    "evaluation_table", "comparison_table", "write_csv",
+    "evaluation_table", "comparison_table", "runs_table", "write_csv",
 ]
 
 #: What a model file records as the command that made it, when the Train widget made it.
@@ -52,13 +53,20 @@ def probabilities_name(image_name: str) -> str:
     return f"{image_name} probabilities"
 
 
+def uncertainty_name(image_name: str) -> str:
+    """Name of the uncertainty Image layer that Segment writes for an image layer."""
+    return f"{image_name} uncertainty"
+
+
 def segment_options(*, device: str = "auto", tile: int = 0, overlap: float = 0.25, threshold: float = 0.5,
                     tta: bool = False, min_size: int = 0, probabilities: bool = False,
-                    rgb: bool | None = None) -> dict[str, Any]:
+                    rgb: bool | None = None, instances: str = "none", min_distance: int = 5,
+                    uncertainty: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``predict_steps`` from the Segment widget's values (tile 0: the model's own)."""
     return {"device": str(device), "tile": int(tile) or None, "overlap": float(overlap),
             "threshold": float(threshold), "tta": bool(tta), "min_size": int(min_size),
-            "return_probabilities": bool(probabilities), "rgb": rgb}
+            "return_probabilities": bool(probabilities), "rgb": rgb, "instances": str(instances),
+            "min_distance": int(min_distance), "uncertainty": bool(uncertainty)}
 
 
 def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | None = None,
@@ -173,6 +181,31 @@ def comparison_table(scores: Mapping[str, Any]) -> tuple[list[str], list[list[An
     for label, values in (per_class or {}).items():
         rows.append([str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
     return headers, rows
+
+
+#: Columns of the Evaluate widget's run list: (title, key of a ``sweep.list_runs`` row).
+RUN_COLUMNS = (("run", "run"), ("model", "model"), ("loss", "loss"), ("val Dice", "best_val_dice"),
+               ("val IoU", "best_val_iou"), ("test Dice", "test_dice"), ("test IoU", "test_iou"),
+               ("epochs", "epochs_run"), ("time", "seconds"))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def runs_table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """``(headers, rows)`` of a folder of runs (rows of ``sweep.read_comparison``); ``-`` where unknown."""
+    def cell(key: str, value: Any) -> Any:
+        if value is None or value == "":
+            return "-"
+        if key == "seconds":
+            return _duration(float(value))
+        return round(value, 4) if isinstance(value, float) else value
+
+    return [title for title, _ in RUN_COLUMNS], [[cell(key, run.get(key)) for _, key in RUN_COLUMNS]
+                                                  for run in runs]
 
 
 def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:

@@ -1,7 +1,9 @@
-"""The Evaluate widget: score a model on a folder of pairs, or a Labels layer against ground truth.
+"""The Evaluate widget: score a model on a folder of pairs, a Labels layer against ground truth, and
+compare the runs of a folder.
 
 Folder scores come from ``napari_unet_seg.evaluation.evaluate_steps`` in a worker thread; layer
-comparisons from ``evaluation.compare_labels`` (fast, in the main thread).
+comparisons from ``evaluation.compare_labels`` and run lists from ``sweep.read_comparison`` (fast, in
+the main thread).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from ..device import DEVICES
 from ..errors import UserError
-from ..events import Tiles
-from ._models import ModelPicker
-from ._params import comparison_table, evaluation_table, layer_array, optional_path, write_csv
+from ..events import Message, Tiles
+from ._models import ModelPicker, announce_model
+from ._params import comparison_table, evaluation_table, layer_array, optional_path, runs_table, write_csv
 from ._table import fill_table, make_table
-from ._worker import Job, free_gpu_memory, report_error, start_job
+from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["EvaluateWidget"]
 
 FOLDER_HEADERS = ("image", "Dice", "IoU", "accuracy")
+RUN_HEADERS = runs_table([])[0]
 
 
 def _heading(text: str) -> Label:
@@ -35,7 +38,8 @@ def _heading(text: str) -> Label:
 
 
 class EvaluateWidget(Container):
-    """Dice / IoU / accuracy of a model per image of a folder (with CSV export), and of a Labels layer."""
+    """Dice / IoU / accuracy of a model per image of a folder (with CSV export), of a Labels layer, and the
+    runs of a folder side by side."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=False)
@@ -60,17 +64,32 @@ class EvaluateWidget(Container):
         self.truth_layer = ComboBox(label="ground truth", choices=self._labels_layers)
         self.compare_button = PushButton(text="Compare")
         self.compare_table = make_table(("class", "Dice", "IoU"), min_height=60, max_height=160)
+        # the runs of a folder (a sweep's output, or run folders side by side)
+        self.runs: list[dict] = []
+        self.runs_folder = FileEdit(label="runs folder", mode="d", nullable=True,
+                                    tooltip="a folder of run folders (each with best.pt and history.csv), e.g. "
+                                            "a sweep's output")
+        self.list_button = PushButton(text="List runs")
+        self.runs_table = make_table(RUN_HEADERS, min_height=100, max_height=260)
+        self.run = ComboBox(label="run", choices=self._run_choices, nullable=True)
+        self.use_run_button = PushButton(text="Use its best.pt",
+                                         tooltip="add the run's best.pt to the model lists of this window")
         self.extend([_heading("Model on a folder of image/mask pairs"), self.model, self.model_file, self.images,
                      self.masks, self.device,
                      Container(widgets=[self.evaluate_button, self.cancel_button], layout="horizontal",
                                labels=False),
                      self.progress, self.table, self.csv_file, self.export_button,
                      _heading("Labels layer against ground truth"), self.labels_layer, self.truth_layer,
-                     self.compare_button, self.compare_table])
+                     self.compare_button, self.compare_table,
+                     _heading("Compare runs"), self.runs_folder, self.list_button, self.runs_table, self.run,
+                     self.use_run_button])
         self.evaluate_button.changed.connect(self.evaluate)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_csv)
         self.compare_button.changed.connect(self.compare)
+        self.runs_folder.changed.connect(self.list_runs)
+        self.list_button.changed.connect(self.list_runs)
+        self.use_run_button.changed.connect(self.use_run)
 
     def _labels_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Labels
@@ -162,3 +181,48 @@ class EvaluateWidget(Container):
         headers, rows = comparison_table(scores)
         fill_table(self.compare_table, headers, rows)
         return scores
+
+    def _run_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        return [(str(run["run"]), str(run["path"])) for run in self.runs]
+
+    def list_runs(self, *_: Any) -> list[dict] | None:
+        """List the runs of the runs folder in the table (a sweep's ``comparison.csv`` when it has one)."""
+        from ..sweep import read_comparison
+
+        try:
+            folder = optional_path(self.runs_folder.value)
+            if folder is None:
+                raise UserError("choose a runs folder: the folder that holds the run folders")
+            try:
+                runs = read_comparison(folder)
+            except UserError:
+                raise
+            except (OSError, KeyError, ValueError) as error:
+                raise UserError(f"runs folder {folder}: cannot be read ({type(error).__name__}: {error}); check "
+                                "its comparison.csv") from None
+            if not runs:
+                raise UserError(f"runs folder {folder}: holds no run (a folder with best.pt and history.csv); "
+                                "pick the folder that holds the run folders")
+        except UserError as error:
+            report_error(error)
+            return None
+        self.runs = runs
+        fill_table(self.runs_table, *runs_table(runs))
+        self.run.reset_choices()
+        return runs
+
+    def use_run(self, *_: Any) -> Path | None:
+        """Add the chosen run's ``best.pt`` to the model lists of this window (Segment, Evaluate, Train)."""
+        try:
+            if not self.run.value:
+                raise UserError("list the runs of a folder and choose one first")
+            best = Path(self.run.value) / "best.pt"
+            if not best.is_file():
+                raise UserError(f"run {best.parent.name}: has no best.pt (it did not finish an epoch); choose "
+                                "another run")
+        except UserError as error:
+            report_error(error)
+            return None
+        count = announce_model(best, self.viewer)
+        show_message(Message(f"{best.parent.name}/best.pt added to {count} model list(s) of this window"))
+        return best

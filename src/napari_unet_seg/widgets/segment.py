@@ -15,8 +15,9 @@ from qtpy.QtWidgets import QSizePolicy
 from ..device import DEVICES
 from ..errors import UserError
 from ..events import Tiles
+from ..instances import INSTANCE_MODES
 from ._models import ModelPicker
-from ._params import labels_name, layer_array, probabilities_name, segment_options
+from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
 from ._worker import Job, free_gpu_memory, report_error, start_job
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ __all__ = ["SegmentWidget"]
 class SegmentWidget(Container):
     """Segment an image layer (2D, RGB, a stack, or a multiscale image's highest resolution).
 
-    Adds a Labels layer ``<image> labels`` with the image's scale and translate; a second run updates
-    it. Optionally adds the probabilities as an Image layer ``<image> probabilities``.
+    Adds a Labels layer ``<image> labels`` (class ids, or object ids with instances) with the image's
+    scale and translate; a second run updates it. Optionally adds the probabilities as an Image layer
+    ``<image> probabilities`` and the uncertainty as ``<image> uncertainty``.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -54,7 +56,15 @@ class SegmentWidget(Container):
                             tooltip="average the predictions of the four flips: smoother, 4x slower")
         self.min_size = SpinBox(label="min object size", value=0, min=0, max=10**8,
                                 tooltip="objects smaller than this many pixels are removed (0: keep all)")
+        self.instances = ComboBox(label="instances", choices=INSTANCE_MODES, value="none",
+                                  tooltip="none: class labels; components: one id per connected object; "
+                                          "watershed: also splits touching objects (binary models)")
+        self.min_distance = SpinBox(label="min distance", value=5, min=1, max=1000,
+                                    tooltip="watershed: least distance between object centres, in pixels")
         self.probabilities = CheckBox(text="add probability layer", value=False)
+        self.uncertainty = CheckBox(text="add uncertainty layer", value=False,
+                                    tooltip="predict the 8 rotations and flips: the labels come from their "
+                                            "mean, the layer shows their spread; 8x slower")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
@@ -62,7 +72,8 @@ class SegmentWidget(Container):
         self.status.native.setWordWrap(True)
         self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.extend([self.image, self.model, self.model_file, self.device, self.tile, self.overlap,
-                     self.threshold, self.tta, self.min_size, self.probabilities,
+                     self.threshold, self.tta, self.min_size, self.instances, self.min_distance,
+                     self.probabilities, self.uncertainty,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status])
         self.run_button.changed.connect(self.run)
@@ -77,7 +88,8 @@ class SegmentWidget(Container):
         """The keyword arguments this widget passes to ``predict_steps``."""
         return segment_options(device=self.device.value, tile=self.tile.value, overlap=self.overlap.value,
                                threshold=self.threshold.value, tta=self.tta.value, min_size=self.min_size.value,
-                               probabilities=self.probabilities.value, rgb=rgb)
+                               probabilities=self.probabilities.value, rgb=rgb, instances=self.instances.value,
+                               min_distance=self.min_distance.value, uncertainty=self.uncertainty.value)
 
     def run(self, *_: Any) -> Job | None:
         """Start segmenting the chosen layer; returns the job (None when the values are refused)."""
@@ -132,15 +144,20 @@ class SegmentWidget(Container):
         self.cancel_button.enabled = running
 
     def show_result(self, result: Any, *, name: str, scale: tuple, translate: tuple) -> None:
-        """Add (or update) ``<name> labels`` and, when computed, ``<name> probabilities``."""
+        """Add (or update) ``<name> labels`` and, when computed, ``<name> probabilities``/``uncertainty``."""
         self._put_layer("labels", labels_name(name), result.labels, scale, translate)
         if result.probabilities is not None:
             probs = result.probabilities
             extra = probs.ndim - result.labels.ndim  # multi-class probabilities have a leading class axis
             self._put_layer("image", probabilities_name(name), probs, (1.0,) * extra + tuple(scale),
                             (0.0,) * extra + tuple(translate))
+        if result.uncertainty is not None:
+            spread = result.uncertainty
+            self._put_layer("image", uncertainty_name(name), spread, scale, translate, colormap="inferno",
+                            contrast_limits=(0.0, max(float(spread.max(initial=0.0)), 1e-3)))
 
-    def _put_layer(self, kind: str, name: str, data: Any, scale: tuple, translate: tuple) -> None:
+    def _put_layer(self, kind: str, name: str, data: Any, scale: tuple, translate: tuple, *,
+                   colormap: str = "magma", contrast_limits: tuple = (0.0, 1.0)) -> None:
         from napari.layers import Image, Labels
 
         cls = Labels if kind == "labels" else Image
@@ -150,7 +167,7 @@ class SegmentWidget(Container):
             existing.data = data
             existing.scale, existing.translate = scale, translate
             if kind == "image":
-                existing.contrast_limits = (0.0, 1.0)
+                existing.contrast_limits = contrast_limits
             existing.refresh()
             return
         if existing is not None:
@@ -158,5 +175,5 @@ class SegmentWidget(Container):
         if kind == "labels":
             self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
         else:
-            self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap="magma",
-                                  contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
+            self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap=colormap,
+                                  contrast_limits=contrast_limits, blending="additive", opacity=0.6)
