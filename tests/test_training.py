@@ -58,9 +58,10 @@ def test_cancel_keeps_last_completed_epoch(tmp_path, synthetic_dir):
     assert last.metrics["epoch"] == 2
 
 
-def test_resume_repeats_an_uninterrupted_run(tmp_path, synthetic_dir):
+@pytest.mark.parametrize("workers", [0, 1])  # batches made on the device / by a DataLoader process
+def test_resume_repeats_an_uninterrupted_run(tmp_path, synthetic_dir, workers):
     images, masks = synthetic_dir
-    options = dict(images=images, masks=masks, epochs=4, **{**FAST, "augment": "light"})
+    options = dict(images=images, masks=masks, epochs=4, workers=workers, **{**FAST, "augment": "light"})
     straight = train(out=tmp_path / "a", **options)
     cancel = threading.Event()
     steps = train_steps(out=tmp_path / "b", cancel=cancel, **options)
@@ -175,6 +176,22 @@ def test_paths_stored_in_a_model_file_are_never_written_to(tmp_path, synthetic_d
                   **FAST)
     assert tuned.best == tmp_path / "c" / "best.pt" and tuned.best.exists()
     assert not (tmp_path / "a").exists()
+
+
+def test_fine_tuning_keeps_the_starting_models_architecture_and_classes(tmp_path):
+    from napari_unet_seg.events import Message
+
+    rng = np.random.default_rng(0)
+    pairs = [(rng.random((48, 48)).astype(np.float32), rng.integers(0, 3, (48, 48))) for _ in range(3)]
+    three = train(arrays=pairs, out=tmp_path / "three", epochs=1, classes=3, model="basic_unet",
+                  **{**FAST, "width": 0.5})
+    events = []
+    tuned = train(arrays=pairs, out=tmp_path / "tuned", epochs=1, initial_model=three.best, on_event=events.append,
+                  **FAST)  # classes 2, unet, width 0.25 by default: the starting model's win
+    model = load_model(tuned.best)
+    assert (model.num_classes, model.architecture["name"], model.config["width"]) == (3, "basic_unet", 0.5)
+    assert model.config["model"] == "basic_unet" and model.config["classes"] == 3
+    assert any(isinstance(e, Message) and "has 3 classes" in e.text for e in events)
 
 
 @pytest.mark.slow

@@ -53,7 +53,9 @@ def _add_train(sub) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    run.add_argument("--workers", type=int, default=0,
+                     help="0: batches cut and augmented on the device from cached images; N: N DataLoader "
+                          "processes (MONAI transforms per patch)")
     run.add_argument("--device", default="auto", help="auto, cuda or cpu")
 
 

@@ -24,6 +24,7 @@ import torch
 from . import distributed
 from .config import TrainConfig
 from .dataset import PatchDataset, Sample, build_augmentation, load_samples, samples_from_arrays, split_indices
+from .device_batches import DeviceBatches, fits_on_device
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
@@ -147,6 +148,19 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.reseed(info.seed % 2**32)
 
 
+def _loader(dataset: PatchDataset, sampler, batch_size: int, stream: int, epoch: int, workers: int,
+            device: torch.device) -> torch.utils.data.DataLoader:
+    """One epoch's DataLoader: shuffled (or ``sampler``'s share when distributed), augmentation seeded by ``stream``."""
+    dataset.reseed(stream)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                       drop_last=False, num_workers=workers,
+                                       generator=torch.Generator().manual_seed(stream),
+                                       worker_init_fn=_seed_worker if workers else None,
+                                       pin_memory=device.type == "cuda", persistent_workers=False)
+
+
 def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, num_classes: int, tile: int,
              device: torch.device, amp: bool, cancel: Any = None, batch_size: int = 4,
              on_out_of_memory=None) -> dict:
@@ -202,6 +216,12 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     device = distributed.local_device(config.device)
     world, rank = distributed.world_size(), distributed.rank()
     start = load_model(initial_model) if initial_model is not None else None
+    if start is not None:  # a fine-tuned model keeps the architecture and classes of the one it starts from
+        if config.classes != start.num_classes:
+            yield Message(f"the model to fine-tune has {start.num_classes} classes: training with "
+                          f"{start.num_classes}, not {config.classes}", "warning")
+        config.model, config.classes = start.architecture["name"], start.num_classes
+        config.width = float(start.config.get("width", config.width))
     normalization = start.normalization if start else default_normalization(config.normalization)
     train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
     yield from messages
@@ -234,16 +254,25 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         first_epoch, best_score, best_epoch = int(state["epoch"]) + 1, float(state["best_score"]), int(
             state["best_epoch"])
         yield Message(f"resuming {run} after epoch {first_epoch - 1}")
-    dataset = PatchDataset(train_set, None if config.resize else config.patch_size,
-                           build_augmentation(config.augment, config.resize or config.patch_size), config.seed)
-    batch_size = min(config.batch_size, len(dataset))
+    # Batches are cut and augmented on the device from the cached images, unless --workers asks for
+    # DataLoader processes (MONAI transforms per patch) or the images would take too much GPU memory.
+    patch = None if config.resize else config.patch_size
+    if config.workers == 0 and fits_on_device(train_set, device):
+        batches, dataset, sampler = DeviceBatches(train_set, patch, config.augment, device), None, None
+        patches = len(batches)
+    else:
+        batches = None
+        dataset = PatchDataset(train_set, patch, build_augmentation(config.augment, config.resize or patch),
+                               config.seed)
+        sampler = distributed.sampler(dataset, config.seed * 100003)  # None when alone: the loader shuffles
+        patches = len(dataset)
+    batch_size = min(config.batch_size, patches)
     if batch_size < config.batch_size:
-        yield Message(f"--batch-size {config.batch_size} is larger than the {len(dataset)} patches an epoch "
+        yield Message(f"--batch-size {config.batch_size} is larger than the {patches} patches an epoch "
                       f"holds; using {batch_size}", "warning")
     if world > 1:  # --batch-size is the global batch: each process takes its share
         batch_size = max(1, batch_size // world)
         yield Message(f"distributed training: {world} processes, {batch_size} patches each per batch")
-    sampler = distributed.sampler(dataset, config.seed * 100003)  # None when alone: the loader shuffles
     tile = config.resize or config.patch_size
     tile = max(16, tile)
 
@@ -263,22 +292,17 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     best_path, last_path = run / "best.pt", run / "last.pt"
     for epoch in range(first_epoch, config.epochs + 1):
         began = time.perf_counter()
-        stream = (config.seed * 100003 + epoch) * world + rank  # each process its own patches and augmentation
-        dataset.reseed(stream)
-        generator = torch.Generator().manual_seed(stream)
-        torch.manual_seed(config.seed * 100003 + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None,
-                                             sampler=sampler, drop_last=False,
-                                             num_workers=config.workers, generator=generator,
-                                             worker_init_fn=_seed_worker if config.workers else None,
-                                             pin_memory=device.type == "cuda",
-                                             persistent_workers=False)
+        seed = config.seed * 100003 + epoch  # each epoch's randomness derives from (seed, epoch, rank)
+        torch.manual_seed(seed)
+        if batches is not None:
+            epoch_batches, count = batches.epoch(batch_size, seed, rank, world), batches.batch_count(batch_size, world)
+        else:
+            epoch_batches = _loader(dataset, sampler, batch_size, seed * world + rank, epoch, config.workers, device)
+            count = len(epoch_batches)
         trained.train()
         losses = []
         try:
-            for index, (images, masks) in enumerate(loader, start=1):
+            for index, (images, masks) in enumerate(epoch_batches, start=1):
                 if distributed.any_rank(is_cancelled(cancel)):  # all processes stop at the same batch
                     raise JobCancelled()
                 # After running out of GPU memory, the loader's batches are done in parts of batch_size.
@@ -304,7 +328,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
                     yield Message(f"out of GPU memory: batch size lowered to {batch_size} for the rest of the run",
                                   "warning")
                 losses.append(float(np.mean(parts)))
-                yield Batch(epoch, index, len(loader), losses[-1])
+                yield Batch(epoch, index, count, losses[-1])
             # Every process has as many batches: the mean of their means is the mean over all batches.
             mean_loss = distributed.sum_across({"loss": float(np.mean(losses))})["loss"] / world
             row = {"epoch": epoch, "train_loss": mean_loss}
