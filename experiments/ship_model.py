@@ -29,7 +29,11 @@ def main() -> None:
     scores = evaluate(model, args.test_images, args.test_masks, device="cpu")
     model.metrics = {**model.metrics, "test_dice": scores["dice"], "test_iou": scores["iou"],
                      "test_accuracy": scores["accuracy"], "test_count": scores["count"]}
-    model.info = {**model.info, "display_name": args.display_name, "data": args.data}
+    from napari_unet_seg.config import TrainConfig
+
+    # the command that made it (train, or a sweep's run), and the equivalent plain train command
+    model.info = {**model.info, "display_name": args.display_name, "data": args.data,
+                  "train_command": TrainConfig.from_dict(model.config).as_command()}
     path = save_model(TARGET / f"{args.name}.pt", model)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): test Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f}, "
           f"accuracy {scores['accuracy']:.4f} on {scores['count']} images")

@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic image/mask folders, a tiny trained model, the real data beside the clone."""
+"""Shared fixtures: synthetic image/mask folders, a tiny trained model, a tiny SegNet, the real data beside the
+clone."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ def tiny_model(tmp_path_factory, synthetic_dir) -> Path:
     result = train(images=images, masks=masks, out=tmp_path_factory.mktemp("tiny") / "run", epochs=4,
                    batch_size=4, patch_size=32, width=0.25, lr=1e-2, augment="none", device="cpu")
     return result.best
+
+
+@pytest.fixture(scope="module")
+def segnet_model(tmp_path_factory):
+    """A tiny SegNet (width 0.125) saved as a model file; batch-norm statistics set so its output varies."""
+    import torch
+    from torch import nn
+
+    from napari_unet_seg.model_file import SegmentationModel, save_model
+    from napari_unet_seg.models import build_network, network_kwargs
+    from napari_unet_seg.normalization import default_normalization
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    network = build_network("segnet", 1, 1, **network_kwargs("segnet", width=0.125)).eval()
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):  # at init the deep activations vanish and the output is constant
+            module.running_var.uniform_(0.07, 0.14, generator=generator)
+            module.running_mean.normal_(0.0, 0.05, generator=generator)
+    model = SegmentationModel(network, {"name": "segnet", "kwargs": network_kwargs("segnet", width=0.125)}, 1, 2,
+                              default_normalization(), info={"authors": ["Ada Lovelace"], "license": "MIT"})
+    return save_model(tmp_path_factory.mktemp("segnet") / "segnet.pt", model)
 
 
 @pytest.fixture

@@ -181,3 +181,17 @@ def test_sweep_dry_run_and_errors(tmp_path, synthetic_dir):
     bad.write_text("images: x\nmasks: y\nmodelz: [unet]\n")
     done = cli("sweep", bad, "--dry-run")
     assert done.returncode == 2 and "modelz" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_configs_command_line_parses_back_to_the_same_settings():
+    from napari_unet_seg.cli import build_parser
+    from napari_unet_seg.config import TrainConfig
+
+    config = TrainConfig(images="my data/images", masks="m", out="runs/x", model="segnet", lr=1e-4, resize=256,
+                         amp=False, overwrite=True, augment="none", epochs=7)
+    words = config.as_command().split(" ", 1)[1]
+    import shlex
+
+    args = vars(build_parser().parse_args(shlex.split(words)))
+    parsed = TrainConfig(**{k: v for k, v in args.items() if k not in ("command", "resume")})
+    assert parsed == config

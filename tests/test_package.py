@@ -12,7 +12,7 @@ ENGINE = ["napari_unet_seg", "napari_unet_seg.training", "napari_unet_seg.infere
           "napari_unet_seg.model_file", "napari_unet_seg.dataset", "napari_unet_seg.models",
           "napari_unet_seg.models.segnet", "napari_unet_seg.metrics", "napari_unet_seg.losses",
           "napari_unet_seg.pairing", "napari_unet_seg.image_io", "napari_unet_seg.demo", "napari_unet_seg.commands",
-          "napari_unet_seg.sweep", "napari_unet_seg.export"]
+          "napari_unet_seg.sweep", "napari_unet_seg.sweep_spec", "napari_unet_seg.export", "napari_unet_seg.bioimageio"]
 
 
 def test_engine_imports_no_qt_napari_or_magicgui():

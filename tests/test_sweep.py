@@ -1,10 +1,10 @@
-"""Sweeps: the grid, its tables, the fixed split, resuming, reading runs back, sweep-file errors, experiments/."""
+"""Sweeps: the grid, its tables, the fixed split, resuming, reading runs back (the sweep file itself:
+tests/test_sweep_spec.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -12,15 +12,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sweep_helpers import data_lines, write_sweep
 
 from napari_unet_seg.errors import UserError
 from napari_unet_seg.events import Batch, Epoch, Message
-from napari_unet_seg.sweep import (RESULT_COLUMNS, list_runs, load_sweep, parse_sweep, read_comparison, split_lists,
-                                   sweep, sweep_steps)
+from napari_unet_seg.sweep import (RESULT_COLUMNS, list_runs, load_sweep, read_comparison, split_lists, sweep,
+                                   sweep_steps)
 
-ROOT = Path(__file__).resolve().parents[1]
-#: Where the experiments' relative paths (``../../shared/data/<name>``) lead.
-SHARED_DATA = ROOT.parent / "shared" / "data"
 FAST = "epochs: 1\nbatch_size: 4\npatch_size: 32\nwidth: 0.125\naugment: none\nlr: 1e-2\n"
 
 
@@ -35,18 +33,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _write(folder: Path, text: str, name: str = "sweep.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text)
-    return folder / name
-
-
-def _data(folder: Path, synthetic_dir) -> str:
-    """images/masks lines relative to ``folder`` (paths in a sweep file start at its folder)."""
-    images, masks = synthetic_dir
-    return f"images: {os.path.relpath(images, folder)}\nmasks: {os.path.relpath(masks, folder)}\n"
-
-
 def _messages(events) -> list[str]:
     return [e.text for e in events if isinstance(e, Message)]
 
@@ -58,9 +44,9 @@ def grid(tmp_path_factory, synthetic_dir):
 
     root = tmp_path_factory.mktemp("grid")
     test_images, test_masks = write_synthetic_folder(root / "test", 2, (64, 64), seed=100)
-    path = _write(root / "cfg", _data(root / "cfg", synthetic_dir) + FAST +
-                  f"test_images: {test_images}\ntest_masks: {test_masks}\n"
-                  "models: [unet, segnet]\nlosses: [dice, bce]\n")
+    path = write_sweep(root / "cfg", data_lines(root / "cfg", synthetic_dir) + FAST +
+                       f"test_images: {test_images}\ntest_masks: {test_masks}\n"
+                       "models: [unet, segnet]\nlosses: [dice, bce]\n")
     events = []
     rows = sweep(path, root / "out", device="cpu", on_event=events.append)
     return SimpleNamespace(path=path, out=root / "out", rows=rows, events=events)
@@ -125,7 +111,7 @@ def test_list_runs_and_read_comparison(grid, tmp_path):
 
 
 def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
-    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST + "split: {test_fraction: 0.25, seed: 3}\n")
+    path = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST + "split: {test_fraction: 0.25, seed: 3}\n")
     # cancelled before the first run: the split is made, nothing is trained
     events = []
     rows = sweep(path, tmp_path / "out", device="cpu", cancel=lambda: True, on_event=events.append)
@@ -143,8 +129,8 @@ def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
     # seeded: the same lists again, other ones for another seed
     spec = load_sweep(path)
     assert split_lists(spec) == {"trainval": record["trainval"], "test": record["test"]}
-    other = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST + "split: {test_fraction: 0.25, seed: 4}\n",
-                   "other.yaml")
+    other = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST +
+                        "split: {test_fraction: 0.25, seed: 4}\n", "other.yaml")
     assert split_lists(load_sweep(other))["test"] != record["test"]
     # an OUT with another split is refused (its runs would mix two splits)
     with pytest.raises(UserError, match="holds another split"):
@@ -154,8 +140,8 @@ def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
 def test_split_run_scores_the_held_out_pairs(tmp_path, synthetic_dir):
     """Named test stems and a contiguous validation range (the ISBI layout); a resized model is tested
     on resized images and scored at the masks' own size."""
-    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST.replace("patch_size: 32", "resize: 32") +
-                  "split:\n  test_stems: [img006, img007]\n  val_range: [4, 5]\n")
+    path = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST.replace("patch_size: 32", "resize: 32") +
+                       "split:\n  test_stems: [img006, img007]\n  val_range: [4, 5]\n")
     rows = sweep(path, tmp_path / "out", device="cpu")
     record = json.loads((tmp_path / "out" / "split.json").read_text())
     assert record["test"] == ["img006", "img007"] and record["val"] == ["img004", "img005"]
@@ -166,8 +152,8 @@ def test_split_run_scores_the_held_out_pairs(tmp_path, synthetic_dir):
 
 
 def test_cancelled_sweep_keeps_its_table_and_resumes(tmp_path, synthetic_dir):
-    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + FAST.replace("epochs: 1", "epochs: 2") +
-                  "losses: [dice, bce]\n")
+    path = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST.replace("epochs: 1", "epochs: 2") +
+                       "losses: [dice, bce]\n")
     cancel = threading.Event()
     for event in sweep_steps(path, tmp_path / "out", device="cpu", cancel=cancel):
         if isinstance(event, Epoch) and event.epoch == 1:
@@ -183,73 +169,17 @@ def test_cancelled_sweep_keeps_its_table_and_resumes(tmp_path, synthetic_dir):
     assert [(r["status"], r["epochs_run"]) for r in rows] == [("completed", 2), ("completed", 2)]
 
 
-def test_settings_and_names(tmp_path, synthetic_dir):
-    spec = parse_sweep({"images": "i", "masks": "m", "lr": "1e-4", "epochs": [1, 2], "model": "segnet",
-                        "grids": [{"losses": ["dice"]}, {"loss": "bce", "resize": 64}]},
-                       base=tmp_path, check_data=False)
-    assert spec.images == (tmp_path / "i").resolve()
-    assert [r.name for r in spec.runs] == ["01-segnet-dice-adamw-lr0.0001-e1", "02-segnet-dice-adamw-lr0.0001-e2",
-                                           "03-segnet-bce-adamw-lr0.0001-e1", "04-segnet-bce-adamw-lr0.0001-e2"]
-    assert spec.columns[-1] == "resize" and spec.runs[0].config.lr == 1e-4  # "1e-4" is a string in YAML 1.1
-    assert [r.settings["resize"] for r in spec.runs] == [None, None, 64, 64]
-    assert spec.runs[3].describe().startswith("model=segnet loss=bce optimizer=adamw lr=0.0001 epochs=2")
-
-
-@pytest.mark.parametrize("text, message", [
-    ("modle: unet\n", r"unknown key 'modle'; allowed keys: images, masks, .*models"),
-    ("lr: fast\n", r"lr must be a number, got 'fast'"),
-    ("models: [unet, resnet]\n", r"model 'resnet' is unknown; use one of unet"),
-    ("epochs: 0\n", r"epochs must be > 0"),
-    ("epochs: 1.5\n", r"epochs must be a whole number"),
-    ("augment: yes\n", r"augment must be a name, got True"),
-    ("losses: []\n", r"losses is an empty list"),
-    ("models: unet\nmodel: unet\n", r"give models or model, not both"),
-    ("test_images: somewhere\n", r"give both test_images and test_masks"),
-    ("grids:\n  - {lr: 0.1, colour: red}\n", r"grids\[1\]: unknown key 'colour'"),
-    ("grids: [{}, {}]\n", r"appears twice"),
-    ("split: {test_fraction: 0.2, test_count: 2}\n", r"exactly one of test_fraction"),
-    ("split: {test_fraction: 1.5}\n", r"test_fraction must be between 0 and 1"),
-    ("split: {test_share: 0.2}\n", r"split: unknown key 'test_share'; allowed keys: seed, test_fraction"),
-    ("split: {test_stems: [img001, nope]}\n", r"test_stems nope are not among the 8 pairs"),
-    ("split: {test_range: [6, 9]}\n", r"test_range \[6, 9\] goes past the 8 pairs"),
-    ("split: {test_count: 1}\ntest_images: a\ntest_masks: b\n", r"test_images/test_masks or split, not both"),
-    ("models: [unet\n", r"is not valid YAML at line"),
-])
-def test_sweep_file_errors(tmp_path, synthetic_dir, text, message):
-    path = _write(tmp_path, _data(tmp_path, synthetic_dir) + text)
-    with pytest.raises(UserError, match=message):
-        load_sweep(path)
-
-
 def test_missing_files_and_folders(tmp_path, synthetic_dir):
     with pytest.raises(UserError, match="sweep file .*nothing.yaml: does not exist"):
         load_sweep(tmp_path / "nothing.yaml")
-    path = _write(tmp_path, "images: gone/images\nmasks: gone/masks\n")
+    path = write_sweep(tmp_path, "images: gone/images\nmasks: gone/masks\n")
     with pytest.raises(UserError, match=r"images: folder .*gone/images does not exist"):
         load_sweep(path)
     with pytest.raises(UserError, match="masks is missing"):
-        load_sweep(_write(tmp_path, "images: a\n", "half.yaml"))
+        load_sweep(write_sweep(tmp_path, "images: a\n", "half.yaml"))
     spec = load_sweep(path, check_data=False)  # checked again before anything runs
     with pytest.raises(UserError, match="does not exist"):
         sweep(spec, tmp_path / "out", device="cpu")
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_experiments_parse(path):
-    present = SHARED_DATA.is_dir()
-    spec = load_sweep(path, check_data=present)  # with ../shared: the data folders and split stems exist
-    assert len(spec.runs) >= 2 and spec.split is not None and spec.description
-    assert len({r.name for r in spec.runs}) == len(spec.runs)
-    defaults = [r for r in spec.runs if (r.config.loss, r.config.lr, r.config.scheduler) == ("dicece", 1e-3,
-                                                                                                "cosine")]
-    assert defaults, "each experiment has a row of our default settings"
-    if present:
-        lists = split_lists(spec)
-        assert not set(lists["test"]) & set(lists["trainval"])
-        if path.stem == "ph2":
-            assert (len(lists["trainval"]), len(lists["test"])) == (160, 20)
-        if path.stem == "isbi2012-em":
-            assert lists["test"] == ["27", "28", "29"]
 
 
 def test_sweep_module_imports_no_qt():

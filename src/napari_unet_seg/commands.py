@@ -200,6 +200,10 @@ def run_info(args: Namespace) -> int:
     print(f"metrics: {json.dumps(model.metrics)}")
     if model.config.get("command"):
         print(f"trained with: {model.config['command']}")
+    if model.config:
+        from .config import TrainConfig
+
+        print(f"settings as a train command: {TrainConfig.from_dict(model.config).as_command()}")
     return 0
 
 

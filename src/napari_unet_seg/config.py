@@ -88,6 +88,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_command(self) -> str:
+        """The ``napari-unet-seg train`` command line of these settings (the options that differ from the
+        defaults), e.g. to repeat a run that a sweep or the Train widget made."""
+        import shlex
+
+        default = TrainConfig()
+        words = ["napari-unet-seg", "train"]
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if name in ("command", "extra", "curves_every") or value == getattr(default, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                words.append(flag if value else "--no-amp" if name == "amp" else "")
+            else:
+                words += [flag, str(value)]
+        return shlex.join(w for w in words if w)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict, ignoring keys this version does not know (older/newer model files)."""

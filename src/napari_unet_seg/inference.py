@@ -242,6 +242,8 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     colour, spatial = _layout(array, model.in_channels, rgb)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
+    if torch_device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
+        torch.backends.cudnn.benchmark = True
     network = model.network.to(torch_device, memory_format=torch.channels_last).eval()
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")

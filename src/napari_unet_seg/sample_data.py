@@ -1,4 +1,4 @@
-"""Sample data: real EM crops shipped with the package, and synthetic image/mask pairs made on demand."""
+"""Sample data: real EM and dermoscopy images shipped with the package, and synthetic pairs made on demand."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["sample_folders", "em_sample_layers", "synthetic_pair", "write_synthetic_folder"]
+__all__ = ["sample_folders", "em_sample_layers", "dermoscopy_sample_layers", "synthetic_pair",
+           "write_synthetic_folder"]
 
 
 def sample_folders(name: str = "em") -> tuple[Path, Path]:
-    """``(images, masks)`` folders of a shipped sample set (``em``: six 256x256 ISBI-2012 crops)."""
+    """``(images, masks)`` folders of a shipped sample set (``em``: six 256x256 ISBI-2012 crops;
+    ``dermoscopy``: three ISIC 2018 images resized to 256x256)."""
     root = Path(str(resources.files(__package__).joinpath("sample_data", name)))
     return root / "images", root / "masks"
 
@@ -25,6 +27,17 @@ def em_sample_layers() -> list[tuple]:
     labels = (read_image(masks / "em_10.png") > 0).astype(np.uint8)
     return [(image, {"name": "EM section (ISBI 2012)"}, "image"),
             (labels, {"name": "EM membranes (ground truth)"}, "labels")]
+
+
+def dermoscopy_sample_layers() -> list[tuple]:
+    """napari sample-data hook: a dermoscopy image and its lesion labels (ISIC 2018, see sample_data/README.md)."""
+    from .image_io import read_image
+
+    images, masks = sample_folders("dermoscopy")
+    image = read_image(images / "ISIC_0000013.jpg")
+    labels = (read_image(masks / "ISIC_0000013_segmentation.png") > 0).astype(np.uint8)
+    return [(image, {"name": "Dermoscopy (ISIC 2018)", "rgb": True}, "image"),
+            (labels, {"name": "Lesion (ground truth)"}, "labels")]
 
 
 def synthetic_pair(size: tuple[int, int] = (96, 96), *, seed: int = 0, objects: int = 6, rgb: bool = False,

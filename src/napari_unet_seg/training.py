@@ -240,6 +240,8 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     optimizer = _optimizer(config, network.parameters())
     scheduler = _scheduler(config, optimizer)
     use_amp = config.amp and device.type == "cuda"
+    if device.type == "cuda":  # patches of one shape: let cuDNN time and keep its fastest kernels
+        torch.backends.cudnn.benchmark = True
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     model = SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict())
     history: list[dict] = []

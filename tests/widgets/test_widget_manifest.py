@@ -19,9 +19,11 @@ def test_manifest_contributions_resolve():
     for python_name in commands.values():
         module, name = python_name.split(":")
         assert callable(getattr(import_module(module), name))
-    (sample,) = manifest.contributions.sample_data
-    assert commands[sample.command] == "napari_unet_seg.sample_data:em_sample_layers"
-    assert "ISBI 2012" in sample.display_name
+    em, dermoscopy = manifest.contributions.sample_data
+    assert commands[em.command] == "napari_unet_seg.sample_data:em_sample_layers"
+    assert "ISBI 2012" in em.display_name
+    assert commands[dermoscopy.command] == "napari_unet_seg.sample_data:dermoscopy_sample_layers"
+    assert "ISIC 2018" in dermoscopy.display_name
 
 
 @pytest.mark.gui
@@ -33,6 +35,8 @@ def test_widgets_and_sample_open_in_a_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-unet-seg", "em")
     assert [layer.name for layer in viewer.layers] == ["EM section (ISBI 2012)", "EM membranes (ground truth)"]
+    viewer.open_sample("napari-unet-seg", "dermoscopy")
+    assert viewer.layers["Dermoscopy (ISIC 2018)"].rgb and viewer.layers["Lesion (ground truth)"].data.max() == 1
     for name, cls in (("Segment", SegmentWidget), ("Train", TrainWidget), ("Evaluate", EvaluateWidget)):
         dock, widget = viewer.window.add_plugin_dock_widget("napari-unet-seg", name)
         assert isinstance(widget, cls)

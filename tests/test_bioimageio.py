@@ -1,0 +1,89 @@
+"""bioimage.io model packages: they validate, reproduce PyTorch through the pre- and postprocessing, and carry
+the model's metadata (authors, license, citations, channels)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from export_helpers import assert_close, odd_inputs
+
+from napari_unet_seg.bioimageio import export_bioimageio
+from napari_unet_seg.export import export_model
+from napari_unet_seg.model_file import SegmentationModel, load_model
+from napari_unet_seg.models import build_network, network_kwargs
+from napari_unet_seg.normalization import default_normalization
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+
+
+@pytest.mark.slow
+def test_bioimageio_package_validates_and_reproduces(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    spec = pytest.importorskip("bioimageio.spec")
+    import onnxruntime
+    import yaml
+
+    out = export_model(tiny_model, "bioimageio", tmp_path / "package")
+    names = {p.name for p in out.iterdir()}
+    assert {"rdf.yaml", "README.md", "cover.png", "weights_torchscript.pt", "weights.onnx", "test_input.npy",
+            "test_output.npy", "sample_input.tif", "sample_output.tif"} <= names
+    description = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    assert description.validation_summary.status == "valid-format"
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["format_version"].startswith("0.5.") and rdf["license"] == "CC-BY-4.0"
+    assert rdf["inputs"][0]["preprocessing"] == [{"id": "scale_range", "kwargs": {
+        "axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8}}]
+    assert rdf["outputs"][0]["postprocessing"] == [{"id": "sigmoid"}]
+    assert rdf["inputs"][0]["axes"][2]["size"] == {"min": 17, "step": 1}
+    assert set(rdf["weights"]) == {"torchscript", "onnx"} and rdf["weights"]["onnx"]["opset_version"] >= 17
+
+    # What a bioimage.io tool does: scale_range, the weights, sigmoid; it gives the test output.
+    raw, expected = np.load(out / "test_input.npy"), np.load(out / "test_output.npy")
+    assert raw.shape[2] % 2 == 1 and expected.shape == raw.shape and 0 <= expected.min() <= expected.max() <= 1
+    low, high = np.percentile(raw, [1.0, 99.8])
+    normalized = ((raw - low) / (high - low + 1e-6)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(out / "weights.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(out / "weights_torchscript.pt"))
+    with torch.inference_mode():
+        from_torchscript = scripted(torch.from_numpy(normalized)).numpy()
+    for logits in (session.run(None, {"input": normalized})[0], from_torchscript):
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), expected, atol=1e-3)
+    for x, reference in odd_inputs(load_model(tiny_model)):  # the packaged ONNX graph at two more odd sizes
+        assert_close(session.run(None, {"input": x})[0], reference)
+    assert "## Validation" in (out / "README.md").read_text()
+
+
+def test_bioimageio_zip_with_metadata(segnet_model, tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    out = export_bioimageio(segnet_model, tmp_path / "segnet.zip", weights=("torchscript",), authors=["Grace Hopper"])
+    assert zipfile.is_zipfile(out)
+    description = spec.load_description(out, perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    assert [a.name for a in description.authors] == ["Grace Hopper"]
+    assert description.license == "MIT"  # from the model file's info
+    assert any("SegNet" in c.text for c in description.cite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segnet.zip"]  # the staging folder is gone
+
+
+def test_bioimageio_rgb_multiclass_uses_softmax(tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    torch.manual_seed(0)
+    kwargs = network_kwargs("unet", width=0.25)
+    model = SegmentationModel(build_network("unet", 3, 3, **kwargs).eval(), {"name": "unet", "kwargs": kwargs}, 3, 3,
+                              default_normalization("minmax"))
+    image = np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    out = export_bioimageio(model, tmp_path / "rgb", weights=("torchscript",), test_image=image)
+    description = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    (tensor_in,), (tensor_out,) = description.inputs, description.outputs
+    assert tensor_in.axes[1].channel_names == ["red", "green", "blue"]
+    assert [p.id for p in tensor_in.preprocessing] == ["ensure_dtype", "scale_range", "ensure_dtype"]
+    assert tensor_in.preprocessing[1].kwargs.max_percentile == 100.0  # minmax normalization
+    assert [p.id for p in tensor_out.postprocessing] == ["softmax", "ensure_dtype"]
+    expected = np.load(out / "test_output.npy")
+    assert expected.shape == (1, 3, 49, 59)  # cropped to odd sizes
+    np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)
