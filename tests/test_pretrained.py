@@ -27,6 +27,27 @@ def test_em_model_segments_the_held_out_sample():
     assert scores["dice"] > 0.8 and scores["accuracy"] > 0.9
 
 
+def test_dermoscopy_model_ships_small_with_its_provenance():
+    assert "dermoscopy-lesions" in shipped_models()
+    model = load_model("dermoscopy-lesions")
+    assert model.path.stat().st_size < 10e6 and model.in_channels == 3 and model.config["resize"] == 256
+    assert display_name("dermoscopy-lesions") == "Dermoscopy lesions (U-Net)" == model.info["display_name"]
+    assert model.config["command"].startswith("napari-unet-seg sweep isic2018-cpu.yaml")
+    assert model.info["train_command"].startswith("napari-unet-seg train ")
+    assert model.metrics["test_count"] == 117 and model.metrics["test_dice"] > 0.85
+
+
+@pytest.mark.parametrize("name", ["ISIC_0000013", "ISIC_0000086", "ISIC_0000139"])
+def test_dermoscopy_model_segments_the_held_out_samples(name):
+    # the three shipped ISIC images are from the test split the model never saw
+    images, masks = sample_folders("dermoscopy")
+    image = read_image(images / f"{name}.jpg")
+    labels = predict("dermoscopy-lesions", image, device="cpu")
+    assert labels.shape == image.shape[:2]
+    scores = segmentation_metrics(labels, read_image(masks / f"{name}_segmentation.png") > 0)
+    assert scores["dice"] > 0.9 and scores["accuracy"] > 0.95
+
+
 @pytest.mark.slow
 def test_cli_predicts_with_a_shipped_model_by_name(tmp_path):
     import subprocess

@@ -1,4 +1,4 @@
-"""Models that ship with the package, by name (``load_model("em-membranes")``)."""
+"""Models that ship with the package, by name (``load_model("em-membranes")``, ``"dermoscopy-lesions"``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 __all__ = ["DISPLAY_NAMES", "display_name", "pretrained_path", "shipped_models"]
 
 #: How shipped models are listed in the widgets (file stem -> name).
-DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)"}
+DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)", "dermoscopy-lesions": "Dermoscopy lesions (U-Net)"}
 
 
 def _folder() -> Path:

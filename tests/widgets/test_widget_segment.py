@@ -169,4 +169,5 @@ def test_shipped_model_is_listed_by_name_and_chosen_first(make_napari_viewer):
     widget = _segment_widget(make_napari_viewer())
     combo = widget.model.native
     labels = [combo.itemText(i) for i in range(combo.count())]
-    assert "EM membranes (U-Net)" in labels and widget.model.value == "em-membranes"
+    assert labels[:2] == ["Dermoscopy lesions (U-Net)", "EM membranes (U-Net)"]  # shipped models first, by name
+    assert widget.model.value == "dermoscopy-lesions"
