@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DISPLAY_NAMES", "display_name", "pretrained_path", "shipped_models"]
+__all__ = ["DISPLAY_NAMES", "display_name", "pretrained_path", "shipped_models", "shipped_model_for"]
 
 #: How shipped models are listed in the widgets (file stem -> name).
 DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)", "dermoscopy-lesions": "Dermoscopy lesions (U-Net)"}
@@ -29,3 +30,16 @@ def pretrained_path(name: str) -> Path | None:
 def display_name(name: str) -> str:
     """The listed name of shipped model ``name`` (its file stem when none is registered)."""
     return DISPLAY_NAMES.get(name, name)
+
+
+@lru_cache(maxsize=None)
+def _in_channels(path: Path) -> int:
+    from .model_file import read_metadata
+
+    return int(read_metadata(path)["in_channels"])
+
+
+def shipped_model_for(rgb: bool) -> str | None:
+    """The first shipped model (by name) that takes colour (``rgb``) or grayscale images; None if none does."""
+    wanted = 3 if rgb else 1
+    return next((name for name, path in shipped_models().items() if _in_channels(path) == wanted), None)

@@ -170,4 +170,20 @@ def test_shipped_model_is_listed_by_name_and_chosen_first(make_napari_viewer):
     combo = widget.model.native
     labels = [combo.itemText(i) for i in range(combo.count())]
     assert labels[:2] == ["Dermoscopy lesions (U-Net)", "EM membranes (U-Net)"]  # shipped models first, by name
+    assert widget.model.value == "dermoscopy-lesions"  # no image open: the first one
+
+
+def test_the_shipped_model_follows_the_kind_of_image(make_napari_viewer, tiny_model):
+    viewer = make_napari_viewer()
+    gray = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="colour", rgb=True)
+    from napari_unet_seg.widgets.segment import SegmentWidget
+
+    widget = SegmentWidget(viewer)
+    widget.image.value = rgb
     assert widget.model.value == "dermoscopy-lesions"
+    widget.image.value = gray
+    assert widget.model.value == "em-membranes"
+    widget.models.add(tiny_model)  # a model file the user chose is kept whatever the image
+    widget.image.value = rgb
+    assert widget.model.value == str(tiny_model)

@@ -78,6 +78,18 @@ class SegmentWidget(Container):
                      self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.image.changed.connect(self._on_image)
+        self._on_image(self.image.value)
+
+    def _on_image(self, layer: Any) -> None:
+        """With a shipped model chosen, switch to the shipped model made for this image's kind (gray/RGB)."""
+        from ..pretrained import shipped_model_for, shipped_models
+
+        if layer is None or self.model.value not in shipped_models():
+            return
+        fitting = shipped_model_for(bool(layer.rgb))
+        if fitting is not None:
+            self.model.value = fitting
 
     def _image_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Image
