@@ -148,6 +148,18 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.reseed(info.seed % 2**32)
 
 
+def _batch_source(config: TrainConfig, samples: list[Sample], device: torch.device
+                  ) -> tuple[DeviceBatches | None, PatchDataset | None, Any]:
+    """``(device batches, None, None)``: batches cut and augmented on the device from the cached images;
+    or ``(None, dataset, sampler)`` for a DataLoader (MONAI transforms per patch) when ``--workers`` asks
+    for worker processes or the images would take too much GPU memory (sampler: None when alone)."""
+    patch = None if config.resize else config.patch_size
+    if config.workers == 0 and fits_on_device(samples, device):
+        return DeviceBatches(samples, patch, config.augment, device), None, None
+    dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
+    return None, dataset, distributed.sampler(dataset, config.seed * 100003)
+
+
 def _loader(dataset: PatchDataset, sampler, batch_size: int, stream: int, epoch: int, workers: int,
             device: torch.device) -> torch.utils.data.DataLoader:
     """One epoch's DataLoader: shuffled (or ``sampler``'s share when distributed), augmentation seeded by ``stream``."""
@@ -256,18 +268,8 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         first_epoch, best_score, best_epoch = int(state["epoch"]) + 1, float(state["best_score"]), int(
             state["best_epoch"])
         yield Message(f"resuming {run} after epoch {first_epoch - 1}")
-    # Batches are cut and augmented on the device from the cached images, unless --workers asks for
-    # DataLoader processes (MONAI transforms per patch) or the images would take too much GPU memory.
-    patch = None if config.resize else config.patch_size
-    if config.workers == 0 and fits_on_device(train_set, device):
-        batches, dataset, sampler = DeviceBatches(train_set, patch, config.augment, device), None, None
-        patches = len(batches)
-    else:
-        batches = None
-        dataset = PatchDataset(train_set, patch, build_augmentation(config.augment, config.resize or patch),
-                               config.seed)
-        sampler = distributed.sampler(dataset, config.seed * 100003)  # None when alone: the loader shuffles
-        patches = len(dataset)
+    batches, dataset, sampler = _batch_source(config, train_set, device)
+    patches = len(batches if batches is not None else dataset)
     batch_size = min(config.batch_size, patches)
     if batch_size < config.batch_size:
         yield Message(f"--batch-size {config.batch_size} is larger than the {patches} patches an epoch "
