@@ -1,32 +1,178 @@
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
 from napari_unet_seg.errors import UserError
-from napari_unet_seg.evaluation import compare_labels, evaluate
+from napari_unet_seg.evaluation import compare_labels, comparison_kind, evaluate
 from napari_unet_seg.image_io import read_image
 from napari_unet_seg.inference import predict
 from napari_unet_seg.metrics import segmentation_metrics
 from napari_unet_seg.pairing import pair_files
 
+# 4x4 truth with 6 foreground pixels; the prediction finds 4 of them and adds 1: tp 4, fp 1, fn 2, tn 9
+TRUTH = np.array([[1, 1, 1, 0],
+                  [1, 1, 1, 0],
+                  [0, 0, 0, 0],
+                  [0, 0, 0, 0]], bool)
+FOUND = np.array([[1, 1, 0, 0],
+                  [1, 1, 0, 1],
+                  [0, 0, 0, 0],
+                  [0, 0, 0, 0]], bool)
+
+
+@pytest.mark.parametrize("foreground", [True, 1, 255, 65535])
+def test_binary_masks_of_any_foreground_value_compare_as_binary(foreground):
+    dtype = bool if foreground is True else (np.uint8 if foreground < 256 else np.uint16)
+    truth = (TRUTH * foreground).astype(dtype)
+    scores = compare_labels(FOUND.astype(np.uint8), truth)
+    assert scores["kind"] == "binary" and "per_class" not in scores and "object_f1" not in scores
+    assert scores["dice"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    assert scores["iou"] == pytest.approx(4 / 7)
+    assert scores["accuracy"] == pytest.approx(13 / 16)
+    assert scores["precision"] == pytest.approx(4 / 5) and scores["recall"] == pytest.approx(4 / 6)
+    # both sides 0/255 (a mask file opened in napari against another)
+    assert compare_labels(FOUND * np.uint8(255), truth)["dice"] == pytest.approx(8 / 11)
+
+
+def test_instance_labels_compare_as_foreground_plus_objects():
+    truth = np.array([[1, 1, 0, 2, 2, 0],
+                      [1, 1, 0, 2, 2, 0],
+                      [0, 0, 0, 0, 0, 0],
+                      [3, 3, 0, 0, 0, 0]])
+    # a binary result: its connected components are its objects (two here)
+    found = np.array([[1, 1, 0, 0, 0, 0],
+                      [1, 1, 0, 0, 0, 0],
+                      [0, 0, 0, 0, 0, 0],
+                      [1, 1, 1, 0, 0, 0]])
+    scores = compare_labels(found, truth)
+    assert scores["kind"] == "instances" and "per_class" not in scores
+    # pixels: tp 6, fp 1, fn 4
+    assert scores["dice"] == pytest.approx(12 / 17) and scores["iou"] == pytest.approx(6 / 11)
+    # objects: 1 matched exactly (IoU 1), 3 vs the bottom component IoU 2/3 -> matched, 2 missed
+    assert (scores["objects_true"], scores["objects_predicted"], scores["objects_matched"]) == (3, 2, 2)
+    assert scores["object_precision"] == 1.0 and scores["object_recall"] == pytest.approx(2 / 3)
+    assert scores["object_f1"] == pytest.approx(4 / 5)
+
+
+def test_touching_objects_merged_are_found_pixels_but_lost_objects():
+    truth = np.array([[1, 1, 2, 2],
+                      [1, 1, 2, 2]])
+    scores = compare_labels(truth > 0, truth)
+    assert scores["dice"] == 1.0
+    # one merged object of 8 px against two of 4: IoU 0.5 each, not above 0.5
+    assert scores["objects_matched"] == 0 and scores["object_f1"] == 0.0
+    # instance ids in the result are used as they are
+    assert compare_labels(truth * 10, truth)["object_f1"] == 1.0
+
+
+def test_multiclass_only_when_asked():
+    pred, truth = np.array([[0, 1], [2, 2]]), np.array([[0, 1], [2, 1]])
+    assert compare_labels(pred, truth)["kind"] == "instances"
+    multi = compare_labels(pred, truth, num_classes=3)
+    assert multi["kind"] == "multiclass" and set(multi["per_class"]) == {1, 2}
+    # class 2: tp 1, fp 1, fn 0 -> IoU 1/2; class 1: tp 1, fn 1 -> Dice 2/3
+    assert multi["per_class"][2]["iou"] == pytest.approx(0.5)
+    assert multi["per_class"][1]["dice"] == pytest.approx(2 / 3)
+    assert compare_labels(pred, truth, num_classes=2)["kind"] == "instances"
+    with pytest.raises(UserError, match="outside 0..2"):
+        compare_labels(pred * 100, truth, num_classes=3)
+    with pytest.raises(UserError, match="differ in shape"):
+        compare_labels(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_comparison_kind_rules():
+    assert comparison_kind(np.array([0, 255, 255])) == "binary"
+    assert comparison_kind(np.zeros(4)) == "binary"
+    assert comparison_kind(np.array([0, 3, 7])) == "instances"
+    assert comparison_kind(np.array([0, 1]), num_classes=4) == "multiclass"
+
 
 def test_evaluate_folder_matches_per_image_metrics(tiny_model, synthetic_dir):
     images, masks = synthetic_dir
     scores = evaluate(tiny_model, images, masks, device="cpu")
-    assert scores["count"] == 8 and len(scores["per_image"]) == 8
-    assert set(scores) >= {"dice", "iou", "accuracy", "precision", "recall", "per_image"}
-    pair = pair_files(images, masks)[3]
-    expected = segmentation_metrics(predict(tiny_model, read_image(pair.image), device="cpu"),
-                                    read_image(pair.mask) > 0)
+    assert scores["count"] == 8 and len(scores["per_image"]) == 8 and scores["kind"] == "binary"
+    assert set(scores) >= {"dice", "iou", "accuracy", "precision", "recall", "per_image", "pooled_dice",
+                           "pooled_iou", "thresholded_jaccard", "failed_fraction"}
+    assert "object_f1" not in scores
+    pairs = pair_files(images, masks)
+    predictions = [predict(tiny_model, read_image(p.image), device="cpu") > 0 for p in pairs]
+    truths = [read_image(p.mask) > 0 for p in pairs]
+    expected = segmentation_metrics(predictions[3], truths[3])
     row = scores["per_image"][3]
-    assert row["name"] == pair.image.name and row["dice"] == pytest.approx(expected["dice"])
-    assert scores["dice"] == pytest.approx(np.mean([r["dice"] for r in scores["per_image"]]))
+    assert row["name"] == pairs[3].image.name and row["dice"] == pytest.approx(expected["dice"])
+    dice = np.array([r["dice"] for r in scores["per_image"]])
+    iou = np.array([r["iou"] for r in scores["per_image"]])
+    assert scores["dice"] == pytest.approx(dice.mean())
+    assert scores["failed_fraction"] == pytest.approx(np.mean(dice < 0.5))
+    assert scores["thresholded_jaccard"] == pytest.approx(np.mean(np.where(iou >= 0.65, iou, 0)))
+    tp = sum(int((p & t).sum()) for p, t in zip(predictions, truths))
+    total = sum(int(p.sum() + t.sum()) for p, t in zip(predictions, truths))
+    assert scores["pooled_dice"] == pytest.approx(2 * tp / total)
 
 
-def test_compare_labels_binary_and_multiclass():
-    truth = np.array([[0, 1], [1, 1]])
-    assert compare_labels(truth, truth)["dice"] == 1.0
-    assert compare_labels(np.zeros_like(truth), truth)["dice"] == 0.0
-    multi = compare_labels(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [2, 1]]))
-    assert set(multi["per_class"]) == {1, 2} and multi["per_class"][2]["iou"] == pytest.approx(0.5)
-    with pytest.raises(UserError, match="differ in shape"):
-        compare_labels(np.zeros((2, 2)), np.zeros((3, 3)))
+def test_evaluate_instance_masks_adds_object_scores(tiny_model, synthetic_dir, tmp_path):
+    from skimage.measure import label
+
+    images, masks = synthetic_dir
+    binary = evaluate(tiny_model, images, masks, device="cpu")
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    for path in sorted(masks.iterdir()):
+        iio.imwrite(ids / path.name, label(read_image(path) > 0).astype(np.uint16))
+    scores = evaluate(tiny_model, images, ids, device="cpu")
+    assert scores["kind"] == "instances"
+    assert scores["dice"] == pytest.approx(binary["dice"]) and scores["pooled_iou"] == pytest.approx(binary["pooled_iou"])
+    rows = scores["per_image"]
+    matched, true, found = (sum(r[k] for r in rows) for k in ("objects_matched", "objects_true", "objects_predicted"))
+    assert true == sum(int(label(read_image(p) > 0).max()) for p in sorted(masks.iterdir()))
+    assert scores["object_f1"] == pytest.approx(2 * matched / (true + found))
+    assert 0 <= scores["object_f1"] <= 1 and all("object_f1" in r for r in rows)
+
+
+def test_evaluate_refuses_colour_images_for_a_gray_model(tiny_model, synthetic_dir, tmp_path):
+    images, masks = synthetic_dir
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    for path in sorted(images.iterdir()):
+        gray = read_image(path)
+        iio.imwrite(colour / path.name, np.stack([gray, gray // 2, gray], axis=-1))
+    with pytest.raises(UserError, match="img000.png: is a colour"):
+        evaluate(tiny_model, colour, masks, device="cpu")
+    same = tmp_path / "gray_as_rgb"  # three equal channels are gray: accepted
+    same.mkdir()
+    for path in sorted(images.iterdir())[:2]:
+        iio.imwrite(same / path.name, np.repeat(read_image(path)[..., None], 3, axis=-1))
+    assert evaluate(tiny_model, same, masks, device="cpu", skip_unpaired=True)["count"] == 2
+
+
+def test_evaluate_refuses_gray_images_for_a_colour_model(segnet_model, synthetic_dir, tmp_path):
+    from napari_unet_seg.model_file import load_model, save_model
+    from napari_unet_seg.models import build_network, network_kwargs
+
+    gray_model = load_model(segnet_model)
+    colour = type(gray_model)(build_network("segnet", 3, 1, **network_kwargs("segnet", width=0.125)),
+                              gray_model.architecture, 3, 2, gray_model.normalization)
+    path = save_model(tmp_path / "colour.pt", colour)
+    images, masks = synthetic_dir
+    with pytest.raises(UserError, match="img000.png: .*grayscale but the model expects colour"):
+        evaluate(path, images, masks, device="cpu")
+
+
+def test_evaluate_command_prints_every_figure(tiny_model, synthetic_dir, capsys):
+    from napari_unet_seg.commands import _print_scores
+
+    images, masks = synthetic_dir
+    scores = evaluate(tiny_model, images, masks, device="cpu")
+    _print_scores(scores)
+    out = capsys.readouterr().out
+    assert f"Dice {scores['dice']:.4f}" in out and f"Dice {scores['pooled_dice']:.4f}" in out
+    assert f"thresholded Jaccard (IoU below 0.65 counts 0): {scores['thresholded_jaccard']:.4f}" in out
+    assert f"failed (Dice below 0.5): {scores['failed']} of 8" in out and "object" not in out
+    scores.update(object_f1=0.75, object_precision=0.6, object_recall=1.0, objects_matched=3, objects_true=3,
+                  objects_predicted=5)
+    for row in scores["per_image"]:
+        row["object_f1"] = 0.5
+    _print_scores(scores)
+    out = capsys.readouterr().out
+    assert "objects at IoU 0.5: F1 0.7500  precision 0.6000  recall 1.0000  (3 matched of 3 true, 5 predicted)" in out
+    assert out.count("object F1 0.5000") == 8

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_unet_seg.metrics import confusion_matrix, mean_metrics, segmentation_metrics
+from napari_unet_seg.metrics import (confusion_matrix, dataset_metrics, mean_metrics, object_counts, object_scores,
+                                     segmentation_metrics)
 
 
 def test_binary_metrics_worked_by_hand():
@@ -55,3 +56,63 @@ def test_mean_metrics():
             {"dice": 0.5, "iou": 0.0, "accuracy": 0.5, "precision": 0.0, "recall": 0.5}]
     assert mean_metrics(rows)["dice"] == 0.75
     assert np.isnan(mean_metrics([])["dice"])
+
+
+def test_objects_match_one_to_one_above_half_iou():
+    truth = np.array([[1, 1, 0, 2, 2],
+                      [1, 1, 0, 2, 2],
+                      [0, 0, 0, 0, 0],
+                      [3, 3, 0, 0, 0]])
+    pred = np.array([[5, 5, 0, 7, 0],
+                     [5, 0, 0, 7, 0],
+                     [0, 0, 0, 0, 0],
+                     [0, 0, 0, 0, 9]])
+    # object 1 (4 px) vs 5 (3 px): overlap 3, union 4, IoU 0.75 -> match; object 2 (4 px) vs 7 (2 px):
+    # overlap 2, union 4, IoU 0.5 -> no match (not above 0.5); 3 is missed; 9 is a false object.
+    counts = object_counts(pred, truth)
+    assert counts == {"objects_true": 3, "objects_predicted": 3, "objects_matched": 1}
+    scores = object_scores(counts)
+    assert scores["object_precision"] == pytest.approx(1 / 3)
+    assert scores["object_recall"] == pytest.approx(1 / 3)
+    assert scores["object_f1"] == pytest.approx(2 * 1 / (3 + 3))
+
+
+def test_objects_none_found_none_there_and_threshold_checked():
+    zeros = np.zeros((3, 3), int)
+    assert object_scores(object_counts(zeros, zeros))["object_f1"] == 1.0
+    one = zeros.copy()
+    one[1, 1] = 4
+    assert object_scores(object_counts(zeros, one)) == {"object_precision": 1.0, "object_recall": 0.0,
+                                                         "object_f1": 0.0}
+    with pytest.raises(ValueError, match="one to one"):
+        object_counts(one, one, iou=0.3)
+
+
+def test_dataset_metrics_pooled_thresholded_jaccard_and_failures_by_hand():
+    # image a: 4 of 4 found (Dice 1, IoU 1); b: 1 pixel missed (Dice 0, IoU 0);
+    # c: truth 5 px, prediction 3 of them (tp 3, fn 2: Dice 6/8, IoU 3/5 = 0.6 < 0.65).
+    truths = [np.array([1, 1, 1, 1, 0]), np.array([1, 0, 0, 0, 0]), np.array([1, 1, 1, 1, 1])]
+    preds = [np.array([1, 1, 1, 1, 0]), np.array([0, 0, 0, 0, 0]), np.array([1, 1, 1, 0, 0])]
+    rows = [segmentation_metrics(p, t) for p, t in zip(preds, truths)]
+    confusion = sum(confusion_matrix(p, t, 2) for p, t in zip(preds, truths))
+    summary = dataset_metrics(rows, confusion)
+    assert summary["dice"] == pytest.approx((1 + 0 + 6 / 8) / 3)
+    # pooled: tp 4 + 0 + 3 = 7, fn 0 + 1 + 2 = 3, fp 0, tn 1 + 4 + 0 = 5
+    assert summary["pooled_dice"] == pytest.approx(14 / 17)
+    assert summary["pooled_iou"] == pytest.approx(7 / 10)
+    assert summary["pooled_accuracy"] == pytest.approx(12 / 15)
+    assert summary["thresholded_jaccard"] == pytest.approx((1 + 0 + 0) / 3)
+    assert summary["failed"] == 1 and summary["failed_fraction"] == pytest.approx(1 / 3)
+    assert "object_f1" not in summary
+
+
+def test_dataset_metrics_pool_object_counts():
+    rows = [{"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0,
+             "objects_true": 2, "objects_predicted": 3, "objects_matched": 2},
+            {"dice": 0.4, "iou": 0.25, "accuracy": 0.5, "precision": 1.0, "recall": 0.25,
+             "objects_true": 4, "objects_predicted": 1, "objects_matched": 1}]
+    summary = dataset_metrics(rows, np.array([[5, 0], [3, 9]]))
+    assert summary["objects_matched"] == 3 and summary["objects_true"] == 6
+    assert summary["object_precision"] == pytest.approx(3 / 4)
+    assert summary["object_recall"] == pytest.approx(3 / 6)
+    assert summary["object_f1"] == pytest.approx(6 / 10)

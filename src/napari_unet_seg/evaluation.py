@@ -1,4 +1,13 @@
-"""Evaluation: a model against a folder of image/mask pairs, or label arrays against ground truth."""
+"""Evaluation: a model against a folder of image/mask pairs, or label arrays against ground truth.
+
+What is compared (``kind``) follows from the model or the caller, then from the ground truth:
+
+- ``multiclass`` when ``num_classes > 2`` is given (by the model, or the caller): labels are class ids;
+- else ``instances`` when the ground truth holds more than two distinct values (one id per object):
+  foreground (any id > 0) against background, plus object precision/recall/F1 at IoU > 0.5; the
+  prediction's objects are its ids when it holds more than one, else its connected components;
+- else ``binary``: any value > 0 is foreground (0/1, 0/255, 0/65535 and bool masks alike).
+"""
 
 from __future__ import annotations
 
@@ -12,56 +21,130 @@ from .dataset import mask_to_classes
 from .errors import UserError
 from .events import Tiles, drain
 from .image_io import read_image
-from .metrics import mean_metrics, segmentation_metrics
+from .metrics import confusion_matrix, dataset_metrics, object_counts, object_scores, scores_from_confusion
 from .model_file import SegmentationModel, load_model
+from .normalization import is_rgb
 from .pairing import pair_files
 
-__all__ = ["evaluate", "evaluate_steps", "compare_labels"]
+__all__ = ["KINDS", "comparison_kind", "compare_labels", "evaluate", "evaluate_steps"]
+
+#: The kinds of comparison (see the module's docstring).
+KINDS = ("binary", "instances", "multiclass")
+
+
+def comparison_kind(truth: np.ndarray, num_classes: int | None = None) -> str:
+    """``multiclass`` when ``num_classes > 2``, else ``instances`` when ``truth`` has more than two distinct
+    values, else ``binary``."""
+    if num_classes is not None and num_classes > 2:
+        return "multiclass"
+    return "instances" if _many_ids(np.asarray(truth)) else "binary"
+
+
+def _many_ids(labels: np.ndarray) -> bool:
+    """Whether ``labels`` holds more than one value besides 0 (a linear scan, no sort)."""
+    ids = labels[labels != 0]
+    return bool(ids.size) and bool((ids != ids.flat[0]).any())
+
+
+def _objects(labels: np.ndarray) -> np.ndarray:
+    from skimage.measure import label
+
+    return labels if _many_ids(labels) else label(labels > 0)
+
+
+def _score(prediction: np.ndarray, truth: np.ndarray, kind: str, num_classes: int | None) -> tuple[dict, np.ndarray]:
+    """(scores, confusion matrix) of one label array against its ground truth, compared as ``kind``."""
+    if kind == "multiclass":
+        high = int(max(prediction.max(initial=0), truth.max(initial=0)))
+        if min(prediction.min(initial=0), truth.min(initial=0)) < 0 or high >= num_classes:
+            raise UserError(f"the labels hold class ids up to {high}, outside 0..{num_classes - 1}; "
+                            f"compare them as {max(high + 1, 3)} classes, or as binary masks")
+        confusion = confusion_matrix(prediction, truth, num_classes)
+    else:
+        confusion = confusion_matrix(prediction > 0, truth > 0, 2)
+    scores = {"kind": kind, **scores_from_confusion(confusion)}
+    if kind != "multiclass":  # objects also of binary masks, kept when a folder turns out instances
+        scores.update(object_counts(_objects(prediction), _objects(truth)))
+        scores.update(object_scores(scores))
+    return scores, confusion
+
+
+def _without_objects(scores: dict) -> dict:
+    return {k: v for k, v in scores.items() if not k.startswith("object")}
 
 
 def compare_labels(prediction: np.ndarray, truth: np.ndarray, num_classes: int | None = None) -> dict:
-    """Dice, IoU, accuracy, precision and recall of a label array against ground truth.
+    """Dice, IoU, accuracy, precision and recall of a label array against ground truth, and ``kind``.
 
-    ``num_classes`` defaults to binary when both arrays hold at most labels 0 and 1 (or any label > 0
-    is foreground), else to ``max label + 1`` with per-class scores.
+    ``kind`` is ``binary``, ``instances`` (with ``object_precision``, ``object_recall``, ``object_f1``
+    and the object counts) or ``multiclass`` (with ``per_class``), as the module's docstring says:
+    multi-class only when ``num_classes > 2`` is given.
     """
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
         raise UserError(f"the labels ({prediction.shape}) and the ground truth ({truth.shape}) differ in shape; "
                         "pick layers of the same size")
-    if num_classes is None:
-        top = int(max(prediction.max(initial=0), truth.max(initial=0)))
-        num_classes = 2 if top <= 1 else top + 1
-    return segmentation_metrics(prediction, truth, num_classes)
+    kind = comparison_kind(truth, num_classes)
+    scores, _ = _score(prediction, truth, kind, num_classes)
+    return scores if kind == "instances" else _without_objects(scores)
+
+
+def _truth(mask: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """The ground truth of a mask file: class ids (multi-class), else its values (ids or 0/255 foreground)."""
+    classes = mask_to_classes(mask, num_classes, name)  # refuses colour, NaN, non-2D and bad class ids
+    return classes if num_classes > 2 else (mask[..., 0] if is_rgb(mask) else mask)
+
+
+def _prediction(model: SegmentationModel, image: np.ndarray, name: str, options: dict) -> np.ndarray:
+    """The model's labels of one image; an image whose colour does not match the model's is refused (gray
+    images stored as RGB, with three equal channels, count as gray)."""
+    from .inference import predict
+
+    rgb = image[..., :3] if is_rgb(image) else None
+    if rgb is not None and model.in_channels == 1 and not (rgb == rgb[..., :1]).all():
+        raise UserError(f"{name}: is a colour (RGB) image but the model was trained on grayscale images; "
+                        "use a model trained on colour images")
+    try:  # predict refuses the other way round (a gray image for a colour model)
+        return predict(model, image, **options)
+    except UserError as error:
+        raise UserError(f"{name}: {error}") from None
 
 
 def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike,
                    masks: str | os.PathLike, *, skip_unpaired: bool = False,
                    **predict_options: Any) -> Generator[Tiles, None, dict]:
     """Predict every image of the folder pairs and score it; yields one :class:`Tiles` per image."""
-    from .inference import predict
-
     model = load_model(model)
     pairs = pair_files(images, masks, skip_unpaired=skip_unpaired)
     per_image = []
+    confusion = np.zeros((max(model.num_classes, 2),) * 2, dtype=np.int64)
     for index, pair in enumerate(pairs, start=1):
-        image = read_image(pair.image)
-        truth = mask_to_classes(read_image(pair.mask), model.num_classes, pair.mask.name)
-        labels = predict(model, image, **predict_options)
+        truth = _truth(read_image(pair.mask), model.num_classes, pair.mask.name)
+        labels = _prediction(model, read_image(pair.image), pair.image.name, predict_options)
         if labels.shape != truth.shape:
             raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "
                             "they must have the same size")
-        per_image.append({"name": pair.image.name, **segmentation_metrics(labels, truth, model.num_classes)})
+        scores, counts = _score(labels, truth, comparison_kind(truth, model.num_classes), model.num_classes)
+        per_image.append({"name": pair.image.name, **scores})
+        confusion += counts
         yield Tiles(index, len(pairs))
-    return {**mean_metrics(per_image), "count": len(per_image), "per_image": per_image}
+    kind = "multiclass" if model.num_classes > 2 else \
+        ("instances" if any(row["kind"] == "instances" for row in per_image) else "binary")
+    if kind == "binary":
+        per_image = [_without_objects(row) for row in per_image]
+    return {"kind": kind, **dataset_metrics(per_image, confusion), "count": len(per_image), "per_image": per_image}
 
 
 def evaluate(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike, masks: str | os.PathLike,
              *, on_event=None, **options: Any) -> dict:
     """Score a model on folders of image/mask pairs.
 
-    Returns a dict with the means ``dice``, ``iou``, ``accuracy``, ``precision``, ``recall`` (and
-    ``per_class`` for multi-class models), ``count`` and ``per_image`` (one dict per image, with
-    ``name``). ``options`` go to :func:`~napari_unet_seg.inference.predict` (``device``, ``tile``, ...).
+    Returns a dict with ``kind`` (see the module's docstring); the means over images of ``dice``, ``iou``,
+    ``accuracy``, ``precision``, ``recall`` (and ``per_class`` for multi-class models);
+    ``pooled_dice``, ``pooled_iou``, ``pooled_accuracy`` (all pixels together); ``thresholded_jaccard``
+    (ISIC 2018); ``failed`` and ``failed_fraction`` (images with Dice below 0.5); for instance masks the
+    pooled object counts and ``object_precision``, ``object_recall``, ``object_f1`` at IoU 0.5;
+    ``count`` and ``per_image`` (one dict per image, with ``name``). ``options`` go to
+    :func:`~napari_unet_seg.inference.predict` (``device``, ``tile``, ...).
     """
     return drain(evaluate_steps(model, images, masks, **options), on_event)

@@ -1,12 +1,26 @@
-"""Segmentation metrics from a confusion matrix: Dice, IoU, pixel accuracy, precision, recall."""
+"""Segmentation metrics: Dice, IoU, pixel accuracy, precision and recall from a confusion matrix; object
+precision/recall/F1 of instance labels matched at IoU > 0.5; the figures of a whole data set (means over
+images, pooled scores, ISIC's thresholded Jaccard, the fraction of failed images)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "confusion_matrix", "scores_from_confusion", "segmentation_metrics", "mean_metrics"]
+__all__ = ["METRIC_NAMES", "OBJECT_IOU", "JACCARD_THRESHOLD", "FAILED_DICE", "confusion_matrix",
+           "scores_from_confusion", "segmentation_metrics", "mean_metrics", "object_counts", "object_scores",
+           "dataset_metrics"]
 
 METRIC_NAMES = ("dice", "iou", "accuracy", "precision", "recall")
+
+#: A predicted object matches a true object when their IoU is above this (one-to-one: two objects
+#: cannot both overlap a third by more than half of their union).
+OBJECT_IOU = 0.5
+
+#: ISIC 2018's thresholded Jaccard: an image's IoU counts as 0 below this.
+JACCARD_THRESHOLD = 0.65
+
+#: An image with Dice below this counts as failed.
+FAILED_DICE = 0.5
 
 
 def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
@@ -76,3 +90,55 @@ def mean_metrics(per_image: list[dict]) -> dict:
         mean["per_class"] = {c: {k: float(np.mean([m["per_class"][c][k] for m in per_image]))
                                  for k in per_image[0]["per_class"][c]} for c in classes}
     return mean
+
+
+def object_counts(prediction: np.ndarray, truth: np.ndarray, iou: float = OBJECT_IOU) -> dict:
+    """Objects in ``truth`` and ``prediction`` (instance ids, 0 background) and how many match at IoU > ``iou``.
+
+    ``iou`` must be at least 0.5, so that each object has at most one match.
+    """
+    if iou < 0.5:
+        raise ValueError(f"object IoU threshold {iou} below 0.5 would not match one to one")
+    prediction = np.asarray(prediction).astype(np.int64, copy=False).ravel()
+    truth = np.asarray(truth).astype(np.int64, copy=False).ravel()
+    true_ids, true_area = np.unique(truth[truth > 0], return_counts=True)
+    pred_ids, pred_area = np.unique(prediction[prediction > 0], return_counts=True)
+    both = (truth > 0) & (prediction > 0)
+    base = int(prediction.max(initial=0)) + 1
+    pairs, overlap = np.unique(truth[both] * base + prediction[both], return_counts=True)
+    union = (true_area[np.searchsorted(true_ids, pairs // base)]
+             + pred_area[np.searchsorted(pred_ids, pairs % base)] - overlap)
+    return {"objects_true": int(true_ids.size), "objects_predicted": int(pred_ids.size),
+            "objects_matched": int(np.count_nonzero(overlap / union > iou))}
+
+
+def object_scores(counts: dict) -> dict:
+    """``object_precision``, ``object_recall`` and ``object_f1`` from :func:`object_counts` (or their sums)."""
+    matched, true, predicted = counts["objects_matched"], counts["objects_true"], counts["objects_predicted"]
+    return {"object_precision": _ratio(matched, predicted), "object_recall": _ratio(matched, true),
+            "object_f1": _ratio(2 * matched, true + predicted)}
+
+
+def dataset_metrics(per_image: list[dict], confusion: np.ndarray) -> dict:
+    """The figures of a data set from its per-image scores and its summed confusion matrix.
+
+    The means over images of :data:`METRIC_NAMES` (and ``per_class``); ``pooled_dice``, ``pooled_iou``
+    and ``pooled_accuracy`` of all pixels together (micro); ``thresholded_jaccard`` (ISIC 2018: the mean
+    of the images' IoU, each counted as 0 below :data:`JACCARD_THRESHOLD`); ``failed`` and
+    ``failed_fraction`` (images with Dice below :data:`FAILED_DICE`); and, when the rows hold object
+    counts, the pooled counts with ``object_precision``, ``object_recall`` and ``object_f1``.
+    """
+    summary = mean_metrics(per_image)
+    pooled = scores_from_confusion(confusion)
+    summary.update({f"pooled_{k}": pooled[k] for k in ("dice", "iou", "accuracy")})
+    iou = np.array([m["iou"] for m in per_image], dtype=np.float64)
+    dice = np.array([m["dice"] for m in per_image], dtype=np.float64)
+    summary["thresholded_jaccard"] = float(np.where(iou >= JACCARD_THRESHOLD, iou, 0.0).mean()) if iou.size \
+        else float("nan")
+    summary["failed"] = int(np.count_nonzero(dice < FAILED_DICE))
+    summary["failed_fraction"] = summary["failed"] / dice.size if dice.size else float("nan")
+    if per_image and "objects_true" in per_image[0]:
+        counts = {k: int(sum(m[k] for m in per_image)) for k in ("objects_true", "objects_predicted",
+                                                                 "objects_matched")}
+        summary.update(counts, **object_scores(counts))
+    return summary
