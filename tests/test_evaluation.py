@@ -85,6 +85,8 @@ def test_comparison_kind_rules():
     assert comparison_kind(np.zeros(4)) == "binary"
     assert comparison_kind(np.array([0, 3, 7])) == "instances"
     assert comparison_kind(np.array([0, 1]), num_classes=4) == "multiclass"
+    assert comparison_kind(np.array([0.0, 2.0, 5.0])) == "instances"
+    assert comparison_kind(np.array([0.0, 0.5, 1.0])) == "binary"  # a soft mask: foreground is > 0
 
 
 def test_evaluate_folder_matches_per_image_metrics(tiny_model, synthetic_dir):

@@ -3,7 +3,7 @@
 What is compared (``kind``) follows from the model or the caller, then from the ground truth:
 
 - ``multiclass`` when ``num_classes > 2`` is given (by the model, or the caller): labels are class ids;
-- else ``instances`` when the ground truth holds more than two distinct values (one id per object):
+- else ``instances`` when the ground truth holds more than two distinct whole numbers (one id per object):
   foreground (any id > 0) against background, plus object precision/recall/F1 at IoU > 0.5; the
   prediction's objects are its ids when it holds more than one, else its connected components;
 - else ``binary``: any value > 0 is foreground (0/1, 0/255, 0/65535 and bool masks alike).
@@ -33,11 +33,13 @@ KINDS = ("binary", "instances", "multiclass")
 
 
 def comparison_kind(truth: np.ndarray, num_classes: int | None = None) -> str:
-    """``multiclass`` when ``num_classes > 2``, else ``instances`` when ``truth`` has more than two distinct
-    values, else ``binary``."""
+    """``multiclass`` when ``num_classes > 2``, else ``instances`` when ``truth`` holds more than two distinct
+    whole numbers, else ``binary`` (also for fractional values, e.g. a soft mask: foreground is > 0)."""
     if num_classes is not None and num_classes > 2:
         return "multiclass"
-    return "instances" if _many_ids(np.asarray(truth)) else "binary"
+    truth = np.asarray(truth)
+    whole = not np.issubdtype(truth.dtype, np.floating) or bool(np.all(truth == np.round(truth)))
+    return "instances" if whole and _many_ids(truth) else "binary"
 
 
 def _many_ids(labels: np.ndarray) -> bool:
