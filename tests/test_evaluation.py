@@ -178,3 +178,22 @@ def test_evaluate_command_prints_every_figure(tiny_model, synthetic_dir, capsys)
     out = capsys.readouterr().out
     assert "objects at IoU 0.5: F1 0.7500  precision 0.6000  recall 1.0000  (3 matched of 3 true, 5 predicted)" in out
     assert out.count("object F1 0.5000") == 8
+
+
+def test_evaluate_volumes_of_instance_ids(tiny_model, synthetic_dir, tmp_path):
+    import tifffile
+    from skimage.measure import label
+
+    images, masks = synthetic_dir
+    pairs = pair_files(images, masks)[:4]
+    volume = np.stack([read_image(p.image) for p in pairs])
+    truth = label(np.stack([read_image(p.mask) > 0 for p in pairs])).astype(np.uint16)  # objects in 3D
+    for folder, array in (("images", volume), ("masks", truth)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "stack.tif", array, photometric="minisblack")
+    scores = evaluate(tiny_model, tmp_path / "images", tmp_path / "masks", device="cpu")
+    assert scores["count"] == 1 and scores["kind"] == "instances"
+    found = predict(tiny_model, volume, device="cpu") > 0
+    assert scores["dice"] == pytest.approx(segmentation_metrics(found, truth > 0)["dice"])
+    assert scores["objects_true"] == int(truth.max())
+    assert scores["objects_predicted"] == int(label(found).max())

@@ -92,8 +92,12 @@ def compare_labels(prediction: np.ndarray, truth: np.ndarray, num_classes: int |
 
 
 def _truth(mask: np.ndarray, num_classes: int, name: str) -> np.ndarray:
-    """The ground truth of a mask file: class ids (multi-class), else its values (ids or 0/255 foreground)."""
-    classes = mask_to_classes(mask, num_classes, name)  # refuses colour, NaN, non-2D and bad class ids
+    """The ground truth of a mask file, 2D or a stack ``(Z, Y, X)``: class ids (multi-class), else its
+    values (instance ids or 0/255 foreground)."""
+    if mask.ndim == 3 and not is_rgb(mask):  # a volume, checked slice by slice
+        classes = np.stack([mask_to_classes(plane, num_classes, f"{name} slice {z}") for z, plane in enumerate(mask)])
+    else:
+        classes = mask_to_classes(mask, num_classes, name)  # refuses colour, NaN, other shapes, bad class ids
     return classes if num_classes > 2 else (mask[..., 0] if is_rgb(mask) else mask)
 
 
@@ -115,7 +119,10 @@ def _prediction(model: SegmentationModel, image: np.ndarray, name: str, options:
 def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike,
                    masks: str | os.PathLike, *, skip_unpaired: bool = False,
                    **predict_options: Any) -> Generator[Tiles, None, dict]:
-    """Predict every image of the folder pairs and score it; yields one :class:`Tiles` per image."""
+    """Predict every image of the folder pairs and score it; yields one :class:`Tiles` per image.
+
+    A stack ``(Z, Y, X)`` (multi-page TIFF) with a mask stack of the same shape is one image: scored as a
+    volume, its objects matched in 3D."""
     model = load_model(model)
     pairs = pair_files(images, masks, skip_unpaired=skip_unpaired)
     per_image = []
