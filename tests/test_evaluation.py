@@ -74,7 +74,7 @@ def test_multiclass_only_when_asked():
     assert multi["per_class"][2]["iou"] == pytest.approx(0.5)
     assert multi["per_class"][1]["dice"] == pytest.approx(2 / 3)
     assert compare_labels(pred, truth, num_classes=2)["kind"] == "instances"
-    with pytest.raises(UserError, match="outside 0..2"):
+    with pytest.raises(UserError, match="outside the class ids 0..2"):
         compare_labels(pred * 100, truth, num_classes=3)
     with pytest.raises(UserError, match="differ in shape"):
         compare_labels(np.zeros((2, 2)), np.zeros((3, 3)))

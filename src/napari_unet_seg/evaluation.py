@@ -54,18 +54,20 @@ def _objects(labels: np.ndarray) -> np.ndarray:
     return labels if _many_ids(labels) else label(labels > 0)
 
 
-def _score(prediction: np.ndarray, truth: np.ndarray, kind: str, num_classes: int | None) -> tuple[dict, np.ndarray]:
-    """(scores, confusion matrix) of one label array against its ground truth, compared as ``kind``."""
+def _score(prediction: np.ndarray, truth: np.ndarray, kind: str, num_classes: int | None,
+           objects: bool) -> tuple[dict, np.ndarray]:
+    """(scores, confusion matrix) of one label array against its ground truth, compared as ``kind``;
+    with ``objects`` (not for multi-class) also the object counts and scores."""
     if kind == "multiclass":
         high = int(max(prediction.max(initial=0), truth.max(initial=0)))
         if min(prediction.min(initial=0), truth.min(initial=0)) < 0 or high >= num_classes:
-            raise UserError(f"the labels hold class ids up to {high}, outside 0..{num_classes - 1}; "
-                            f"compare them as {max(high + 1, 3)} classes, or as binary masks")
+            raise UserError(f"the labels hold values up to {high}, outside the class ids 0..{num_classes - 1}; "
+                            "check the number of classes, or compare them as binary masks")
         confusion = confusion_matrix(prediction, truth, num_classes)
     else:
         confusion = confusion_matrix(prediction > 0, truth > 0, 2)
     scores = {"kind": kind, **scores_from_confusion(confusion)}
-    if kind != "multiclass":  # objects also of binary masks, kept when a folder turns out instances
+    if objects and kind != "multiclass":
         scores.update(object_counts(_objects(prediction), _objects(truth)))
         scores.update(object_scores(scores))
     return scores, confusion
@@ -87,8 +89,7 @@ def compare_labels(prediction: np.ndarray, truth: np.ndarray, num_classes: int |
         raise UserError(f"the labels ({prediction.shape}) and the ground truth ({truth.shape}) differ in shape; "
                         "pick layers of the same size")
     kind = comparison_kind(truth, num_classes)
-    scores, _ = _score(prediction, truth, kind, num_classes)
-    return scores if kind == "instances" else _without_objects(scores)
+    return _score(prediction, truth, kind, num_classes, objects=kind == "instances")[0]
 
 
 def _truth(mask: np.ndarray, num_classes: int, name: str) -> np.ndarray:
@@ -133,7 +134,9 @@ def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | o
         if labels.shape != truth.shape:
             raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "
                             "they must have the same size")
-        scores, counts = _score(labels, truth, comparison_kind(truth, model.num_classes), model.num_classes)
+        # objects of binary masks too: kept when the folder turns out to hold instance masks
+        scores, counts = _score(labels, truth, comparison_kind(truth, model.num_classes), model.num_classes,
+                                objects=True)
         per_image.append({"name": pair.image.name, **scores})
         confusion += counts
         yield Tiles(index, len(pairs))
