@@ -123,7 +123,8 @@ def test_evaluate_instance_masks_adds_object_scores(tiny_model, synthetic_dir, t
         iio.imwrite(ids / path.name, label(read_image(path) > 0).astype(np.uint16))
     scores = evaluate(tiny_model, images, ids, device="cpu")
     assert scores["kind"] == "instances"
-    assert scores["dice"] == pytest.approx(binary["dice"]) and scores["pooled_iou"] == pytest.approx(binary["pooled_iou"])
+    assert scores["dice"] == pytest.approx(binary["dice"])
+    assert scores["pooled_iou"] == pytest.approx(binary["pooled_iou"])
     rows = scores["per_image"]
     matched, true, found = (sum(r[k] for r in rows) for k in ("objects_matched", "objects_true", "objects_predicted"))
     assert true == sum(int(label(read_image(p) > 0).max()) for p in sorted(masks.iterdir()))
