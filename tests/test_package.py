@@ -1,5 +1,7 @@
 """Packaging: napari finds the manifest from the editable install and from a built wheel; the engine is Qt-free."""
 
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -62,3 +64,33 @@ def test_manifest_and_data_in_built_wheel(tmp_path):
             "print(len(m.contributions.commands or []))" % str(tmp_path / "site"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path / "site")
     assert out.returncode == 0, out.stderr
+
+
+def _pytest_without_display(ci: bool) -> subprocess.CompletedProcess:
+    """pytest on one widget test file as on a fresh machine: no DISPLAY and no Xvfb on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "CI", "XAUTHORITY")}
+    env["PATH"] = str(Path(sys.executable).parent)
+    if ci:
+        env["CI"] = "true"
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/widgets/test_widget_manifest.py"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check matters on Linux")
+def test_no_display_skips_widget_tests_with_one_reason():
+    out = _pytest_without_display(ci=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Fatal Python error" not in out.stdout + out.stderr
+    reasons = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(reasons) == 1, out.stdout
+    assert "no display" in reasons[0] and "apt-get install xvfb" in reasons[0]
+    assert re.search(r"1 passed, 1 skipped", out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check matters on Linux")
+def test_no_display_under_ci_fails():
+    out = _pytest_without_display(ci=True)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "widget tests cannot run under CI: no display" in out.stdout
+    assert re.search(r"1 passed, 1 error", out.stdout)
