@@ -39,7 +39,7 @@ def display_problem() -> str | None:
 
 
 def _needs_qt(item) -> bool:
-    return "gui" in item.keywords or bool(QT_FIXTURES & set(getattr(item, "fixturenames", ())))
+    return bool(item.get_closest_marker("gui")) or bool(QT_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config, items):
 
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
     if any(_needs_qt(item) for item in items):
         problem = display_problem()
