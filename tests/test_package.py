@@ -94,3 +94,27 @@ def test_no_display_under_ci_fails():
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "widget tests cannot run under CI: no display" in out.stdout
     assert re.search(r"1 passed, 1 error", out.stdout)
+
+
+@pytest.mark.parametrize("name", ["unet", "basic_unet", "attention_unet", "segnet"])
+def test_parameter_count_from_state_dict_matches_the_network(name):
+    from napari_unet_seg.models import build_network, network_kwargs, parameter_count
+
+    network = build_network(name, 3, 2, **network_kwargs(name, width=0.25))
+    assert parameter_count(network.state_dict()) == sum(p.numel() for p in network.parameters())
+
+
+def test_info_imports_neither_monai_nor_its_heavy_dependencies():
+    code = ("import sys, io, contextlib\nfrom napari_unet_seg.cli import main\n"
+            "out = io.StringIO()\nwith contextlib.redirect_stdout(out): code = main(['info', 'em-membranes'])\n"
+            "print(code, out.getvalue().splitlines()[0])\n"
+            "print(sorted(m for m in ('monai', 'scipy', 'pandas', 'matplotlib', 'skimage', 'napari') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    status, parameters = out.stdout.splitlines()[0], out.stdout.splitlines()[1]
+    from napari_unet_seg.model_file import load_model
+
+    count = sum(p.numel() for p in load_model("em-membranes").network.parameters())
+    assert status.startswith("0 ") and f"({count / 1e6:.2f} M parameters)" in status
+    assert parameters == "[]"

@@ -190,10 +190,12 @@ def run_evaluate(args: Namespace) -> int:
 
 
 def run_info(args: Namespace) -> int:
-    from .model_file import load_model
+    from .model_file import read_summary
 
-    model = load_model(args.model)
-    parameters = sum(p.numel() for p in model.network.parameters())
+    path, meta, parameters = read_summary(args.model)
+    model = Namespace(path=path, architecture=meta["architecture"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"], normalization=meta["normalization"],
+                      metrics=meta.get("metrics", {}), config=meta.get("config", {}))
     print(f"{model.path}: {model.architecture['name']} ({parameters / 1e6:.2f} M parameters), "
           f"{model.in_channels} input channel(s), {model.num_classes} classes")
     print(f"normalization: {model.normalization}")
