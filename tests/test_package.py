@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -42,16 +43,41 @@ def test_manifest_from_installed_distribution():
     assert (ROOT / "napari.yaml").resolve() == (ROOT / "src" / "napari_unet_seg" / "napari.yaml").resolve()
 
 
+def test_manifest_categories_and_menus():
+    from napari._app_model.constants import MenuId
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(ROOT / "src" / "napari_unet_seg" / "napari.yaml")
+    assert [str(c) for c in manifest.categories] == ["Segmentation"]
+    menus = {menu: [item.command for item in items] for menu, items in manifest.contributions.menus.items()}
+    assert menus == {"napari/layers/segment": ["napari-unet-seg.segment", "napari-unet-seg.train"],
+                     "napari/layers/measure": ["napari-unet-seg.evaluate"]}
+    assert set(menus) <= {str(m) for m in MenuId.contributables()}
+
+
 @pytest.mark.slow
-def test_manifest_and_data_in_built_wheel(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+def test_manifest_data_and_licence_in_built_sdist_and_wheel(tmp_path):
+    # `python -m build` makes the sdist, then the wheel from the sdist: both must carry everything.
+    out = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "did not match any files" not in out.stdout + out.stderr
+    sdist = next(tmp_path.glob("napari_unet_seg-*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        assert any(n.endswith("/LICENSE") and n.count("/") == 1 for n in archive.getnames())
     wheel = next(tmp_path.glob("napari_unet_seg-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        licence = archive.read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))).decode()
         archive.extractall(tmp_path / "site")
+    assert licence == (ROOT / "LICENSE").read_text() and "BSD 3-Clause License" in licence
+    assert "License-Expression: BSD-3-Clause" in metadata and "License-File: LICENSE" in metadata
+    assert "Classifier: Programming Language :: Python :: 3.10" in metadata
+    assert "Classifier: Operating System :: OS Independent" in metadata
+    assert "Project-URL: Source, " in metadata and "Project-URL: Issues, " in metadata
+    assert 'Requires-Dist: napari[qt]; extra == "qt"' in metadata
     assert "napari_unet_seg/napari.yaml" in names
     assert any(n.startswith("napari_unet_seg/sample_data/em/images/") for n in names)
     assert "[napari.manifest]" in entry_points and "napari_unet_seg:napari.yaml" in entry_points
