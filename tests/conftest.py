@@ -4,11 +4,42 @@ clone."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(os.environ.get("NUS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+QT_FIXTURES = {"qapp", "qtbot", "make_napari_viewer", "make_napari_viewer_proxy"}
+HOW_TO_RUN = ("to run them install Xvfb (`apt-get install xvfb`; pytest-xvfb starts it) or run under a desktop "
+              "session; `bash .ci/run` does it all")
+NO_DISPLAY = pytest.StashKey[str]()
+
+
+def in_ci() -> bool:
+    """Whether this run is a CI job (``CI`` set to a true value, as every CI service does)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def display_problem() -> str | None:
+    """Why Qt cannot open a window here (None when it can); probed in a subprocess, since Qt aborts the
+    whole process when it finds no display."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display: DISPLAY is unset and Xvfb is not on PATH"
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "Qt did not start within 60 s"
+    if out.returncode == 0:
+        return None
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith(("  ", "Fatal", "Current"))]
+    return f"Qt cannot open a window ({lines[0].strip() if lines else f'exit {out.returncode}'})"
+
+
+def _needs_qt(item) -> bool:
+    return bool(item.get_closest_marker("gui")) or bool(QT_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -16,8 +47,23 @@ def pytest_collection_modifyitems(config, items):
 
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+    if any(_needs_qt(item) for item in items):
+        problem = display_problem()
+        if problem:
+            config.stash[NO_DISPLAY] = problem
+
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Widget tests without a display: skipped with one reason (a failure under CI), before Qt can abort."""
+    problem = item.config.stash.get(NO_DISPLAY, None)
+    if problem and _needs_qt(item):
+        if in_ci():
+            pytest.fail(f"widget tests cannot run under CI: {problem}; {HOW_TO_RUN}", pytrace=False)
+        pytest.skip(f"widget tests skipped: {problem}; {HOW_TO_RUN}")
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     p = sub.add_parser("info", help="show what a model file holds (architecture, classes, metrics, command)")
     p.add_argument("model", help="model file (.pt) or shipped model name")
+    p = sub.add_parser("doctor", help="what this machine offers (torch build, GPUs, precisions, threads) and "
+                       "what to install or set")
+    p.add_argument("--device", help="also check that this device (cuda, cuda:N, mps, cpu) can be used")
     p = sub.add_parser("sweep", help="train a grid of runs on one data set; write comparison.csv and .md")
     p.add_argument("config", help="sweep file (YAML): the data and the settings to compare (see docs/sweeps.md)")
     p.add_argument("--out", help="sweep folder (default: runs/<config file name>); an existing one is resumed, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import UserError
 from .events import Batch, Checkpoint, Epoch, Message, Tiles
 
-__all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "run_sweep", "run_export",
+__all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "run_doctor", "run_sweep", "run_export",
            "ConsoleProgress"]
 
 
@@ -200,10 +200,12 @@ def run_evaluate(args: Namespace) -> int:
 
 
 def run_info(args: Namespace) -> int:
-    from .model_file import load_model
+    from .model_file import read_summary
 
-    model = load_model(args.model)
-    parameters = sum(p.numel() for p in model.network.parameters())
+    path, meta, parameters = read_summary(args.model)
+    model = Namespace(path=path, architecture=meta["architecture"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"], normalization=meta["normalization"],
+                      metrics=meta.get("metrics", {}), config=meta.get("config", {}))
     print(f"{model.path}: {model.architecture['name']} ({parameters / 1e6:.2f} M parameters), "
           f"{model.in_channels} input channel(s), {model.num_classes} classes")
     print(f"normalization: {model.normalization}")
@@ -214,6 +216,18 @@ def run_info(args: Namespace) -> int:
         from .config import TrainConfig
 
         print(f"settings as a train command: {TrainConfig.from_dict(model.config).as_command()}")
+    return 0
+
+
+def run_doctor(args: Namespace) -> int:
+    from .device import describe_device, resolve_device
+    from .doctor import diagnose, problems
+
+    print("\n".join(diagnose()))
+    found = problems()
+    print("\n".join(f"fix: {line}" for line in found) if found else "fix: nothing found to fix")
+    if args.device:
+        print(f"--device {args.device}: usable, {describe_device(resolve_device(args.device))}")
     return 0
 
 

@@ -129,6 +129,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(_read_payload(Path(path))["metadata"])
 
 
+def read_summary(source: str | os.PathLike) -> tuple[Path, dict[str, Any], int]:
+    """``(path, metadata, number of parameters)`` of a model file or shipped model, without building the
+    network (so without importing MONAI: ``napari-unet-seg info`` starts fast)."""
+    from .models import parameter_count
+
+    path = _resolve(source)
+    payload = _read_payload(path)
+    return path, json.loads(payload["metadata"]), parameter_count(payload["state_dict"])
+
+
 def _resolve(source: str | os.PathLike) -> Path:
     from .pretrained import pretrained_path
 

@@ -14,9 +14,11 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["MODEL_NAMES", "PadToMultiple", "build_network", "network_kwargs"]
+__all__ = ["MODEL_NAMES", "PadToMultiple", "build_network", "network_kwargs", "parameter_count"]
 
 MODEL_NAMES = ("unet", "basic_unet", "attention_unet", "segnet")
+#: The buffers (not parameters) a network's state dict holds: batch norm's running statistics.
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class PadToMultiple(nn.Module):
@@ -96,3 +98,9 @@ def build_network(name: str, in_channels: int, out_channels: int, **kwargs: Any)
     else:
         raise UserError(f"model {name!r} is unknown; use one of {', '.join(MODEL_NAMES)}")
     return PadToMultiple(network, multiple)
+
+
+def parameter_count(state_dict: dict[str, torch.Tensor]) -> int:
+    """The number of parameters of a network from its state dict alone (batch norm's running statistics
+    left out), so that ``info`` need not import MONAI to build the network."""
+    return sum(t.numel() for key, t in state_dict.items() if key.rsplit(".", 1)[-1] not in _BUFFERS)
