@@ -28,7 +28,7 @@ def test_settings_and_names(tmp_path, synthetic_dir):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("modle: unet\n", r"unknown key 'modle'; allowed keys: images, masks, .*models"),
+    ("modle: unet\n", r"unknown key 'modle'; did you mean 'model'\? \(all keys: docs/sweeps.md\)"),
     ("lr: fast\n", r"lr must be a number, got 'fast'"),
     ("models: [unet, resnet]\n", r"model 'resnet' is unknown; use one of unet"),
     ("epochs: 0\n", r"epochs must be > 0"),
@@ -41,7 +41,7 @@ def test_settings_and_names(tmp_path, synthetic_dir):
     ("grids: [{}, {}]\n", r"appears twice"),
     ("split: {test_fraction: 0.2, test_count: 2}\n", r"exactly one of test_fraction"),
     ("split: {test_fraction: 1.5}\n", r"test_fraction must be between 0 and 1"),
-    ("split: {test_share: 0.2}\n", r"split: unknown key 'test_share'; allowed keys: seed, test_fraction"),
+    ("split: {colour_map: 0.2}\n", r"split: unknown key 'colour_map'; allowed keys: seed, test_fraction, test_count"),
     ("split: {test_stems: [img001, nope]}\n", r"test_stems nope are not among the 8 pairs"),
     ("split: {test_range: [6, 9]}\n", r"test_range \[6, 9\] goes past the 8 pairs"),
     ("split: {test_count: 1}\ntest_images: a\ntest_masks: b\n", r"test_images/test_masks or split, not both"),

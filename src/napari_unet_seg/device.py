@@ -8,7 +8,7 @@ from .errors import UserError
 
 __all__ = ["DEVICES", "resolve_device", "is_out_of_memory", "free_cuda_memory"]
 
-DEVICES = ("auto", "cuda", "cpu")
+from .config import DEVICES  # noqa: E402  (the choice lists live in config)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -16,7 +16,7 @@ from ..errors import UserError
 
 __all__ = ["MODEL_NAMES", "PadToMultiple", "build_network", "network_kwargs"]
 
-MODEL_NAMES = ("unet", "basic_unet", "attention_unet", "segnet")
+from ..config import MODELS as MODEL_NAMES  # noqa: E402  (the choice lists live in config)
 
 
 class PadToMultiple(nn.Module):
