@@ -113,10 +113,12 @@ def test_memory_refusal_names_a_size_that_fits(workspace, monkeypatch, capsys):
 
 
 API_CASES = [
-    ("train typo epoch", lambda d: nus.train(epoch=1, out=d / "run"), "unknown option 'epoch'; did you mean 'epochs'?"),
+    ("train typo epoch", lambda d: nus.train(epoch=1, out=d / "run"),
+     "unknown option 'epoch'; did you mean 'epochs'?"),
     ("train typo patchsize", lambda d: nus.train(patchsize=64, out=d / "run"),
      "unknown option 'patchsize'; did you mean 'patch_size'?"),
-    ("train epochs as text", lambda d: nus.train(epochs="1", out=d / "run"), "--epochs must be a whole number, got '1'"),
+    ("train epochs as text", lambda d: nus.train(epochs="1", out=d / "run"),
+     "--epochs must be a whole number, got '1'"),
     ("train lr inf", lambda d: nus.train(images=d / "images", masks=d / "masks", out=d / "run", lr=math.inf),
      "--lr must be a finite number, got inf"),
     ("train seed -1", lambda d: nus.train(images=d / "images", masks=d / "masks", out=d / "run", seed=-1),

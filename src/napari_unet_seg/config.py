@@ -43,8 +43,9 @@ _SHOWN.maxlevel = 2
 
 
 def shown(value: Any) -> str:
-    """``repr(value)`` cut to a few dozen characters (a value in an error message stays one short line)."""
-    return _SHOWN.repr(value)
+    """``repr(value)`` cut to at most 80 characters (a value in an error message stays one short line)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def check_value(label: str, value: Any, rule: Rule) -> Any:
         raise UserError(f"{label} needs a value")
     kind = rule.kind
     if kind == "flag":
-        if isinstance(value, bool) or type(value).__name__ == "bool_":
+        if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
             return bool(value)
         raise UserError(f"{label} must be true or false, got {shown(value)}")
     if kind in ("int", "float"):
