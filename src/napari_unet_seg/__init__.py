@@ -3,6 +3,10 @@
 The public functions load lazily, so ``import napari_unet_seg`` (as napari does at start-up) is cheap::
 
     from napari_unet_seg import train, predict, evaluate, load_model
+
+``train``, ``predict``, ``evaluate`` and ``export_model`` check their arguments first (:mod:`.options`;
+``napari_unet_seg.options.sweep`` too): a misspelt keyword, a wrong type or NaN raises ``UserError``
+in one line.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ".training",
-    "predict": ".inference",
-    "evaluate": ".evaluation",
+    "train": ".options",
+    "predict": ".options",
+    "evaluate": ".options",
+    "export_model": ".options",
     "load_model": ".model_file",
     "save_model": ".model_file",
     "SegmentationModel": ".model_file",
@@ -28,10 +33,8 @@ __all__ = ["__version__", *_LAZY]
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
     from .errors import UserError
-    from .evaluation import evaluate
-    from .inference import predict
     from .model_file import SegmentationModel, load_model, save_model
-    from .training import train
+    from .options import evaluate, export_model, predict, train
 
 
 def __getattr__(name: str):

@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 
+from .config import (AUGMENTS, EXPORT_FORMATS, INSTANCES, LOSSES, MODELS, NORMALIZATIONS, OPTIMIZERS,
+                     SCHEDULERS, TrainConfig)
 from .errors import ReportedElsewhere, UserError
 
 __all__ = ["build_parser", "main"]
 
-_MODELS = ("unet", "basic_unet", "attention_unet", "segnet")
-_LOSSES = ("bce", "dice", "dicece", "softbce", "focal", "ce")
+_DEFAULT = TrainConfig()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,41 +27,44 @@ def _add_train(sub) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--images", help="folder of images (TIFF, PNG, JPEG, BMP)")
     data.add_argument("--masks", help="folder of masks, paired by file stem (_mask, _segmentation, ... accepted)")
-    data.add_argument("--classes", type=int, default=2, help="number of classes incl. background (2 = binary, "
-                      "foreground = mask > 0)")
-    data.add_argument("--patch-size", type=int, default=256, help="train on random square patches of this size")
+    data.add_argument("--classes", type=int, default=_DEFAULT.classes,
+                      help="number of classes incl. background (2 = binary, foreground = mask > 0)")
+    data.add_argument("--patch-size", type=int, default=_DEFAULT.patch_size,
+                      help="train on random square patches of this size")
     data.add_argument("--resize", type=int, help="train on whole images resized to this square size instead")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="seeded share of pairs kept for validation")
+    data.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction,
+                      help="seeded share of pairs kept for validation")
     data.add_argument("--val-images", help="explicit validation images folder (with --val-masks)")
     data.add_argument("--val-masks", help="explicit validation masks folder")
-    data.add_argument("--augment", choices=("none", "light", "strong"), default="light")
-    data.add_argument("--normalization", choices=("percentile", "minmax", "none"), default="percentile")
+    data.add_argument("--augment", choices=AUGMENTS, default=_DEFAULT.augment)
+    data.add_argument("--normalization", choices=NORMALIZATIONS, default=_DEFAULT.normalization)
     data.add_argument("--skip-unpaired", action="store_true", help="skip files without partner (with a warning)")
     model = p.add_argument_group("model and optimisation")
-    model.add_argument("--model", choices=_MODELS, default="unet")
-    model.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the network")
-    model.add_argument("--loss", choices=_LOSSES, default="dicece")
-    model.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw")
-    model.add_argument("--lr", type=float, default=1e-3)
-    model.add_argument("--weight-decay", type=float, default=1e-4)
-    model.add_argument("--epochs", type=int, default=50)
-    model.add_argument("--batch-size", type=int, default=8)
-    model.add_argument("--scheduler", choices=("none", "cosine", "plateau"), default="cosine")
-    model.add_argument("--early-stop", type=int, default=0, help="stop after N epochs without better val Dice")
+    model.add_argument("--model", choices=MODELS, default=_DEFAULT.model)
+    model.add_argument("--width", type=float, default=_DEFAULT.width, help="channel width multiplier of the network")
+    model.add_argument("--loss", choices=LOSSES, default=_DEFAULT.loss)
+    model.add_argument("--optimizer", choices=OPTIMIZERS, default=_DEFAULT.optimizer)
+    model.add_argument("--lr", type=float, default=_DEFAULT.lr)
+    model.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay)
+    model.add_argument("--epochs", type=int, default=_DEFAULT.epochs)
+    model.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
+    model.add_argument("--scheduler", choices=SCHEDULERS, default=_DEFAULT.scheduler)
+    model.add_argument("--early-stop", type=int, default=_DEFAULT.early_stop,
+                       help="stop after N epochs without better val Dice")
     model.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     run = p.add_argument_group("run")
-    run.add_argument("--out", default="runs/run", help="run folder (best.pt, last.pt, history.csv, curves.png)")
+    run.add_argument("--out", default=_DEFAULT.out, help="run folder (best.pt, last.pt, history.csv, curves.png)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--workers", type=int, default=0,
+    run.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    run.add_argument("--workers", type=int, default=_DEFAULT.workers,
                      help="0: batches cut and augmented on the device from cached images; N: N DataLoader "
                           "processes (MONAI transforms per patch)")
-    run.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    run.add_argument("--device", default=_DEFAULT.device, help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
 
 
 def _add_predict_options(p) -> None:
-    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
     p.add_argument("--tile", type=int, help="tile size (default: the model's training patch size, >= 256)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (binary)")
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the masks (PNG; TIFF for stacks)")
     p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output")
     _add_predict_options(p)
-    p.add_argument("--instances", choices=("none", "components", "watershed"), default="none",
+    p.add_argument("--instances", choices=INSTANCES, default="none",
                    help="number the objects (binary models): connected components, or watershed to split "
                    "touching ones; masks become 16-bit PNG (32-bit TIFF beyond 65535 objects)")
     p.add_argument("--min-distance", type=int, default=5, help="watershed: least distance between object "
@@ -110,11 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="sweep file (YAML): the data and the settings to compare (see docs/sweeps.md)")
     p.add_argument("--out", help="sweep folder (default: runs/<config file name>); an existing one is resumed, "
                    "its finished runs skipped")
-    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
     p = sub.add_parser("export", help="export a model to TorchScript, ONNX or a bioimage.io package (checked)")
     p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
-    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "bioimageio"),
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                    help="torchscript (.pt), onnx (.onnx) or bioimageio (a package folder, or a .zip)")
     p.add_argument("--out", required=True, help="the file to write; for bioimageio a folder or a .zip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -133,6 +137,12 @@ def _version() -> str:
     return __version__
 
 
+def _one_line(error: BaseException, limit: int = 1000) -> str:
+    """The message on one line of at most ``limit`` characters (whatever a value in it expanded to)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit - 20] + " ... (message cut)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
@@ -141,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = "napari-unet-seg " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         from . import commands
+        from .options import check_args
+
+        check_args(args)
 
         return getattr(commands, f"run_{args.command}")(args) or 0
     except UserError as error:
         if not isinstance(error, ReportedElsewhere):  # under torchrun, rank 0 prints the errors all ranks share
-            print(f"napari-unet-seg: error: {error}", file=sys.stderr)
+            print(f"napari-unet-seg: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("napari-unet-seg: interrupted; files written so far are complete", file=sys.stderr)

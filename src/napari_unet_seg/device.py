@@ -11,12 +11,12 @@ import platform
 
 import torch
 
+from .config import DEVICES
 from .errors import UserError
 
 __all__ = ["DEVICES", "resolve_device", "auto_device", "available_devices", "describe_device", "torch_build",
            "cuda_problem", "mps_problem", "gpu_summary", "is_out_of_memory", "free_cuda_memory", "free_device_memory"]
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
 
 

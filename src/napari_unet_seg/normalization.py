@@ -11,7 +11,7 @@ from .errors import UserError
 __all__ = ["NORMALIZATIONS", "default_normalization", "intensity_range", "normalize", "to_channels_first", "is_rgb"]
 
 #: ``percentile``: per image, (x - p_low) / (p_high - p_low); ``minmax``: per image; ``none``: as float.
-NORMALIZATIONS = ("percentile", "minmax", "none")
+from .config import NORMALIZATIONS  # noqa: E402  (the choice lists live in config)
 
 
 def default_normalization(method: str = "percentile") -> dict[str, Any]:

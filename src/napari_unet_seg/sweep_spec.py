@@ -9,8 +9,8 @@ the value or the missing folder. :mod:`~napari_unet_seg.sweep` runs the spec.
 
 from __future__ import annotations
 
+import difflib
 import itertools
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import TRAIN_RULES, TrainConfig, check_value, shown
 from .errors import UserError
 
 __all__ = ["SweepRun", "SweepSpec", "load_sweep", "parse_sweep", "split_lists", "DATA_KEYS", "SPLIT_KEYS",
@@ -82,6 +82,26 @@ class SweepSpec:
 # ---------------------------------------------------------------------------------------------------------
 # Reading and checking a sweep file
 
+#: Largest sweep file read, and most values it may expand to through YAML aliases (an alias bomb of a few
+#: hundred bytes expands to billions; the loader shares the aliased objects, the checks and messages would not).
+MAX_FILE_BYTES, MAX_VALUES = 1_000_000, 100_000
+
+
+def _expanded_size(value: Any, seen: dict[int, int]) -> int:
+    """How many values ``value`` holds once its aliases are written out (counted once per shared object)."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    if id(value) not in seen:
+        seen[id(value)] = 0  # a recursive alias (&a [*a]) counts as one value
+        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+        total = 1
+        for item in items:
+            total += _expanded_size(item, seen)
+            if total > MAX_VALUES:
+                break
+        seen[id(value)] = total
+    return seen[id(value)]
+
 
 def load_sweep(path: str | os.PathLike, *, check_data: bool = True) -> SweepSpec:
     """Read and validate a sweep file; relative data paths are taken from the file's folder.
@@ -99,15 +119,22 @@ def load_sweep(path: str | os.PathLike, *, check_data: bool = True) -> SweepSpec
         raise UserError(f"sweep file {path}: {'is a folder' if path.is_dir() else 'does not exist'}; "
                         "give a .yaml file")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise UserError(f"sweep file {path}: is {size / 1e6:.1f} MB; a sweep file is a few KB of settings "
+                            f"(at most {MAX_FILE_BYTES // 1000} KB)")
         text = path.read_text()
         values = yaml.safe_load(text)
     except OSError as error:
         raise UserError(f"sweep file {path}: cannot be read ({error.strerror})") from None
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         reason = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"sweep file {path}: is not valid YAML{where} ({reason})") from None
+        raise UserError(f"sweep file {path}: is not valid YAML{where} ({shown(reason)[1:-1]})") from None
+    if _expanded_size(values, {}) > MAX_VALUES:
+        raise UserError(f"sweep file {path}: its YAML aliases (*name) expand to more than {MAX_VALUES} values; "
+                        "write the settings out without nested aliases")
     spec = parse_sweep(values, base=path.parent, source=path.name, check_data=check_data)
     spec.path, spec.text = path.resolve(), text
     return spec
@@ -127,14 +154,14 @@ def parse_sweep(values: Any, *, base: str | os.PathLike = ".", source: str = "sw
     for key in DATA_KEYS:
         if values.get(key) is not None:
             if not isinstance(values[key], (str, os.PathLike)):
-                raise UserError(f"{source}: {key} must be a folder path, got {values[key]!r}")
+                raise UserError(f"{source}: {key} must be a folder path, got {shown(values[key])}")
             data[key] = (Path(base) / Path(values[key]).expanduser()).resolve()
     for a, b in (("val_images", "val_masks"), ("test_images", "test_masks")):
         if (a in data) != (b in data):
             raise UserError(f"{source}: give both {a} and {b}, or neither")
     skip_unpaired = values.get("skip_unpaired", False)
     if not isinstance(skip_unpaired, bool):
-        raise UserError(f"{source}: skip_unpaired must be true or false, got {skip_unpaired!r}")
+        raise UserError(f"{source}: skip_unpaired must be true or false, got {shown(skip_unpaired)}")
     description = values.get("description") or ""
     if not isinstance(description, str):
         raise UserError(f"{source}: description must be text")
@@ -168,41 +195,21 @@ def _check_keys(values: dict, allowed: Iterable[str], where: str) -> None:
     allowed = list(allowed)
     for key in values:
         if key not in allowed:
-            raise UserError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-
-
-_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = (f"did you mean {close[0]!r}? (all keys: docs/sweeps.md)" if close
+                    else f"allowed keys: {', '.join(allowed)}")
+            raise UserError(f"{where}: unknown key {shown(key)}; {hint}")
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
-    """A value of the TrainConfig field ``key`` from YAML (``1e-4`` is a string in YAML 1.1: accepted)."""
-    kind = _TYPES[key]
-    if value is None:
-        if "None" in kind:
-            return None
-        raise UserError(f"{where}{key} needs a value")
-    base = kind.split("|")[0].strip()
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where}{key} must be true or false, got {value!r}")
-    if isinstance(value, bool):
-        raise UserError(f"{where}{key} must be a {'number' if base in ('int', 'float') else 'name'}, got {value!r}")
-    if base == "int":
-        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-            return int(value)
-        raise UserError(f"{where}{key} must be a whole number, got {value!r}")
-    if base == "float":
+    """A value of the TrainConfig field ``key`` checked by its rule (``1e-4`` is a string in YAML 1.1: accepted)."""
+    rule = TRAIN_RULES[key]
+    if rule.kind == "float" and isinstance(value, str):
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{where}{key} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise UserError(f"{where}{key} must be a finite number, got {value!r}")
-        return number
-    if not isinstance(value, str):
-        raise UserError(f"{where}{key} must be a name, got {value!r}")
-    return value
+            value = float(value)
+        except ValueError:
+            pass
+    return check_value(f"{where}{key}", value, rule)
 
 
 def _grid_settings(values: dict, source: str, where: str) -> dict[str, list]:
@@ -298,7 +305,7 @@ def _parse_split(split: Any, data: dict, source: str) -> dict | None:
         raise UserError(f"{source}: give val_images/val_masks or split: {vals[0]}, not both")
     out = {"seed": split.get("seed", 0)}
     if not isinstance(out["seed"], int) or isinstance(out["seed"], bool):
-        raise UserError(f"{source}: split: seed must be a whole number, got {out['seed']!r}")
+        raise UserError(f"{source}: split: seed must be a whole number, got {shown(out['seed'])}")
     for key in (*tests, *vals):
         value = split[key]
         if key == "test_fraction":
@@ -307,10 +314,10 @@ def _parse_split(split: Any, data: dict, source: str) -> dict | None:
             except (TypeError, ValueError):
                 value = -1.0
             if not 0 < value < 1:
-                raise UserError(f"{source}: split: test_fraction must be between 0 and 1, got {split[key]!r}")
+                raise UserError(f"{source}: split: test_fraction must be between 0 and 1, got {shown(split[key])}")
         elif key == "test_count":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{source}: split: test_count must be a whole number >= 1, got {value!r}")
+                raise UserError(f"{source}: split: test_count must be a whole number >= 1, got {shown(value)}")
         elif key.endswith("_stems"):
             if not isinstance(value, list) or not value or not all(isinstance(v, (str, int)) for v in value):
                 raise UserError(f"{source}: split: {key} must be a list of image names (stems), e.g. ['27', '28']")
@@ -319,7 +326,7 @@ def _parse_split(split: Any, data: dict, source: str) -> dict | None:
             if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int) and not isinstance(
                     v, bool) and v >= 0 for v in value) or value[0] > value[1]):
                 raise UserError(f"{source}: split: {key} must be [first, last] positions (from 0, in name order, "
-                                f"both included), got {value!r}")
+                                f"both included), got {shown(value)}")
         out[key] = value
     return out
 

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import MODELS as MODEL_NAMES  # the choice lists live in config
 from ..errors import UserError
 
 __all__ = ["MODEL_NAMES", "PadToMultiple", "build_network", "network_kwargs", "parameter_count"]
 
-MODEL_NAMES = ("unet", "basic_unet", "attention_unet", "segnet")
+
 #: The buffers (not parameters) a network's state dict holds: batch norm's running statistics.
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
