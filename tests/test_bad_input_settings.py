@@ -68,7 +68,7 @@ CLI_CASES = [
     ("evaluate overlap 1", ["evaluate", "--model", "model.pt", "--images", "images", "--masks", "masks",
                             "--json", "scores.json", "--overlap", 1], {}, "--overlap must be in [0, 1), got 1"),
     ("evaluate device", ["evaluate", "--model", "model.pt", "--images", "images", "--masks", "masks",
-                         "--device", "gpu0"], {}, "device 'gpu0' is unknown; use auto, cuda, cuda:N or cpu"),
+                         "--device", "gpu0"], {}, "device 'gpu0' is unknown; use auto, cuda, cuda:N, mps or cpu"),
     ("demo epochs 0", ["demo", "--out", "demo", "--epochs", 0], {}, "--epochs must be > 0, got 0"),
     ("sweep alias bomb", ["sweep", "bomb.yaml", "--dry-run"], {"bomb.yaml": BOMB},
      "aliases (*name) expand to more than 100000 values"),

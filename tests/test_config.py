@@ -39,7 +39,7 @@ def test_accepted_values_come_back_normalized(rule, value, expected):
     (Rule("flag"), "yes", "x must be true or false, got 'yes'"),
     (Rule("choice", choices=("a", "b")), "c", "x 'c' is unknown; use one of a, b"),
     (Rule("choice", choices=("a", "b")), 3, "x must be a name, got 3"),
-    (Rule("device"), "tpu", "device 'tpu' is unknown; use auto, cuda, cuda:N or cpu"),
+    (Rule("device"), "tpu", "device 'tpu' is unknown; use auto, cuda, cuda:N, mps or cpu"),
     (Rule("path"), 5, "x must be a path, got 5"),
     (Rule("int"), None, "x needs a value"),
 ])

@@ -143,9 +143,9 @@ def _device(label: str, value: Any) -> str:
     if type(value).__name__ == "device" and hasattr(value, "type"):  # a torch.device
         value = str(value)
     if not isinstance(value, str):
-        raise UserError(f"{label} must be a device name (auto, cuda, cuda:N or cpu), got {shown(value)}")
+        raise UserError(f"{label} must be a device name (auto, cuda, cuda:N, mps or cpu), got {shown(value)}")
     if value.lower() not in DEVICES and not re.fullmatch(r"cuda:\d+", value.lower()):
-        raise UserError(f"device {shown(value)} is unknown; use auto, cuda, cuda:N or cpu")
+        raise UserError(f"device {shown(value)} is unknown; use auto, cuda, cuda:N, mps or cpu")
     return value
 
 
