@@ -11,7 +11,7 @@ import numpy as np
 from .dataset import mask_to_classes
 from .errors import UserError
 from .events import Tiles, drain
-from .image_io import read_image
+from .image_io import read_image, read_mask
 from .metrics import mean_metrics, segmentation_metrics
 from .model_file import SegmentationModel, load_model
 from .pairing import pair_files
@@ -46,7 +46,7 @@ def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | o
     per_image = []
     for index, pair in enumerate(pairs, start=1):
         image = read_image(pair.image)
-        truth = mask_to_classes(read_image(pair.mask), model.num_classes, pair.mask.name)
+        truth = mask_to_classes(read_mask(pair.mask), model.num_classes, pair.mask.name)
         labels = predict(model, image, **predict_options)
         if labels.shape != truth.shape:
             raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "
