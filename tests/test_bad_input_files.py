@@ -308,7 +308,12 @@ def test_continuous_and_image_like_masks_are_refused(tmp_path):
     tifffile.imwrite(tmp_path / "prob.tif", (MASK > 0).astype(np.float32) * 0.8 + 0.1)
     raises_one_line(r"prob.tif: holds continuous values \(e.g. 0.1\), not class ids", read_mask, tmp_path / "prob.tif")
     iio.imwrite(tmp_path / "photo.png", IMAGE)
-    raises_one_line(r"photo.png: looks like an image, not a mask \(\d+ grey levels", read_mask, tmp_path / "photo.png")
+    raises_one_line(r"photo.png: looks like an image, not a mask \(\d+ levels", read_mask, tmp_path / "photo.png")
+    rgb = np.stack([IMAGE, 255 - IMAGE, IMAGE // 2], axis=-1)
+    iio.imwrite(tmp_path / "colour.png", rgb)
+    raises_one_line(r"colour.png: looks like an image, not a mask", read_mask, tmp_path / "colour.png")
+    iio.imwrite(tmp_path / "photo.jpg", rgb)
+    raises_one_line(r"photo.jpg: a JPEG of \d+ grey levels, not a two-level mask", read_mask, tmp_path / "photo.jpg")
 
 
 def test_instance_label_masks_are_still_labels(tmp_path):

@@ -67,6 +67,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             array = rgb.mean(axis=-1).round().astype(array.dtype)
         elif np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             array = rgb[..., 0]
+        elif _neighbours_differ(rgb[..., 0]) > 0.3:
+            raise _image_like(str(path), rgb)
         else:
             return array  # a true colour mask: mask_to_classes refuses it in one line
     return clean_mask(array, str(path), lossy=lossy)
@@ -92,19 +94,23 @@ def clean_mask(mask: np.ndarray, name: str = "mask", *, lossy: bool = False) -> 
         return mask
     if lossy:
         return _threshold_lossy(mask, name, float(low), float(high))
-    differ = _neighbours_differ(mask)
-    if differ > 0.3:
-        raise UserError(f"{name}: looks like an image, not a mask ({np.unique(mask).size} grey levels, "
-                        f"{differ:.0%} of neighbouring pixels differ); check that the masks folder holds masks")
+    if _neighbours_differ(mask) > 0.3:
+        raise _image_like(name, mask)
     return mask
+
+
+def _image_like(name: str, mask: np.ndarray) -> UserError:
+    return UserError(f"{name}: looks like an image, not a mask ({np.unique(mask).size} levels, "
+                     f"{_neighbours_differ(mask):.0%} of neighbouring pixels differ); check that the masks folder "
+                     "holds masks")
 
 
 def _threshold_lossy(mask: np.ndarray, name: str, low: float, high: float) -> np.ndarray:
     margin = 0.25 * (high - low)
     near = (np.abs(mask - low) <= margin) | (np.abs(mask - high) <= margin)
     if near.mean() < 0.98:
-        raise UserError(f"{name}: a JPEG mask of more than two levels ({np.unique(mask).size} grey levels); "
-                        "its compression noise cannot be told from labels, save the masks as PNG")
+        raise UserError(f"{name}: a JPEG of {np.unique(mask).size} grey levels, not a two-level mask (an image "
+                        "given as mask?); JPEG noise cannot be told from labels, save the masks as PNG")
     middle = (low + high) / 2
     cleaned = np.where(mask > middle, high, low).astype(mask.dtype)
     changed = float(np.mean(cleaned != mask))

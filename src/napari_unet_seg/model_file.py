@@ -23,7 +23,8 @@ from . import __version__
 from .errors import UserError
 from .image_io import atomic_write
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SegmentationModel", "save_model", "load_model", "read_metadata", "resolve_model_path"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SegmentationModel", "save_model", "load_model", "read_metadata",
+           "resolve_model_path"]
 
 FORMAT = "napari-unet-seg"
 FORMAT_VERSION = 1
