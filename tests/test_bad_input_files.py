@@ -436,3 +436,20 @@ def test_messages_carry_no_third_party_advice(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raises_one_line(r"cut.pt: cannot be read", load_model, tmp_path / "cut.pt")
+
+
+def test_disk_full_during_export_on_the_command_line_keeps_the_old_export(work):
+    (work / "old.pt").write_bytes(b"the previous export")
+    before = snapshot(work)
+    script = ("import sys, torch\n"
+              "def full(*a, **k):\n"
+              "    raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')\n"
+              "torch.jit.save = full\n"
+              "from napari_unet_seg.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "export", "--model", work / "model.pt", "--format",
+                           "torchscript", "--out", work / "old.pt", "--overwrite", "--no-check"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    one_line(done, r"old.pt: writing failed \(.*file write failed\); check free disk space")
+    assert_kept(before, work)
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".")) == []
