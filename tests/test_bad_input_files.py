@@ -322,6 +322,12 @@ def test_instance_label_masks_are_still_labels(tmp_path):
     ids = label(MASK > 0).astype(np.uint16) * 7
     iio.imwrite(tmp_path / "ids.png", ids)
     assert np.array_equal(read_mask(tmp_path / "ids.png"), ids)
+    many = (np.arange(64 * 64).reshape(64, 64) // 8 % 300).astype(np.uint16)  # 300 ids in runs of 8 pixels
+    iio.imwrite(tmp_path / "many.png", many)
+    assert np.array_equal(read_mask(tmp_path / "many.png"), many)
+    tiny = np.array([[0, 1, 2], [2, 0, 1], [1, 2, 0]], np.uint8)  # a few ids, every neighbour differs
+    iio.imwrite(tmp_path / "tiny.png", tiny)
+    assert np.array_equal(read_mask(tmp_path / "tiny.png"), tiny)
 
 
 def test_indexed_palette_mask_reads_as_its_ids(tmp_path):

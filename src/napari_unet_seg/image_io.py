@@ -67,7 +67,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             array = rgb.mean(axis=-1).round().astype(array.dtype)
         elif np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             array = rgb[..., 0]
-        elif _neighbours_differ(rgb[..., 0]) > 0.3:
+        elif _image_like_values(rgb[..., 0]):
             raise _image_like(str(path), rgb)
         else:
             return array  # a true colour mask: mask_to_classes refuses it in one line
@@ -94,9 +94,14 @@ def clean_mask(mask: np.ndarray, name: str = "mask", *, lossy: bool = False) -> 
         return mask
     if lossy:
         return _threshold_lossy(mask, name, float(low), float(high))
-    if _neighbours_differ(mask) > 0.3:
+    if _image_like_values(mask):
         raise _image_like(name, mask)
     return mask
+
+
+def _image_like_values(mask: np.ndarray) -> bool:
+    """Many levels that change from pixel to pixel, as an image's do (labels form regions of one value)."""
+    return np.unique(mask).size > 16 and _neighbours_differ(mask) > 0.3
 
 
 def _image_like(name: str, mask: np.ndarray) -> UserError:
