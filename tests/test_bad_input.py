@@ -216,7 +216,7 @@ def test_unreadable_inputs_on_the_predict_command_line(tmp_path):
     tifffile.imwrite(tmp_path / "5d.tif", np.zeros((1, 2, 3, 16, 16), np.uint8), photometric="minisblack")
     for source, pattern in [(tmp_path / "folder.png", r"input folder .*folder.png: holds no image file"),
                             (tmp_path / "a.gif", r"unsupported file type .gif"),
-                            (tmp_path / "5d.tif", r"shape \(1, 2, 3, 16, 16\): expected 2D")]:
+                            (tmp_path / "5d.tif", r"shape \(1, 2, 3, 16, 16\) is not one 2D")]:
         done = cli("predict", "--model", tmp_path / "m.pt", "--input", source, "--output", tmp_path / "o",
                    "--device", "cpu")
         _one_error_line(done, pattern)

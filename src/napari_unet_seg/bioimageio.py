@@ -67,7 +67,7 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
     license = license or model.info.get("license") or "CC-BY-4.0"
     _check_license(license)
     target = Path(out)
-    _package_target(target, overwrite)
+    _package_target(target, overwrite, model)
     raw = _test_image(model, test_image)
     inputs = _check_inputs(model, raw)
     staging = _staging_folder(target)
@@ -269,9 +269,14 @@ def _check_license(license: str) -> None:
 
 
 
-def _package_target(path: Path, overwrite: bool) -> None:
+def _package_target(path: Path, overwrite: bool, model: SegmentationModel) -> None:
+    from .outputs import inside
+
     if path.suffix.lower() == ".zip":
-        _file_target(path, overwrite)
+        _file_target(path, overwrite, model)
+    elif model.path is not None and inside(model.path, path):
+        raise UserError(f"--out {path}: holds the model file {model.path} and would replace it; "
+                        "choose another folder")
     elif path.exists():
         if not path.is_dir():
             raise UserError(f"--out {path}: is a file; give a folder (or a .zip) for the bioimage.io package")

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--masks", required=True)
     p.add_argument("--json", help="write the scores (dice, iou, accuracy, precision, recall, per_image) here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--skip-unpaired", action="store_true")
     _add_predict_options(p)
     p = sub.add_parser("demo", help="train, evaluate and predict on the shipped sample data; write a report")

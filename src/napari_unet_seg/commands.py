@@ -131,10 +131,10 @@ def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespac
 
 
 def run_predict(args: Namespace) -> int:
-    from .image_io import read_image, write_map, write_mask
+    from .image_io import read_image_layout, write_map, write_mask
     from .inference import predict
     from .model_file import load_model
-    from .normalization import is_rgb
+    from .outputs import check_distinct, same_file
 
     _warnings_to_console()
     model = load_model(args.model)
@@ -142,22 +142,25 @@ def run_predict(args: Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: is a file; give a folder")
-    inputs = {p.resolve() for p in files}
+    inputs = files + ([model.path] if model.path else [])
     planned = []
     for path in files:
-        image = read_image(path)
-        targets = _targets(output, path, image.ndim - int(is_rgb(image)), model.num_classes - 1, args)
+        image, colour = read_image_layout(path)
+        targets = _targets(output, path, image.ndim - int(colour), model.num_classes - 1, args)
         for target in targets:
-            if target.resolve() in inputs:
-                raise UserError(f"--output {output}: the output of {path.name} would replace the input image "
+            if any(same_file(target, source) for source in inputs):
+                what = "model file" if model.path and same_file(target, model.path) else "image"
+                raise UserError(f"--output {output}: the output of {path.name} would replace the input {what} "
                                 f"{target.name}; choose another output folder")
             if target.exists() and not args.overwrite:
                 raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
         planned.append((path, targets))
+    check_distinct(((path, target) for path, targets in planned for target in targets), "--output")
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
-        result = predict(model, read_image(path), uncertainty=args.uncertainty, **options)
+        image, colour = read_image_layout(path)
+        result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, **options)
         labels, spread = result if args.uncertainty else (result, None)
         written = [write_mask(targets[0], labels)]
         if spread is not None:
@@ -187,8 +190,15 @@ def _print_scores(scores: dict) -> None:
 def run_evaluate(args: Namespace) -> int:
     from .evaluation import evaluate
     from .image_io import atomic_write
+    from .model_file import resolve_model_path
+    from .outputs import check_output
+    from .pairing import list_images
 
     _warnings_to_console()
+    if args.json:  # checked before the long job, against every input it reads
+        sources = [resolve_model_path(args.model)] + [p for folder in (args.images, args.masks)
+                                                       if Path(folder).is_dir() for p in list_images(folder)]
+        check_output(args.json, inputs=sources, overwrite=getattr(args, "overwrite", False), what="--json")
     scores = evaluate(args.model, args.images, args.masks, skip_unpaired=args.skip_unpaired,
                       **_predict_options(args))
     _print_scores(scores)
@@ -262,8 +272,11 @@ def run_sweep(args: Namespace) -> int:
 def run_export(args: Namespace) -> int:
     from .export import export_model
     from .image_io import read_image
+    from .outputs import same_file
 
     _warnings_to_console()
+    if args.test_image and same_file(args.out, args.test_image):
+        raise UserError(f"--out {args.out}: is the --test-image and would be replaced; choose another output path")
     test_image = read_image(args.test_image) if args.test_image else None
     began = time.perf_counter()
     out = export_model(args.model, args.format, args.out, check=args.check, overwrite=args.overwrite,

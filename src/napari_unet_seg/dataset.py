@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .image_io import read_image
+from .image_io import read_image, read_mask
 from .normalization import is_rgb, normalize, to_channels_first
 from .pairing import Pair
 
@@ -92,7 +92,7 @@ def load_samples(pairs: Sequence[Pair], *, classes: int, normalization: dict, re
 
     Gray and colour images may be mixed: then gray images are repeated to three channels.
     """
-    decoded = [(p.image.name, read_image(p.image), read_image(p.mask)) for p in pairs]
+    decoded = [(p.image.name, read_image(p.image), read_mask(p.mask)) for p in pairs]
     channels = in_channels or _channels_of([d[1] for d in decoded])
     samples = [_prepare(name, image, mask, in_channels=channels, classes=classes, normalization=normalization,
                         resize=resize) for name, image, mask in decoded]

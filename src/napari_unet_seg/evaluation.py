@@ -20,7 +20,7 @@ import numpy as np
 from .dataset import mask_to_classes
 from .errors import UserError
 from .events import Tiles, drain
-from .image_io import read_image
+from .image_io import read_image, read_mask
 from .metrics import confusion_matrix, dataset_metrics, object_counts, object_scores, scores_from_confusion
 from .model_file import SegmentationModel, load_model
 from .normalization import is_rgb
@@ -129,7 +129,7 @@ def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | o
     per_image = []
     confusion = np.zeros((max(model.num_classes, 2),) * 2, dtype=np.int64)
     for index, pair in enumerate(pairs, start=1):
-        truth = _truth(read_image(pair.mask), model.num_classes, pair.mask.name)
+        truth = _truth(read_mask(pair.mask), model.num_classes, pair.mask.name)
         labels = _prediction(model, read_image(pair.image), pair.image.name, predict_options)
         if labels.shape != truth.shape:
             raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "

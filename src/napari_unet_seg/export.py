@@ -101,7 +101,7 @@ def export_torchscript(model: SegmentationModel | str | os.PathLike, out: str | 
                        on_message: Messages = None) -> Path:
     """Write ``torch.jit.script`` of the network to ``out`` (load it with ``torch.jit.load``); any H and W."""
     model = _load(model)
-    target = _file_target(out, overwrite)
+    target = _file_target(out, overwrite, model)
     inputs = _check_inputs(model, _test_image(model, test_image))
     return atomic_write(target, lambda tmp: _write_torchscript(model, Path(tmp), inputs, check, on_message))
 
@@ -114,7 +114,7 @@ def export_onnx(model: SegmentationModel | str | os.PathLike, out: str | os.Path
     if opset < 17:
         raise UserError(f"ONNX opset {opset} is too old; use 17 or newer")
     model = _load(model)
-    target = _file_target(out, overwrite)
+    target = _file_target(out, overwrite, model)
     inputs = _check_inputs(model, _test_image(model, test_image))
     return atomic_write(target, lambda tmp: _write_onnx(model, Path(tmp), inputs, opset, check, on_message))
 
@@ -327,14 +327,14 @@ def _require(*modules: str, what: str) -> None:
 
 
 
-def _file_target(out: str | os.PathLike, overwrite: bool) -> Path:
+def _file_target(out: str | os.PathLike, overwrite: bool, model: SegmentationModel | None = None) -> Path:
+    """``out`` once safe to write: never the model's own file (even with ``overwrite``), new unless ``overwrite``."""
+    from .outputs import check_output
+
     path = Path(out)
     if path.is_dir():
         raise UserError(f"--out {path}: is a folder; give a file name, e.g. {path / 'model.onnx'}")
-    if path.exists() and not overwrite:
-        raise UserError(f"--out {path}: exists already; pass --overwrite to replace it")
-    return path
-
+    return check_output(path, inputs=[model.path if model is not None else None], overwrite=overwrite)
 
 
 def _load(model: SegmentationModel | str | os.PathLike) -> SegmentationModel:

@@ -1,19 +1,31 @@
-"""Reading images and masks (TIFF, PNG, JPEG, BMP) and writing predicted masks, atomically."""
+"""Reading images and masks (TIFF, PNG, JPEG, BMP) and writing predicted masks, atomically.
+
+One reader decides the layout of every file, from what the file says (TIFF axes and photometric, Pillow
+modes, EXIF orientation) rather than from the array's shape, and returns it in one of four layouts:
+gray ``(Y, X)``, colour ``(Y, X, 3|4)``, a stack ``(Z, Y, X)`` or a colour stack ``(Z, Y, X, 3|4)``.
+What it cannot tell apart it refuses in one line that shows the shape it saw.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_mask", "write_map", "mask_suffix", "atomic_write", "is_image_file"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_layout", "read_mask", "clean_mask", "write_mask",
+           "write_map", "mask_suffix", "atomic_write", "is_image_file"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+#: Suffixes of lossy formats: a mask stored so carries compression noise.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def is_image_file(path: Path) -> bool:
@@ -22,13 +34,104 @@ def is_image_file(path: Path) -> bool:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file into a numpy array, as stored (no scaling, no channel reordering).
+    """Read one image file into a numpy array (values as stored, no scaling), in its decided layout.
 
-    Grayscale gives ``(Y, X)``; RGB/RGBA ``(Y, X, 3|4)``; a multi-page TIFF ``(Z, Y, X[, C])``.
+    Gray gives ``(Y, X)``; colour ``(Y, X, 3|4)``; a multi-page TIFF ``(Z, Y, X[, C])`` (see
+    :func:`read_image_layout`, which also says whether the last axis is colour).
 
     Raises:
-        UserError: the path is missing, a folder, of an unsupported type, empty or unreadable.
+        UserError: the path is missing, a folder, of an unsupported type, empty, unreadable, or of a
+            layout that cannot be told (the message shows the shape and what to save instead).
     """
+    return read_image_layout(path)[0]
+
+
+def read_image_layout(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """``(array, colour)``: the image of :func:`read_image` and whether its last axis holds RGB(A)."""
+    return _read(_checked_path(path), mask=False)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask file as label values: palette (indexed) PNGs give their indices, a gray-valued colour
+    file its one channel, a JPEG is cleaned of compression noise (see :func:`clean_mask`).
+
+    Raises:
+        UserError: as :func:`read_image`, and for masks that are not labels (see :func:`clean_mask`).
+    """
+    path = _checked_path(path)
+    array, colour = _read(path, mask=True)
+    lossy = path.suffix.lower() in LOSSY_SUFFIXES
+    if colour:
+        rgb = array[..., :3]
+        if lossy:
+            array = rgb.mean(axis=-1).round().astype(array.dtype)
+        elif np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            array = rgb[..., 0]
+        elif _image_like_values(rgb[..., 0]):
+            raise _image_like(str(path), rgb)
+        else:
+            return array  # a true colour mask: mask_to_classes refuses it in one line
+    return clean_mask(array, str(path), lossy=lossy)
+
+
+def clean_mask(mask: np.ndarray, name: str = "mask", *, lossy: bool = False) -> np.ndarray:
+    """``mask`` when it holds label values; a lossy (JPEG) two-level mask thresholded at its mid-level,
+    with a warning that names it and the fraction of pixels changed.
+
+    Raises:
+        UserError: continuous (non-integer) values, or many grey levels that vary from pixel to pixel
+            as an image's do (e.g. the images folder given as masks), or a lossy mask of more than two levels.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype.kind == "f" and np.isfinite(mask).all() and not np.array_equal(mask, np.round(mask)):
+        example = float(mask[mask != np.round(mask)].flat[0])
+        raise UserError(f"{name}: holds continuous values (e.g. {example:.3g}), not class ids; threshold it "
+                        "into a mask of ids (0 background, 1, 2, ... foreground)")
+    if mask.size == 0 or mask.dtype.kind not in "uif" or not np.isfinite(mask).all():
+        return mask
+    low, high = mask.min(), mask.max()
+    if low == high or np.unique(mask).size <= 2:
+        return mask
+    if lossy:
+        return _threshold_lossy(mask, name, float(low), float(high))
+    if _image_like_values(mask):
+        raise _image_like(name, mask)
+    return mask
+
+
+def _image_like_values(mask: np.ndarray) -> bool:
+    """Many levels that change from pixel to pixel, as an image's do (labels form regions of one value)."""
+    return np.unique(mask).size > 16 and _neighbours_differ(mask) > 0.3
+
+
+def _image_like(name: str, mask: np.ndarray) -> UserError:
+    return UserError(f"{name}: looks like an image, not a mask ({np.unique(mask).size} levels, "
+                     f"{_neighbours_differ(mask):.0%} of neighbouring pixels differ); check that the masks folder "
+                     "holds masks")
+
+
+def _threshold_lossy(mask: np.ndarray, name: str, low: float, high: float) -> np.ndarray:
+    margin = 0.25 * (high - low)
+    near = (np.abs(mask - low) <= margin) | (np.abs(mask - high) <= margin)
+    if near.mean() < 0.98:
+        raise UserError(f"{name}: a JPEG of {np.unique(mask).size} grey levels, not a two-level mask (an image "
+                        "given as mask?); JPEG noise cannot be told from labels, save the masks as PNG")
+    middle = (low + high) / 2
+    cleaned = np.where(mask > middle, high, low).astype(mask.dtype)
+    changed = float(np.mean(cleaned != mask))
+    warnings.warn(f"{name}: JPEG mask with compression noise, thresholded at {middle:g}; {changed:.1%} of its "
+                  "pixels changed (save masks as PNG to keep them exact)", stacklevel=3)
+    return cleaned
+
+
+def _neighbours_differ(mask: np.ndarray) -> float:
+    """The fraction of horizontally adjacent pixel pairs whose values differ (labels: few; images: most)."""
+    if mask.shape[-1] < 2:
+        return 0.0
+    return float(np.mean(mask[..., 1:] != mask[..., :-1]))
+
+
+def _checked_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file; check the path")
@@ -39,31 +142,165 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(IMAGE_SUFFIXES)}")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty (0 bytes); replace it or remove it from the folder")
+    return path
+
+
+def _read(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            array = tifffile.imread(path)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            array, colour = _read_tiff(path, mask)
         else:
-            import imageio.v3 as iio
-
-            array = iio.imread(path)
+            array, colour = _read_pillow(path, mask)
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{path}: too large to decode in the memory available; crop or tile it first") from None
     except Exception as error:  # every decoder has its own exception types
-        raise UserError(f"{path}: cannot be read as an image ({type(error).__name__}: {error}); the file may be "
-                        "truncated or corrupt, replace it") from None
+        raise UserError(f"{path}: cannot be read as an image ({type(error).__name__}: {_reason(error)}); the file "
+                        "may be truncated or corrupt, replace it") from None
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if array.ndim < 2 or array.size == 0:
         raise UserError(f"{path}: holds no 2D image (shape {array.shape}); the file may be corrupt, replace it")
-    return array
+    return array, colour
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a decoder's message, without its advice to install packages."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text.split(" pip install")[0].split(". Please")[0][:200] or "unknown format"
+
+
+# ------------------------------------------------------------------------------------------------ TIFF
+
+
+def _read_tiff(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series
+        if not series:
+            raise UserError(f"{path}: holds no image; the file may be corrupt, replace it")
+        shapes = [tuple(s.shape) for s in series]
+        if len(set(shapes)) > 1:
+            sizes = ", ".join("x".join(map(str, shape)) for shape in shapes[:4])
+            raise UserError(f"{path}: holds {len(series)} images of different sizes ({sizes}); only one could be "
+                            "read, save each as its own file")
+        first = series[0]
+        axes = first.axes
+        array = first.asarray() if len(series) == 1 else np.stack([s.asarray() for s in series])
+        axes = axes if len(series) == 1 else "I" + axes
+        page = first.pages[0] if hasattr(first, "pages") and first.pages else tif.pages[0]
+        photometric = int(getattr(page, "photometric", 1) or 0)
+        alpha = bool(getattr(page, "extrasamples", ()))
+        colormap = getattr(page, "colormap", None)
+    if photometric == 3 and colormap is not None and not mask:  # palette: indices to colours
+        array = (np.moveaxis(np.asarray(colormap), 0, -1)[array] // 257).astype(np.uint8)
+        return _decide(path, array, axes + "S", colour=True)
+    return _decide(path, array, axes, colour=photometric in (2, 6), alpha=alpha)
+
+
+def _decide(path: Path, array: np.ndarray, axes: str, *, colour: bool, alpha: bool = False) -> tuple[np.ndarray, bool]:
+    """Put the channel axis last (channel-first RGB, ImageJ ``C``) and tell gray, colour, stack and channels apart."""
+    channel = next((axes.index(a) for a in "SC" if a in axes), None)
+    if channel is not None:
+        array = np.moveaxis(array, channel, -1)
+        axes = axes.replace(axes[channel], "") + "S"
+    elif array.ndim >= 3 and array.shape[-1] <= 4 < min(array.shape[-3:-1]):
+        axes = axes[:-1] + "S"  # pages a few pixels wide: a (Y, X, C) array saved page by page
+    spatial = array.ndim - int(axes.endswith("S"))
+    if spatial > 3 or spatial < 2:
+        raise UserError(f"{path}: image shape {array.shape} is not one 2D gray or RGB image, nor one Z stack "
+                        f"(axes {axes}); save one of them per file")
+    if not axes.endswith("S"):
+        return array, False
+    count = array.shape[-1]
+    if count == 1:
+        return array[..., 0], False
+    if count == 2 and alpha:
+        return array[..., 0], False  # gray + alpha
+    if count in (3, 4) and (colour or count == 3 or alpha):
+        return array, True
+    raise UserError(f"{path}: shape {array.shape} has {count} channels, neither gray nor RGB; save it as a gray "
+                    "(Y, X) or an RGB (Y, X, 3) image")
+
+
+# --------------------------------------------------------------------------------------- PNG, JPEG, BMP
+
+_PILLOW_COLOUR = {"RGB": 3, "RGBA": 4, "RGBa": 4, "RGBX": 3}
+
+
+def _read_pillow(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
+    from PIL import Image, ImageOps
+
+    with _pixel_limit_lifted(), Image.open(path) as image:
+        _refuse_16bit_colour(path, image)
+        _check_memory(path, image)
+        image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (a copy, always)
+        mode = image.mode
+        if mode in ("P", "PA"):
+            if mask:
+                return np.asarray(image.getchannel(0) if mode == "PA" else image), False
+            image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+        elif mode in ("LA", "La", "PA"):
+            return np.asarray(image.getchannel(0)), False  # gray + alpha: the gray
+        elif mode in ("1",):
+            return np.asarray(image.convert("L")) > 0, False
+        elif mode not in _PILLOW_COLOUR and mode not in ("L", "I", "F", "I;16", "I;16B", "I;16L"):
+            image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+        array = np.asarray(image)
+    return array, image.mode in _PILLOW_COLOUR
+
+
+@contextlib.contextmanager
+def _pixel_limit_lifted():
+    """Pillow calls images above ~179 M pixels decompression bombs; a file the user named may be that big
+    (memory is checked instead, by :func:`_check_memory`)."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _check_memory(path: Path, image) -> None:
+    width, height = image.size
+    needed = width * height * max(1, len(image.getbands())) * (2 if image.mode.startswith("I;16") else 4)
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except Exception:  # psutil missing or no answer: only absurd sizes are refused
+        available = 1 << 40
+    if needed > available:
+        raise UserError(f"{path}: a {width}x{height} image needs about {needed / 2**30:.1f} GiB to decode, more "
+                        f"than the {available / 2**30:.1f} GiB free; crop or tile it first")
+
+
+def _refuse_16bit_colour(path: Path, image) -> None:
+    """Pillow reads 16-bit colour PNGs as 8-bit (0..999 becomes 0..3): refuse rather than misread."""
+    if getattr(image, "format", None) != "PNG":
+        return
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    depth, colour_type = header[24], header[25]
+    if depth == 16 and colour_type in (2, 4, 6):
+        kind = "gray+alpha" if colour_type == 4 else "colour"
+        raise UserError(f"{path}: is a 16-bit {kind} PNG, which would be read cut to 8 bits; save it as a 16-bit "
+                        "TIFF (or as 8-bit PNG)")
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` to fill a temporary file beside ``path``, then move it onto ``path``.
 
-    A crash or a kill at any moment leaves either the old file or the new one, never half of one.
-    Errors from the file system become a :class:`UserError` that names the folder.
+    A crash or a kill at any moment leaves either the old file or the new one, never half of one. The new
+    file gets the mode of the file it replaces, else the user's umask (0644 under umask 022). Errors from
+    the file system (disk full, no permission; torch reports them as ``RuntimeError``) become a
+    :class:`UserError` that names the path; the old file is then untouched.
     """
     path = Path(path)
     try:
@@ -74,17 +311,47 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         raise UserError(f"{path.parent}: cannot write here ({error.strerror}); choose another output folder") from None
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: writing failed ({error.strerror or error}); check free disk space and "
-                        "permissions of the output folder") from None
+        if isinstance(error, RuntimeError) and not _is_write_failure(error):
+            raise
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:120]
+        raise UserError(f"{path}: writing failed ({reason}); check free disk space and permissions of the "
+                        "output folder (any previous file there is unchanged)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits a file written at ``path`` gets: those of the file it replaces, else 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _is_write_failure(error: RuntimeError) -> bool:
+    """Whether a ``RuntimeError`` reports a failed write (torch.save: "PytorchStreamWriter failed writing ...")."""
+    text = str(error).lower()
+    return any(word in text for word in ("writ", "no space", "disk", "errno"))
 
 
 def mask_suffix(ndim: int, largest: int) -> str:

@@ -23,7 +23,8 @@ from . import __version__
 from .errors import UserError
 from .image_io import atomic_write
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SegmentationModel", "save_model", "load_model", "read_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SegmentationModel", "save_model", "load_model", "read_metadata",
+           "resolve_model_path"]
 
 FORMAT = "napari-unet-seg"
 FORMAT_VERSION = 1
@@ -103,25 +104,66 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise UserError(f"model file {path}: is a folder; pass the .pt file inside it (e.g. best.pt)")
     if path.stat().st_size == 0:
         raise UserError(f"model file {path}: is empty (0 bytes); it was not written completely, use another")
+    _refuse_foreign(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error).splitlines()[0] if str(error) else ""
-        if "weights_only" in str(error) or "Unsupported" in str(error) or "global" in str(error).lower():
-            raise UserError(f"model file {path}: refused, it holds Python objects that could run code on load "
-                            "(unsafe or not made by napari-unet-seg); do not use it") from None
-        raise UserError(f"model file {path}: cannot be read ({text}); it is corrupt, use another") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"model file {path}: refused, it holds Python objects that could run code on load "
+                        "(unsafe or not made by napari-unet-seg); do not use it") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        if "weights_only" in reason or "torch.load" in reason:
+            reason = type(error).__name__
         raise UserError(f"model file {path}: cannot be read ({reason}); it is truncated or corrupt, "
                         "use another copy") from None
+    if isinstance(payload, dict) and payload.get("format") != FORMAT:
+        _refuse_foreign_dict(path, payload)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"model file {path}: is not a napari-unet-seg model file")
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file; use a model file that train wrote")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"model file {path}: is format version {version}, newer than this napari-unet-seg "
                         f"reads ({FORMAT_VERSION}); upgrade napari-unet-seg")
     return payload
+
+
+_OURS = "napari-unet-seg loads the .pt model files that train writes (RUN/best.pt)"
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Name the kinds of file often mistaken for a model file, before torch reads them."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but JSON text; {_OURS}")
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower() or path.suffix.lower() == ".onnx"):
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but an ONNX model (run it with "
+                        f"onnxruntime); {_OURS}, "
+                        "pass the one it was exported from")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # torch.load reports it
+    if any(Path(n).name in ("rdf.yaml", "bioimageio.yaml") for n in names):
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but a bioimage.io package (open it "
+                        f"with a bioimage.io tool); {_OURS}, "
+                        "pass the one it was exported from")
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but a TorchScript export (load it "
+                        f"with torch.jit.load); {_OURS}, "
+                        "pass the one it was exported from")
+
+
+def _refuse_foreign_dict(path: Path, payload: dict) -> None:
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but a plain state dict (weights "
+                        f"without architecture, channels or normalization); {_OURS}")
+    if "state_dict" in payload or "model_state_dict" in payload:
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but a checkpoint of another "
+                        f"program; {_OURS}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -137,6 +179,11 @@ def read_summary(source: str | os.PathLike) -> tuple[Path, dict[str, Any], int]:
     path = _resolve(source)
     payload = _read_payload(path)
     return path, json.loads(payload["metadata"]), parameter_count(payload["state_dict"])
+
+
+def resolve_model_path(source: str | os.PathLike) -> Path:
+    """The file a model source names: the path itself, or a shipped model's file for a bare name."""
+    return _resolve(source)
 
 
 def _resolve(source: str | os.PathLike) -> Path:
@@ -163,7 +210,7 @@ def load_model(source: str | os.PathLike | SegmentationModel) -> SegmentationMod
     path = _resolve(source)
     payload = _read_payload(path)
     try:
-        meta = json.loads(payload["metadata"])
+        meta = _checked_metadata(path, json.loads(payload["metadata"]))
         arch = meta["architecture"]
         network = build_network(arch["name"], meta["in_channels"], _out_channels(meta["num_classes"]),
                                 **arch["kwargs"])
@@ -178,6 +225,48 @@ def load_model(source: str | os.PathLike | SegmentationModel) -> SegmentationMod
                              num_classes=meta["num_classes"], normalization=meta["normalization"],
                              config=meta.get("config", {}), metrics=meta.get("metrics", {}),
                              info=meta.get("info", {}), path=path)
+
+
+def _checked_metadata(path: Path, meta: Any) -> dict[str, Any]:
+    """``meta`` once every field ``load_model`` and ``predict`` use holds a value of the right kind."""
+    from .normalization import NORMALIZATIONS
+
+    def bad(field: str, value: Any, expected: str) -> UserError:
+        return UserError(f"model file {path}: field {field} is {_short(value)}, expected {expected}; the file was "
+                         "changed or damaged, use another copy")
+
+    if not isinstance(meta, dict):
+        raise bad("metadata", meta, "a mapping")
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs"), dict):
+        raise bad("architecture", arch, "a mapping with a name and kwargs")
+    if meta.get("in_channels") not in (1, 3) or isinstance(meta.get("in_channels"), bool):
+        raise bad("in_channels", meta.get("in_channels"), "1 or 3")
+    classes = meta.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= 255:
+        raise bad("num_classes", classes, "a whole number from 2 to 255 (2 = binary)")
+    norm = meta.get("normalization")
+    if not isinstance(norm, dict) or norm.get("method") not in NORMALIZATIONS:
+        raise bad("normalization", norm, f"a mapping whose method is one of {', '.join(NORMALIZATIONS)}")
+    if norm["method"] == "percentile" and not all(_number(norm.get(k)) for k in ("low", "high")):
+        raise bad("normalization", norm, "percentile bounds low and high as numbers")
+    for name in ("config", "metrics", "info"):
+        if not isinstance(meta.get(name, {}), dict):
+            raise bad(name, meta[name], "a mapping")
+    for name in ("resize", "patch_size"):
+        value = meta.get("config", {}).get(name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise bad(f"config.{name}", value, "a positive whole number or none")
+    return meta
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -78,6 +78,9 @@ def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpa
         UserError: unpaired files (listed) unless ``skip_unpaired``, in which case they are skipped
             with a warning; duplicate stems; empty folders.
     """
+    if Path(images).is_dir() and Path(masks).is_dir() and os.path.samefile(images, masks):
+        raise UserError(f"images folder {images} and masks folder {masks} are the same folder, so each image "
+                        "would pair with itself; put the masks in a folder of their own")
     image_files = list_images(images, "images")
     mask_files = list_images(masks, "masks")
     by_image = _index(image_files, lambda s: s, f"images folder {images}")
