@@ -178,7 +178,8 @@ def read_summary(source: str | os.PathLike) -> tuple[Path, dict[str, Any], int]:
 
     path = _resolve(source)
     payload = _read_payload(path)
-    return path, json.loads(payload["metadata"]), parameter_count(payload["state_dict"])
+    meta = _checked_metadata(path, json.loads(payload["metadata"]))
+    return path, meta, parameter_count(payload["state_dict"])
 
 
 def resolve_model_path(source: str | os.PathLike) -> Path:
