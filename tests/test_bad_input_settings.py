@@ -17,6 +17,7 @@ import napari_unet_seg as nus
 from napari_unet_seg.cli import main
 from napari_unet_seg.errors import UserError
 from napari_unet_seg.options import sweep
+from napari_unet_seg.sweep import sweep as engine_sweep
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -144,6 +145,8 @@ API_CASES = [
     ("export opset", lambda d: nus.export_model(d / "model.pt", "onnx", d / "m.onnx", opset=11),
      "opset must be >= 17, got 11"),
     ("sweep typo", lambda d: sweep(d / "x.yaml", d / "sweep", devise="cpu"), "did you mean 'device'?"),
+    ("sweep engine device", lambda d: engine_sweep(d / "x.yaml", d / "sweep", device="gpu"),
+     "device 'gpu' is unknown; use auto, cuda, cuda:N or cpu"),
 ]
 
 
@@ -154,7 +157,7 @@ def test_python_api_refuses_bad_settings_with_one_user_error(workspace, call, me
         call(workspace)
     text = str(info.value)
     assert message in text and "\n" not in text and len(text) < 400, text
-    assert snapshot(workspace) == before and not (workspace / "run").exists()
+    assert snapshot(workspace) == before and not (workspace / "run").exists() and not (workspace / "sweep").exists()
 
 
 def test_a_correct_call_still_runs(workspace):

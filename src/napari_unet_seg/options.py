@@ -127,6 +127,9 @@ def export_model(model: Any, fmt: Any = None, out: Any = None, **options: Any):
     if "opset" in checked:
         from .export import export_onnx
 
+        if checked.pop("authors", None) or checked.pop("license", None):
+            raise UserError("export_model: authors and license go into bioimage.io packages only")
+
         checked.pop("fmt")
         return export_onnx(model, checked.pop("out"), **checked)
     return run(model, checked.pop("fmt"), checked.pop("out"), **checked)

@@ -144,6 +144,9 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
     from .device import free_cuda_memory
     from .training import train_steps
 
+    from .options import SWEEP_RULES, check_options
+
+    device = check_options({"device": device}, SWEEP_RULES, "sweep")["device"]
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec)
     out = Path(out)
