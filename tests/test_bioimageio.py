@@ -87,3 +87,47 @@ def test_bioimageio_rgb_multiclass_uses_softmax(tmp_path):
     expected = np.load(out / "test_output.npy")
     assert expected.shape == (1, 3, 49, 59)  # cropped to odd sizes
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "sample", "cited"), [("em-membranes", "em", "10.1371/journal.pbio.1000502"),
+                                                       ("dermoscopy-lesions", "dermoscopy", "10.1038/sdata.2018.161")])
+def test_shipped_model_exports_with_real_tensors_and_its_datas_terms(name, sample, cited, tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    import yaml
+
+    from napari_unet_seg.image_io import read_image
+    from napari_unet_seg.normalization import to_channels_first
+    from napari_unet_seg.pairing import list_images
+    from napari_unet_seg.sample_data import sample_folders
+
+    messages = []
+    out = export_bioimageio(name, tmp_path / name, weights=("torchscript",), on_message=messages.append)
+    description = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["license"] == "CC-BY-NC-4.0"  # the model's, not CC-BY-4.0
+    assert [a["name"] for a in rdf["authors"]] == ["napari-unet-seg developers"]
+    assert cited in [c.get("doi") for c in rdf["cite"]]
+    # the training folder is not on this machine: the test input is the first shipped sample, centre-cropped
+    image = to_channels_first(read_image(list_images(sample_folders(sample)[0])[0]), 3 if sample == "dermoscopy" else 1)
+    raw = np.load(out / "test_input.npy")[0]
+    assert raw.shape[-2:] == (255, 255)
+    np.testing.assert_array_equal(raw, image[:, :255, :255].astype(np.float32))
+    readme = (out / "README.md").read_text()
+    assert "## Training data, terms and citations" in readme and "licence of this package: CC-BY-NC-4.0" in readme
+    assert not any(m.startswith("warning") for m in messages)
+
+
+def test_export_warns_when_the_licence_is_freer_than_the_data(segnet_model, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    model = load_model(segnet_model)
+    model.info = {**model.info, "license": "CC-BY-NC-4.0", "data_license": "non-commercial use only"}
+    messages = []
+    export_bioimageio(model, tmp_path / "p", weights=("torchscript",), license="CC-BY-4.0", check=False,
+                      on_message=messages.append)
+    assert any("licence CC-BY-4.0 allows commercial use, but the training data's terms do not" in m for m in messages)
+    model.info = {}
+    messages.clear()
+    export_bioimageio(model, tmp_path / "q", weights=("torchscript",), check=False, on_message=messages.append)
+    assert any("no author in the model file" in m and "--author" in m for m in messages)

@@ -59,3 +59,29 @@ def test_cli_predicts_with_a_shipped_model_by_name(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert read_image(tmp_path / "em_28.png").shape == (256, 256)
+
+
+@pytest.mark.parametrize(("name", "terms", "sample"), [("em-membranes", "ISBI 2012", "em"),
+                                                       ("dermoscopy-lesions", "CC BY-NC 4.0", "dermoscopy")])
+def test_shipped_models_carry_their_datas_terms_and_citations(name, terms, sample):
+    from napari_unet_seg.model_file import read_metadata
+    from napari_unet_seg.pretrained import TERMS
+
+    info = read_metadata(shipped_models()[name])["info"]
+    assert {k: info[k] for k in TERMS[name]} == TERMS[name]  # the file and the table agree
+    assert info["license"] == "CC-BY-NC-4.0" and terms in info["data_license"] and info["sample"] == sample
+    assert info["cite"] and all(c["text"] and c["doi"] for c in info["cite"])
+    readme = (sample_folders(sample)[0].parents[1] / "README.md").read_text()
+    assert all(f"doi:{c['doi']}" in readme for c in info["cite"])  # the samples cite the same
+
+
+def test_cli_info_states_terms_and_citations():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "napari_unet_seg", "info", "dermoscopy-lesions"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "data terms: CC BY-NC 4.0 (International Skin Imaging Collaboration" in out.stdout
+    assert "licence: CC-BY-NC-4.0 (exports default to it)" in out.stdout
+    assert "cite: Codella et al. (2019)" in out.stdout and "doi:10.1038/sdata.2018.161" in out.stdout

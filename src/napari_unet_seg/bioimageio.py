@@ -30,6 +30,7 @@ from .export import (ONNX_OPSET, TOLERANCE, ExportError, Messages, _check_inputs
 from .image_io import atomic_write
 from .model_file import SegmentationModel
 from .normalization import normalize
+from .pretrained import terms_lines
 
 __all__ = ["export_bioimageio"]
 
@@ -55,7 +56,9 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
 
     The package holds ``rdf.yaml`` (format 0.5), the ``weights`` (TorchScript and/or ONNX, each checked),
     raw test input and expected output (``.npy``), sample images (``.tif``), ``cover.png`` and ``README.md``.
-    Authors default to the model file's ``info["authors"]``, the license to ``info["license"]`` or CC-BY-4.0.
+    Test tensors and cover come from ``test_image``, else the first training image, else the shipped sample of
+    the model's training data (``info["sample"]``), else synthetic discs. Authors, licence and citations come
+    from the model file's ``info`` (the licence else CC-BY-4.0).
     """
     _require("bioimageio.spec", what="exporting a bioimage.io package")
     unknown = [w for w in weights if w not in ("torchscript", "onnx")]
@@ -66,9 +69,10 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
     model = _load(model)
     license = license or model.info.get("license") or "CC-BY-4.0"
     _check_license(license)
+    _warn_terms(model, authors, license, on_message)
     target = Path(out)
     _package_target(target, overwrite, model)
-    raw = _test_image(model, test_image)
+    raw = _test_image(model, test_image if test_image is not None else _sample_image(model))
     inputs = _check_inputs(model, raw)
     staging = _staging_folder(target)
     try:
@@ -90,6 +94,31 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _sample_image(model: SegmentationModel) -> np.ndarray | None:
+    """The first image of the shipped sample set drawn from the model's training data (``info["sample"]``),
+    when the training folder the model names is not on this machine; None otherwise."""
+    folder = model.config.get("images")
+    if not model.info.get("sample") or (folder and Path(folder).is_dir()):
+        return None
+    from .image_io import read_image
+    from .pairing import list_images
+    from .sample_data import sample_folders
+
+    return read_image(list_images(sample_folders(model.info["sample"])[0])[0])
+
+
+def _warn_terms(model: SegmentationModel, authors: Sequence[str] | None, license: str, on_message: Messages) -> None:
+    """Say when the package will name no real author, or licence weights more freely than their data allows."""
+    if not on_message:
+        return
+    if not (authors or model.info.get("authors")):
+        on_message("warning: no author in the model file: the package names 'napari-unet-seg user'; pass --author")
+    data_terms = model.info.get("data_license", "")
+    if ("NC" in str(model.info.get("license", "")) or "non-commercial" in data_terms) and "NC" not in license:
+        on_message(f"warning: licence {license} allows commercial use, but the training data's terms do not "
+                   f"({data_terms or model.info['license']})")
 
 
 def _write_test_data(model: SegmentationModel, folder: Path, raw: np.ndarray) -> np.ndarray:
@@ -230,6 +259,11 @@ Exported by napari-unet-seg {config['version']} from `{model.path.name if model.
 
 Architecture `{model.architecture['name']}`, arguments `{model.architecture.get('kwargs', {})}`.
 Validation metrics: {metrics}.
+
+## Training data, terms and citations
+
+{chr(10).join(f"- {line}" for line in terms_lines(model.info)) or "- not recorded in the model file"}
+- licence of this package: {rdf['license']}
 
 ## Validation
 

@@ -226,6 +226,9 @@ def run_info(args: Namespace) -> int:
         from .config import TrainConfig
 
         print(f"settings as a train command: {TrainConfig.from_dict(model.config).as_command()}")
+    from .pretrained import terms_lines
+
+    print("\n".join(terms_lines(meta.get("info", {}))))
     return 0
 
 

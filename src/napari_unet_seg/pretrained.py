@@ -6,10 +6,43 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DISPLAY_NAMES", "display_name", "pretrained_path", "shipped_models", "shipped_model_for"]
+__all__ = ["DISPLAY_NAMES", "TERMS", "terms_lines", "display_name", "pretrained_path", "shipped_models", "shipped_model_for"]
 
 #: How shipped models are listed in the widgets (file stem -> name).
 DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)", "dermoscopy-lesions": "Dermoscopy lesions (U-Net)"}
+
+_ISBI = ("ISBI 2012 EM segmentation challenge terms: the training volume may be used freely to build and test "
+         "non-commercial image-segmentation software; publications must cite Cardona et al. 2010 and 2012")
+_ISBI_CITES = [
+    {"text": "Cardona et al. (2010) An integrated micro- and macroarchitectural analysis of the Drosophila brain by "
+             "computer-assisted serial section electron microscopy. PLoS Biology 8(10): e1000502",
+     "doi": "10.1371/journal.pbio.1000502"},
+    {"text": "Cardona et al. (2012) TrakEM2 software for neural circuit reconstruction. PLoS ONE 7(6): e38011",
+     "doi": "10.1371/journal.pone.0038011"},
+    {"text": "Arganda-Carreras et al. (2015) Crowdsourcing the creation of image segmentation algorithms for "
+             "connectomics. Frontiers in Neuroanatomy 9: 142", "doi": "10.3389/fnana.2015.00142"},
+]
+_ISIC_CITES = [
+    {"text": "Codella et al. (2019) Skin Lesion Analysis Toward Melanoma Detection 2018: A Challenge Hosted by the "
+             "International Skin Imaging Collaboration (ISIC). arXiv:1902.03368", "doi": "10.48550/arXiv.1902.03368"},
+    {"text": "Tschandl, Rosendahl, Kittler (2018) The HAM10000 dataset, a large collection of multi-source "
+             "dermatoscopic images of common pigmented skin lesions. Scientific Data 5: 180161",
+     "doi": "10.1038/sdata.2018.161"},
+]
+
+#: The terms that follow each shipped model from its training data, stored in its metadata (``info``) and
+#: carried into ``info``, the docs and every export. ``license`` (an SPDX id) is the weights' licence, which
+#: exports default to: CC BY-NC 4.0 for both, the standard licence that keeps the data's conditions
+#: (attribution, non-commercial use); ``data_license`` states the data's own terms; ``sample`` names the
+#: shipped sample set (``sample_data/``) drawn from the same data, used for export test tensors and covers.
+TERMS = {
+    "em-membranes": {"license": "CC-BY-NC-4.0", "data_license": _ISBI, "cite": _ISBI_CITES, "sample": "em",
+                     "authors": ["napari-unet-seg developers"]},
+    "dermoscopy-lesions": {"license": "CC-BY-NC-4.0", "sample": "dermoscopy", "cite": _ISIC_CITES,
+                           "data_license": "CC BY-NC 4.0 (International Skin Imaging Collaboration, ISIC 2018 "
+                                           "Task 1): attribution, non-commercial use only",
+                           "authors": ["napari-unet-seg developers"]},
+}
 
 
 def _folder() -> Path:
@@ -43,3 +76,17 @@ def shipped_model_for(rgb: bool) -> str | None:
     """The first shipped model (by name) that takes colour (``rgb``) or grayscale images; None if none does."""
     wanted = 3 if rgb else 1
     return next((name for name, path in shipped_models().items() if _in_channels(path) == wanted), None)
+
+
+def terms_lines(info: dict) -> list[str]:
+    """What a model's metadata says about its training data, licence and citations, one line each (for
+    ``info``, package READMEs)."""
+    lines = [f"data: {info['data']}"] if info.get("data") else []
+    if info.get("data_license"):
+        lines.append(f"data terms: {info['data_license']}")
+    if info.get("license"):
+        lines.append(f"licence: {info['license']} (exports default to it)")
+    for cite in info.get("cite", []):
+        link = f" (doi:{cite['doi']})" if cite.get("doi") else f" ({cite['url']})" if cite.get("url") else ""
+        lines.append(f"cite: {cite.get('text', '')}{link}")
+    return lines
