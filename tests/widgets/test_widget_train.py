@@ -45,17 +45,29 @@ def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_pat
     best = tmp_path / "run" / "best.pt"
     assert best.is_file() and (tmp_path / "run" / "history.csv").is_file()
     assert load_model(best).config["command"].startswith("napari")
-    # the plot received one point per curve, the progress bars are full, the table shows the best epoch
+    # the plot received one point per curve and one per batch, the progress bars are full, the table
+    # shows the best epoch
     for title in ("train loss", "val loss", "val Dice", "val IoU"):
         assert list(widget.lines[title].get_xdata()) == [1], title
+    batches = widget.batch_progress.max
+    assert list(widget.lines["train loss (batch)"].get_xdata()) == pytest.approx(
+        [b / batches for b in range(1, batches + 1)])
     assert np.isfinite(widget.lines["val Dice"].get_ydata()).all()
     assert widget.epoch_progress.value == widget.epoch_progress.max == 1
     assert widget.batch_progress.value == widget.batch_progress.max
     table = dict(widget.table.value["data"])
     assert table["epoch"] == "1"
     assert float(table["val Dice"]) == pytest.approx(widget.history[0]["val_dice"], abs=1e-4)
-    # the new model is selected in the Segment widget of the same viewer
+    # the new model is selected in the Segment widget of the same viewer, and listed (marked newest) in a
+    # Segment and an Evaluate widget opened afterwards; "start from" stays "new model"
     assert segment.model.value == str(best)
+    assert widget.start_from.value == "(new model)" and str(best) in widget.start_from.choices
+    _, later = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Evaluate")
+    assert str(best) in later.model.choices
+    combo = later.model.native
+    assert any(combo.itemText(i).endswith("[newest]") and "run/best.pt" in combo.itemText(i)
+               for i in range(combo.count()))
+    assert "done" in widget.status.value and "run/best.pt" in widget.status.value
 
 
 def test_train_from_layers(make_napari_viewer, tmp_path, wait_job):
@@ -87,7 +99,12 @@ def test_train_cancel_stops_and_keeps_finished_epochs(make_napari_viewer, synthe
     assert time.perf_counter() - began < 10
     assert 1 <= len(widget.history) < 500
     assert widget.start_button.enabled
-    assert (tmp_path / "run" / "last.pt").is_file()
+    # the engine's own cancelled branch ran: the run's files are all there, and the widget says so
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert job.result is not None and job.result.status == "cancelled"
+    assert widget.status.value.startswith("cancelled") and "kept best.pt, last.pt, history.csv, curves.png" in \
+        widget.status.value
     assert widget.table.value["data"]  # the best finished epoch is shown
 
 
@@ -106,7 +123,7 @@ def test_train_refuses_bad_values_with_one_line(make_napari_viewer, tmp_path, no
 
 
 def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_dir, tiny_model, tmp_path,
-                                                event_loop_gaps):
+                                                event_loop_gaps, check_gaps):
     """The Qt event loop keeps ticking while a run trains in its worker thread.
 
     ``tiny_model`` is only a warm-up: the first training in a process imports torch and MONAI modules,
@@ -120,10 +137,8 @@ def test_viewer_stays_responsive_while_training(make_napari_viewer, synthetic_di
     images, masks = synthetic_dir
     widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", epochs=3)
     gaps = event_loop_gaps(widget.start)
-    slow = gaps[gaps > 0.25]  # generous: CI's two cores run the viewer, the worker and torch's threads
-    assert len(slow) <= 2, f"{len(slow)} pauses over 250 ms in 3 epochs: {np.round(slow * 1000)}"
-    assert np.median(gaps) < 0.03
-    assert gaps.max() < 1.5, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+    check_gaps(gaps, "training")
+    assert widget.plot.renders >= 1  # the live plot was rendered (in its own thread) while training
 
 
 def test_add_to_training_set_saves_pairs_and_never_overwrites(make_napari_viewer, tmp_path, notifications):
@@ -208,8 +223,9 @@ def test_fine_tune_continues_a_model_into_a_new_folder(make_napari_viewer, tiny_
         assert list(widget.lines[title].get_xdata()) == [1, 2], title
     assert widget.epoch_progress.value == widget.epoch_progress.max == 2
     assert widget.status.value.startswith("done") and "base-2" in widget.status.value
-    # the new model goes to Segment and becomes the next one to fine-tune
-    assert segment.model.value == str(tuned) and widget.start_from.value == str(tuned)
+    # the new model goes to Segment; "start from" keeps the model the user chose (and lists the new one)
+    assert segment.model.value == str(tuned)
+    assert widget.start_from.value == str(base / "best.pt") and str(tuned) in widget.start_from.choices
     widget.start_from.value = "(new model)"
     assert widget.model.enabled and widget.model_width.enabled
 

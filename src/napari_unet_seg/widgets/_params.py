@@ -88,6 +88,8 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
     images_dir, masks_dir = (None, None) if from_layers else (optional_path(images), optional_path(masks))
     if not from_layers and (images_dir is None or masks_dir is None):
         raise UserError("choose the images folder and the masks folder, or train on the open layers")
+    if not from_layers and Path(images_dir).resolve() == Path(masks_dir).resolve():
+        raise UserError(f"images folder and masks folder are both {images_dir}; choose the folder of the masks")
     config = TrainConfig(images=images_dir, masks=masks_dir, out=out_dir, model=str(model), width=float(width),
                          classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
                          epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
@@ -172,14 +174,21 @@ def evaluation_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[An
     return headers, rows
 
 
+#: Object-level scores of an instance comparison (``compare_labels``), with their row titles.
+OBJECT_METRICS = (("object_precision", "object precision (IoU 0.5)"), ("object_recall", "object recall (IoU 0.5)"),
+                  ("object_f1", "object F1 (IoU 0.5)"))
+
+
 def comparison_table(scores: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """``(headers, rows)`` of a Labels-against-ground-truth comparison; one row per class when multi-class."""
+    """``(headers, rows)`` of a Labels-against-ground-truth comparison; one row per class when multi-class,
+    and the object-level scores (in the Dice column) when the labels are instances."""
     headers = ["class", "Dice", "IoU"]
     per_class = scores.get("per_class")
     first = "mean of classes" if per_class else "foreground"
     rows = [[first, round(float(scores["dice"]), 4), round(float(scores["iou"]), 4)]]
     for label, values in (per_class or {}).items():
         rows.append([str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
+    rows += [[title, round(float(scores[key]), 4), "-"] for key, title in OBJECT_METRICS if key in scores]
     return headers, rows
 
 
