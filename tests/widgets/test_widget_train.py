@@ -263,3 +263,85 @@ def test_training_on_cuda_gives_gpu_memory_back(make_napari_viewer, synthetic_di
     assert load_model(tmp_path / "run" / "best.pt").config["device"] == "cuda"
     # the widget's finish handler collected the job's tensors and emptied the CUDA cache
     assert torch.cuda.memory_reserved() <= before + 32 * 2**20
+
+
+@pytest.fixture
+def started_from(monkeypatch):
+    """The ``initial_model`` of every training run the widgets start (None: random weights); with
+    ``start_dice`` set, the runs' results report it (the val Dice of their starting model)."""
+    import napari_unet_seg.training as training
+
+    real = training.train_steps
+
+    class Seen(list):
+        start_dice = None
+
+    seen = Seen()
+
+    def recording(config, **options):
+        seen.append(options.get("initial_model"))
+        result = yield from real(config, **options)
+        if seen.start_dice is not None:
+            result.start_dice = seen.start_dice
+        return result
+
+    monkeypatch.setattr(training, "train_steps", recording)
+    return seen
+
+
+def test_a_second_start_trains_from_random_weights_unless_continuing_was_chosen(make_napari_viewer, synthetic_dir,
+                                                                              tmp_path, wait_job, started_from):
+    viewer = make_napari_viewer()
+    images, masks = synthetic_dir
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run")
+    assert wait_job(widget.start(), timeout=60_000) == "done"
+    best = tmp_path / "run" / "best.pt"
+    assert widget.start_from.value == "(new model)" and widget.model.enabled
+    widget.out.value = tmp_path / "second"
+    assert wait_job(widget.start(), timeout=60_000) == "done"
+    assert started_from == [None, None]  # "new model" stayed new
+    assert "training a new unet" not in widget.status.value and widget.status.value.startswith("done")
+    widget.start_from.value = str(best)  # continuing is a choice
+    widget.out.value = tmp_path / "third"
+    assert wait_job(widget.start(), timeout=60_000) == "done"
+    assert started_from == [None, None, str(best)]
+
+
+def test_a_worse_fine_tune_is_reported_and_the_previous_model_stays_selected(make_napari_viewer, tiny_model,
+                                                                           synthetic_dir, tmp_path, wait_job,
+                                                                           notifications, started_from):
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    segment.model_file.value = tiny_model
+    images, masks = synthetic_dir
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "tuned")
+    widget.start_from.value = str(tiny_model)
+    started_from.start_dice = 1.5  # no Dice reaches it: the fine-tune is worse than its start
+    assert wait_job(widget.fine_tune(), timeout=60_000) == "done"
+    tuned = str(tmp_path / "tuned" / "best.pt")
+    assert segment.model.value == str(tiny_model) and tuned in segment.model.choices
+    assert "Worse than the model it started from" in widget.status.value and "1.5000" in widget.status.value
+    assert any(level == "warning" and "Worse" in text for level, text in notifications)
+
+    started_from.start_dice = 0.0  # better than its start: the new model is selected
+    widget.out.value = tmp_path / "tuned-again"
+    assert wait_job(widget.fine_tune(), timeout=60_000) == "done"
+    assert segment.model.value == str(tmp_path / "tuned-again" / "best.pt")
+    assert "Worse" not in widget.status.value
+
+
+def test_a_double_click_on_add_adds_the_pair_once(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    image, mask = synthetic_pair((40, 40), seed=2)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels((mask > 0).astype(np.uint8), name="corrected")
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    widget = _train_widget(viewer, images=images, masks=masks)
+    widget.image_layer.value, widget.labels_layer.value = viewer.layers["cells"], viewer.layers["corrected"]
+    widget.add_button.clicked()
+    widget.add_button.clicked()
+    assert sorted(p.name for p in images.iterdir()) == ["cells.tif"] and len(list(masks.iterdir())) == 1
+    assert notifications[-1][0] == "error" and "already in the training set as cells.tif" in notifications[-1][1]
+    assert "already in the training set" in widget.status.value
+    viewer.layers["corrected"].data[:3] = 1  # a new correction is a new pair
+    assert widget.add_to_training_set()[0].name == "cells-2.tif"

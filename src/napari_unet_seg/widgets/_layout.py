@@ -38,35 +38,59 @@ def summary(widgets: Sequence[Any]) -> str:
 class Section:
     """A collapsible section (superqt ``QCollapsible``) holding a labelled magicgui container.
 
-    ``title`` is shown on the toggle; with ``show_values`` the title also lists the values inside.
+    ``title`` is shown on the toggle; with ``show_values`` the values inside are listed under it,
+    word-wrapped, while the section is folded (``text`` is the title with the values).
     """
 
     def __init__(self, title: str, widgets: Sequence[Any], *, expanded: bool = False,
                  show_values: bool = False) -> None:
+        from qtpy.QtWidgets import QLabel
+
         self.title, self.widgets, self.show_values = title, list(widgets), show_values
         self.container = Container(widgets=self.widgets)
-        self.native = QCollapsible(title)
-        self.native.setDuration(0)  # no animation: it would repaint the dock for 100 ms
-        self.native.addWidget(self.container.native)
+        self.collapsible = QCollapsible(title)
+        self.collapsible.setDuration(0)  # no animation: it would repaint the dock for 100 ms
+        self.collapsible.addWidget(self.container.native)
+        self.values = QLabel()
+        self.values.setWordWrap(True)
+        self.values.setStyleSheet("color: gray; margin-left: 18px;")
+        self.values.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.native = QWidget()
+        layout = QVBoxLayout(self.native)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.collapsible)
+        layout.addWidget(self.values)
+        self.collapsible.toggled.connect(self.refresh)
         if expanded:
-            self.native.expand(animate=False)
+            self.collapsible.expand(animate=False)
         if show_values:
             for widget in self.widgets:
                 if hasattr(widget, "changed"):
                     widget.changed.connect(self.refresh)
         self.refresh()
 
+    @property
+    def text(self) -> str:
+        """The title, with the values inside when ``show_values``."""
+        if not self.show_values:
+            return self.title
+        return f"{self.title}: {summary([w for w in self.widgets if hasattr(w, 'value')])}"
+
     def refresh(self, *_: Any) -> None:
-        """Update the title with the current values."""
-        text = self.title
-        if self.show_values:
-            text += f": {summary([w for w in self.widgets if hasattr(w, 'value') and w.visible is not False])}"
-        self.native.setText(text)
-        self.native._toggle_btn.setToolTip(text)
+        """Update the list of values (shown while folded)."""
+        text = self.text
+        self.values.setText(text[len(self.title) + 2:] if self.show_values else "")
+        self.values.setVisible(self.show_values and not self.expanded)
+        self.collapsible.setToolTip(text)
+
+    def expand(self) -> None:
+        self.collapsible.expand(animate=False)
+        self.refresh()
 
     @property
     def expanded(self) -> bool:
-        return self.native.isExpanded()
+        return self.collapsible.isExpanded()
 
 
 class Advanced(Section):
