@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import Container, Label
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -112,6 +113,7 @@ def scrolled(*parts: Any) -> QScrollArea:
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # tables scroll on their own
     area.setWidget(inner)
     area.setMinimumHeight(120)
     return area
@@ -119,8 +121,6 @@ def scrolled(*parts: Any) -> QScrollArea:
 
 def status_label() -> Label:
     """The always visible status line of a widget (word-wrapped, selectable)."""
-    from qtpy.QtCore import Qt
-
     status = Label(value="")
     status.native.setWordWrap(True)
     status.native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

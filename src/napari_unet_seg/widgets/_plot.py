@@ -76,10 +76,10 @@ class TrainingPlot(QWidget):
             axes.grid(alpha=0.3)
         self.score_axes.set_ylim(0, 1)
         self.picture = QLabel()
-        self.picture.setMinimumSize(320, 170)
+        self.picture.setMinimumSize(320, 140)
         self.picture.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.table = make_table(TABLE_HEADERS, min_height=120)
+        self.table = make_table(TABLE_HEADERS, min_height=60)
         self.table.native.setMaximumWidth(220)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -94,12 +94,15 @@ class TrainingPlot(QWidget):
         self._timer.setInterval(int(REDRAW_S * 1000))
         self._timer.timeout.connect(self.draw)
         self.renders = 0
+        # The first picture of a process finds and loads the fonts, holding the GIL for up to a second:
+        # make it now, when the widget opens, not while a job runs.
+        self.draw()
 
     def clear(self) -> None:
-        """Forget the points (a new run starts) and redraw."""
+        """Forget the points (a new run starts); the picture is blank until the first batch."""
         self.batches, self.history = [], []
         fill_table(self.table, TABLE_HEADERS, [])
-        self.draw()
+        self.picture.clear()
 
     def add_batch(self, epoch: int, batch: int, batches: int, loss: float) -> None:
         self.batches.append((epoch, batch, batches, float(loss)))
@@ -145,7 +148,7 @@ class TrainingPlot(QWidget):
             return
         self._busy, self._again = True, False
         batches, history = list(self.batches), [dict(row) for row in self.history]
-        size = (max(320, self.picture.width()), max(170, self.picture.height()))
+        size = (max(320, self.picture.width()), max(140, self.picture.height()))
         threading.Thread(target=self._render, args=(batches, history, size), daemon=True,
                          name="training-plot").start()
 
@@ -156,6 +159,9 @@ class TrainingPlot(QWidget):
             with self._lock:
                 dpi = self.figure.dpi
                 self.figure.set_size_inches(size[0] / dpi, size[1] / dpi)
+                # margins in pixels, so tick labels and legends fit at any size
+                self.figure.subplots_adjust(left=52 / size[0], right=1 - 10 / size[0], bottom=42 / size[1],
+                                            top=1 - 26 / size[1], wspace=60 / size[0] * 2)
                 self.agg.draw()
                 width, height = self.agg.get_width_height()
                 picture = (width, height, bytes(self.agg.buffer_rgba()))

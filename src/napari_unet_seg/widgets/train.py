@@ -165,6 +165,15 @@ class TrainWidget(Docked, Container):
         self.start_from.changed.connect(self._on_start_from)
         self._on_source(self.source.value)
         self._on_start_from(self.start_from.value)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: self.plot_dock is None and self._guarded_hidden_plot())
+
+    def _guarded_hidden_plot(self) -> None:
+        try:
+            self.show_plot(visible=False)
+        except RuntimeError:  # the widget was closed before the event loop came back
+            pass
 
     @property
     def history(self) -> list[dict]:
@@ -180,8 +189,12 @@ class TrainWidget(Docked, Container):
 
         return choices
 
-    def show_plot(self, *_: Any) -> Any:
-        """Show the live plot in its own dock under the canvas (made on first use; float it to enlarge)."""
+    def show_plot(self, *_: Any, visible: bool = True) -> Any:
+        """Show the live plot in its own dock under the canvas (float it to enlarge); return the dock.
+
+        The dock is made, hidden, when the widget opens (``visible=False``): adding a dock costs the
+        main thread 50-100 ms, which Start should not.
+        """
         window = getattr(self.viewer, "window", None)
         if window is None:
             return None
@@ -193,7 +206,7 @@ class TrainWidget(Docked, Container):
                 self.lines, self.table = self.plot.lines, self.plot.table
                 self.plot_dock = window.add_dock_widget(self.plot, name=PLOT_TITLE, area="bottom")
             self.plot_dock.destroyed.connect(self._forget_plot_dock)
-        self.plot_dock.show()
+        self.plot_dock.setVisible(visible)
         return self.plot_dock
 
     def _forget_plot_dock(self, *_: Any) -> None:
@@ -351,6 +364,7 @@ class TrainWidget(Docked, Container):
         elif isinstance(event, Epoch):
             self.epoch_progress.max, self.epoch_progress.value = event.epochs, event.epoch
             self.plot.add_epoch(event.metrics)
+            self.plot.show_best()
             dice = event.metrics.get("val_dice", float("nan"))
             set_status(self.status, f"epoch {event.epoch}/{event.epochs}: val Dice {dice:.4f}")
         elif isinstance(event, Checkpoint) and event.kind == "best":
