@@ -20,7 +20,7 @@ __all__ = [
     "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
     "segment_options",
     "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
-    "evaluation_table", "comparison_table", "runs_table", "write_csv",
+    "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
 
 #: What a model file records as the command that made it, when the Train widget made it.
@@ -231,3 +231,21 @@ def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Se
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); choose another file") from None
     return path
+
+
+def kept_files(run: str | Path) -> list[str]:
+    """The run files that exist in the folder ``run``."""
+    from ..training import RUN_FILES
+
+    return [name for name in RUN_FILES if (Path(run) / name).exists()]
+
+
+def plane_key(*planes: np.ndarray) -> str:
+    """A digest of 2D planes (shape, dtype and values): the same pair gives the same key."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for plane in planes:
+        digest.update(str((plane.shape, plane.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(plane).tobytes())
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
 from ._layout import Advanced, Docked, build, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import layer_array, layer_pairs, model_label, optional_path, train_config
+from ._params import kept_files, layer_array, layer_pairs, model_label, optional_path, plane_key, train_config
 from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -66,23 +66,6 @@ def _training_steps(config, layers: dict | None, initial: str | None, cancel):
                              layer_array(layers["labels"], layers["labels_multiscale"]), rgb=layers["rgb"],
                              image_name=layers["image_name"], labels_name=layers["labels_name"])
     return (yield from train_steps(config, arrays=arrays, initial_model=initial, cancel=cancel))
-
-
-def kept_files(run: str | Path) -> list[str]:
-    """The run files that exist in the folder ``run``."""
-    from ..training import RUN_FILES
-
-    return [name for name in RUN_FILES if (Path(run) / name).exists()]
-
-
-def _plane_key(*planes: np.ndarray) -> str:
-    import hashlib
-
-    digest = hashlib.sha1()
-    for plane in planes:
-        digest.update(str((plane.shape, plane.dtype.str)).encode())
-        digest.update(np.ascontiguousarray(plane).tobytes())
-    return digest.hexdigest()
 
 
 class TrainWidget(Docked, Container):
@@ -334,7 +317,7 @@ class TrainWidget(Docked, Container):
             labels_plane, _ = self._current_plane(labels)
             name = image.name + ("_z" + "_".join(map(str, index)) if index else "")
             key = (str(Path(images).resolve()), str(Path(masks).resolve()), name,
-                   _plane_key(image_plane, labels_plane))
+                   plane_key(image_plane, labels_plane))
             earlier = self.added.get(key)
             if earlier is not None and earlier.exists():
                 raise UserError(f"this image and these labels are already in the training set as {earlier.name}; "
