@@ -1,11 +1,12 @@
 """Make the screenshots of docs/widgets.md: each widget at work in a real napari window.
 
-Run from the repository root (it takes a minute on a CPU)::
+Run from the repository root (it takes a minute or two on a CPU)::
 
-    xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" python docs/make_screenshots.py
 
-or on a desktop simply ``python docs/make_screenshots.py``. It trains a small model on the EM crops
-that ship with the package (in a temporary folder), then drives the Train, Segment and Evaluate
+or on a desktop simply ``python docs/make_screenshots.py``. The window is 1366x768, a laptop screen.
+It trains a small model on the EM crops that ship with the package (in a temporary folder), taking
+the Train screenshot mid-training (live plot under the canvas), then drives the Segment and Evaluate
 widgets through their public methods, as the tests do, and writes ``docs/images/{train,segment,
 evaluate}.png`` (palette PNGs, well under 300 KB each).
 """
@@ -20,6 +21,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = "napari-unet-seg"
+
+
+#: The window: a 1366x768 laptop screen.
+WIDTH, HEIGHT = 1366, 768
 
 
 def wait(app, job, timeout: float = 600.0) -> None:
@@ -44,7 +49,7 @@ def settle(app, seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
-def dock(viewer, app, name: str, width: int = 560):
+def dock(viewer, app, name: str, width: int = 430):
     """Open a widget through the manifest, as the Plugins menu does, at a readable width."""
     from qtpy.QtCore import Qt
 
@@ -54,12 +59,13 @@ def dock(viewer, app, name: str, width: int = 560):
     return dock_widget, widget
 
 
-def save(viewer, app, name: str, out: Path) -> Path:
+def save(viewer, app, name: str, out: Path, reset: bool = True) -> Path:
     """Grab the whole window and store it as a palette PNG."""
     from PIL import Image
 
     settle(app)
-    viewer.reset_view()
+    if reset:
+        viewer.reset_view()
     settle(app)
     grabbed = viewer.window._qt_window.grab()  # the whole window: canvas, layer list and dock widgets
     raw = out / f"{name}.raw.png"
@@ -76,7 +82,7 @@ def save(viewer, app, name: str, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "images", help="folder for the PNGs")
-    parser.add_argument("--epochs", type=int, default=12, help="epochs of the demo training run")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of the demo training run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -91,20 +97,31 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="nus-screenshots-"))
     viewer = napari.Viewer(title="napari-unet-seg")
     app = napari.qt.get_qapp()
-    viewer.window._qt_window.resize(1400, 1000)
+    viewer.window._qt_window.resize(WIDTH, HEIGHT)
     viewer.open_sample(PLUGIN, "em")
     image_layer, truth_layer = viewer.layers
     truth_layer.visible = False
 
-    # Train: a short run on the six EM crops, with its live plot and the best epoch's table
+    # Train: a short run on the six EM crops; the screenshot is taken mid-training, with the live plot
     train_dock, train = dock(viewer, app, "Train")
     train.images.value, train.masks.value = images, masks
     train.out.value = work / "em-run"
     train.epochs.value, train.batch_size.value, train.patch_size.value = args.epochs, 4, 128
     train.model_width.value, train.val_fraction.value, train.device.value = 0.5, 0.2, "cpu"
-    wait(app, train.start())
-    save(viewer, app, "train", args.out)
+    job = train.start()
+    settle(app)
+    viewer.reset_view()  # the plot's dock took room under the canvas
+    middle = max(2, args.epochs // 2)
+    while job.running and len(train.history) < middle:
+        app.processEvents()
+        time.sleep(0.02)
+    settle(app, 1.0)
+    train.plot.wait()
+    settle(app)
+    save(viewer, app, "train", args.out, reset=False)
+    wait(app, job)
     viewer.window.remove_dock_widget(train_dock)
+    viewer.window.remove_dock_widget(train.plot)
 
     # Segment: the trained model (selected automatically after training) on the EM section
     segment_dock, segment = dock(viewer, app, "Segment")

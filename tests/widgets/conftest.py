@@ -35,10 +35,28 @@ def wait_job(qtbot):
     return wait
 
 
+#: The event loop's limits while a job runs: 99th percentile and largest gap between 20 ms timer ticks.
+GAP_P99_S, GAP_MAX_S = 0.100, 0.250
+
+
+@pytest.fixture
+def check_gaps():
+    """``check_gaps(gaps, what)``: assert the limits on measured gaps and print them (``pytest -s``)."""
+
+    def check(gaps: np.ndarray, what: str) -> None:
+        p99, largest = np.percentile(gaps, 99), gaps.max()
+        print(f"\nevent-loop gaps while {what}: p99 {p99 * 1000:.0f} ms, max {largest * 1000:.0f} ms "
+              f"({len(gaps)} ticks)")
+        assert p99 < GAP_P99_S, f"{what}: p99 gap {p99 * 1000:.0f} ms"
+        assert largest < GAP_MAX_S, f"{what}: the event loop stalled for {largest * 1000:.0f} ms"
+
+    return check
+
+
 @pytest.fixture
 def event_loop_gaps(wait_job):
-    """``event_loop_gaps(start)``: start a widget job with ``start()`` while a 10 ms QTimer ticks; return
-    the gaps between ticks (seconds) during the job's work in its worker thread."""
+    """``event_loop_gaps(start)``: start a widget job with ``start()`` while a 20 ms QTimer ticks; return
+    the gaps between ticks (seconds) from the click to the job's end (the start itself included)."""
 
     def measure(start, timeout: int = 60_000) -> np.ndarray:
         from qtpy.QtCore import QTimer
@@ -46,11 +64,12 @@ def event_loop_gaps(wait_job):
         ticks: list[float] = []
         jobs = []
         timer = QTimer()
-        timer.setInterval(10)
-        # only ticks while the worker computes: adding the result layer afterwards is main-thread work
-        timer.timeout.connect(lambda: jobs and jobs[0].running and ticks.append(time.perf_counter()))
+        timer.setInterval(20)
+        # ticks until the worker ends: adding the result layer afterwards is main-thread work
+        timer.timeout.connect(lambda: (not jobs or jobs[0].running) and ticks.append(time.perf_counter()))
         timer.start()
         try:
+            ticks.append(time.perf_counter())
             jobs.append(start())
             assert wait_job(jobs[0], timeout=timeout) == "done"
         finally:

@@ -145,3 +145,77 @@ def test_compare_runs_lists_a_folder_and_hands_a_run_to_the_model_lists(make_nap
     (tmp_path / "broken" / "comparison.csv").write_text("model,loss\nunet,dice\n")  # no run column
     widget.runs_folder.value = tmp_path / "broken"
     assert notifications[-1][0] == "error" and "cannot be read" in notifications[-1][1]
+
+
+def _rgb_folder(root, count: int = 2):
+    from PIL import Image
+
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for index in range(count):
+        image, mask = synthetic_pair((48, 48), seed=index, rgb=True)
+        Image.fromarray(image).save(images / f"c{index}.png")
+        Image.fromarray(((mask > 0) * 255).astype(np.uint8)).save(masks / f"c{index}.png")
+    return images, masks
+
+
+def test_evaluate_refuses_a_gray_model_on_colour_images_like_segment(make_napari_viewer, tiny_model, tmp_path,
+                                                                     notifications, wait_job):
+    viewer = make_napari_viewer()
+    widget = _evaluate_widget(viewer)
+    images, masks = _rgb_folder(tmp_path)
+    widget.model_file.value = tiny_model  # a gray model
+    widget.images.value, widget.masks.value = images, masks
+    widget.device.value = "cpu"
+    assert wait_job(widget.evaluate()) == "failed"
+    level, text = notifications[-1]
+    assert level == "error" and "c0.png is a colour (RGB) image" in text and "grayscale" in text
+    assert widget.status.value == text and widget.result is None
+    assert not widget.table.value["data"]
+    widget.masks.value = images
+    assert widget.evaluate() is None and "both" in notifications[-1][1]
+
+
+def test_compare_a_0_255_mask_as_binary(make_napari_viewer):
+    """A ground truth opened from a 0/255 PNG scores like the binary masks (engine: ``compare_labels``)."""
+    from napari_unet_seg.evaluation import compare_labels
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[:10] = 255  # 200 foreground pixels, as File > Open gives a 0/255 mask
+    result = np.zeros((20, 20), np.uint8)
+    result[2:10] = 1  # 160 of them found
+    if "kind" not in compare_labels(result, truth):
+        pytest.xfail("compare_labels does not yet score 0/255 masks as binary (engine fix of issue 13 pending)")
+    viewer = make_napari_viewer()
+    viewer.add_labels(result, name="result")
+    viewer.add_labels(truth, name="truth")
+    widget = _evaluate_widget(viewer)
+    widget.labels_layer.value, widget.truth_layer.value = viewer.layers["result"], viewer.layers["truth"]
+    scores = widget.compare()
+    assert scores["kind"] == "binary"
+    assert scores["dice"] == pytest.approx(2 * 160 / (160 + 200)) and scores["iou"] == pytest.approx(160 / 200)
+    rows = widget.compare_table.value["data"]
+    assert rows[0][0] == "foreground" and len(rows) == 1
+    assert "(binary)" in widget.status.value
+
+
+def test_viewer_stays_responsive_while_evaluating(make_napari_viewer, tiny_model, tmp_path, event_loop_gaps,
+                                                  check_gaps):
+    """The loop keeps ticking while a folder is scored. A warm-up evaluation comes first: the first
+    prediction in a process initialises lazily imported modules while holding the GIL (about 100 ms
+    once), which is not what this test measures."""
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    images, masks = write_synthetic_folder(tmp_path / "data", 12, (192, 192))
+    evaluate(tiny_model, images, masks, device="cpu")
+    viewer = make_napari_viewer()
+    widget = _evaluate_widget(viewer)
+    widget.model_file.value = tiny_model
+    widget.images.value, widget.masks.value = images, masks
+    widget.device.value = "cpu"
+    gaps = event_loop_gaps(widget.evaluate)
+    check_gaps(gaps, "evaluating")
+    assert widget.progress.value == 12

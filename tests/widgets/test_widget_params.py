@@ -149,3 +149,21 @@ def test_write_csv_refuses_an_unwritable_place(tmp_path):
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot write"):
         params.write_csv(blocker / "scores.csv", ["a"], [[1]])
+
+
+def test_comparison_table_shows_object_scores_of_instances():
+    from napari_unet_seg.widgets._params import comparison_table
+
+    headers, rows = comparison_table({"kind": "instances", "dice": 0.8, "iou": 0.66666, "object_precision": 0.75,
+                                      "object_recall": 0.5, "object_f1": 0.6})
+    assert headers == ["class", "Dice", "IoU"]
+    assert rows == [["foreground", 0.8, 0.6667], ["object precision (IoU 0.5)", 0.75, "-"],
+                    ["object recall (IoU 0.5)", 0.5, "-"], ["object F1 (IoU 0.5)", 0.6, "-"]]
+
+
+def test_train_config_refuses_the_images_folder_as_masks_folder(tmp_path):
+    from napari_unet_seg.errors import UserError
+    from napari_unet_seg.widgets._params import train_config
+
+    with pytest.raises(UserError, match="images folder and masks folder are both"):
+        train_config(out=tmp_path / "run", images=tmp_path, masks=str(tmp_path) + "/")

@@ -117,6 +117,7 @@ def test_segment_cancel_stops_the_job(make_napari_viewer, tiny_model, wait_job, 
     widget.cancel_button.clicked()
     assert wait_job(job) == "cancelled"
     assert widget.progress.value < widget.progress.max
+    assert widget.status.value.startswith("cancelled") and "100" not in widget.status.value
     assert "big labels" not in [layer.name for layer in viewer.layers]
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
@@ -155,14 +156,14 @@ def test_segment_sync_mode_runs_in_the_main_thread(make_napari_viewer, tiny_mode
     assert viewer.layers["img labels"].data.shape == (32, 32)
 
 
-def test_viewer_stays_responsive_while_segmenting(make_napari_viewer, tiny_model, event_loop_gaps):
+def test_viewer_stays_responsive_while_segmenting(make_napari_viewer, tiny_model, event_loop_gaps, check_gaps):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(1).integers(0, 255, (12, 256, 256), dtype=np.uint8), name="big")
     widget = _segment_widget(viewer)
     widget.model_file.value = tiny_model
     widget.tile.value = 64
     gaps = event_loop_gaps(widget.run)
-    assert gaps.max() < 0.25, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
+    check_gaps(gaps, "segmenting")
 
 
 def test_shipped_model_is_listed_by_name_and_chosen_first(make_napari_viewer):

@@ -83,3 +83,33 @@ def test_sync_mode_flag(monkeypatch):
     for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
         monkeypatch.setenv("NUS_SYNC", value)
         assert _worker.sync_mode() is expected
+
+
+def test_cancel_lets_the_engine_finish_its_own_cancelled_branch(qtbot, notifications):
+    """Cancel sets the event only: the generator is not closed from outside, so its cancelled branch
+    (training's: write the run's files) runs and its return value arrives."""
+    cleaned = []
+
+    def make(cancel: threading.Event):
+        def run():
+            for done in range(1, 200):
+                if cancel.is_set():
+                    yield Message("cancelled; the files hold step 1", "warning")
+                    cleaned.append(done)
+                    return "partial"
+                time.sleep(0.01)
+                yield Tiles(done, 200)
+            return "all"
+
+        return run()
+
+    job, finished = None, []
+
+    def cancel_early(event):
+        if isinstance(event, Tiles) and event.done == 1:
+            job.cancel()
+
+    job = _worker.start_job("training", make, on_event=cancel_early, on_finish=finished.append)
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    assert cleaned and job.result == "partial" and job.state == "cancelled"
+    assert ("warning", "cancelled; the files hold step 1") in notifications

@@ -20,7 +20,7 @@ __all__ = [
     "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
     "segment_options",
     "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
-    "evaluation_table", "comparison_table", "runs_table", "write_csv",
+    "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
 
 #: What a model file records as the command that made it, when the Train widget made it.
@@ -88,6 +88,8 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
     images_dir, masks_dir = (None, None) if from_layers else (optional_path(images), optional_path(masks))
     if not from_layers and (images_dir is None or masks_dir is None):
         raise UserError("choose the images folder and the masks folder, or train on the open layers")
+    if not from_layers and Path(images_dir).resolve() == Path(masks_dir).resolve():
+        raise UserError(f"images folder and masks folder are both {images_dir}; choose the folder of the masks")
     config = TrainConfig(images=images_dir, masks=masks_dir, out=out_dir, model=str(model), width=float(width),
                          classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
                          epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
@@ -172,14 +174,21 @@ def evaluation_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[An
     return headers, rows
 
 
+#: Object-level scores of an instance comparison (``compare_labels``), with their row titles.
+OBJECT_METRICS = (("object_precision", "object precision (IoU 0.5)"), ("object_recall", "object recall (IoU 0.5)"),
+                  ("object_f1", "object F1 (IoU 0.5)"))
+
+
 def comparison_table(scores: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """``(headers, rows)`` of a Labels-against-ground-truth comparison; one row per class when multi-class."""
+    """``(headers, rows)`` of a Labels-against-ground-truth comparison; one row per class when multi-class,
+    and the object-level scores (in the Dice column) when the labels are instances."""
     headers = ["class", "Dice", "IoU"]
     per_class = scores.get("per_class")
     first = "mean of classes" if per_class else "foreground"
     rows = [[first, round(float(scores["dice"]), 4), round(float(scores["iou"]), 4)]]
     for label, values in (per_class or {}).items():
         rows.append([str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
+    rows += [[title, round(float(scores[key]), 4), "-"] for key, title in OBJECT_METRICS if key in scores]
     return headers, rows
 
 
@@ -222,3 +231,21 @@ def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Se
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); choose another file") from None
     return path
+
+
+def kept_files(run: str | Path) -> list[str]:
+    """The run files that exist in the folder ``run``."""
+    from ..training import RUN_FILES
+
+    return [name for name in RUN_FILES if (Path(run) / name).exists()]
+
+
+def plane_key(*planes: np.ndarray) -> str:
+    """A digest of 2D planes (shape, dtype and values): the same pair gives the same key."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for plane in planes:
+        digest.update(str((plane.shape, plane.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(plane).tobytes())
+    return digest.hexdigest()

@@ -4,7 +4,9 @@
 napari worker thread (``create_worker``, the machinery of ``thread_worker``) so the viewer stays
 responsive. Each yielded event goes to ``on_event`` and the generator's return value to ``on_done``,
 both in the main (Qt) thread. Cancel sets the ``threading.Event`` the engine polls (``cancel=``) and
-asks the worker to quit at its next yield.
+lets the generator finish: the engine ends in its own cancelled branch (training keeps its files).
+Errors and engine messages reach the user in the widget's words (``_messages.widget_words``), as a
+napari notification and in the widget's status line.
 
 With the environment variable ``NUS_SYNC=1`` the job runs synchronously in the main thread (the viewer
 freezes until it ends), which makes debugging with breakpoints and tracebacks simple.
@@ -22,6 +24,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import JobCancelled, UserError
 from ..events import Message
+from ._messages import widget_words
 
 __all__ = ["Job", "start_job", "report_error", "show_message", "free_gpu_memory", "sync_mode"]
 
@@ -76,10 +79,11 @@ class Job:
         return self.state == RUNNING
 
     def cancel(self) -> None:
-        """Ask the job to stop: the engine sees the event between batches/tiles, the worker at its next yield."""
+        """Ask the job to stop: the engine sees the event between batches/tiles and ends on its own.
+
+        The generator is not closed from outside: training's cancelled branch writes the run's files.
+        """
         self.cancel_event.set()
-        if self.worker is not None:
-            self.worker.quit()
 
 
 def _guard(callback: Callable | None) -> Callable[..., None]:
@@ -100,12 +104,14 @@ def _guard(callback: Callable | None) -> Callable[..., None]:
 
 def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
               on_event: Callable[[Any], None] | None = None, on_done: Callable[[Any], None] | None = None,
-              on_finish: Callable[[Job], None] | None = None, owner: Any = None) -> Job:
+              on_finish: Callable[[Job], None] | None = None, owner: Any = None,
+              status: Any = None) -> Job:
     """Run the generator ``make_steps(cancel_event)`` in a worker thread; return its :class:`Job`.
 
     ``on_event(event)`` gets every yielded event, ``on_done(result)`` the return value of a job that
     completed, and ``on_finish(job)`` is always called last (completed, cancelled or failed), so the
-    widget can re-enable its buttons. Errors are shown as napari notifications (see :func:`report_error`).
+    widget can re-enable its buttons. Errors are shown as napari notifications and in the ``status``
+    Label when given (see :func:`report_error`).
     ``what`` names the job in those messages (``"segmentation"``, ``"training"``, ...). When the Qt
     widget ``owner`` is destroyed (its dock closed), the job is cancelled.
     """
@@ -133,15 +139,11 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
             job.state = CANCELLED
             return
         job.state, job.error = FAILED, error
-        report_error(error, what)
+        report_error(error, what, status)
 
     def finished(*_: Any) -> None:
         if job.state == RUNNING:  # the worker quit at a yield: neither returned nor errored
             job.state = CANCELLED
-        try:
-            steps.close()
-        except Exception:  # noqa: BLE001 - a generator that fails while closing has nothing left to report
-            logger.debug("closing the %s generator failed", what, exc_info=True)
         if job.state == CANCELLED:
             show_info(f"{what} cancelled")
         on_finish(job)
@@ -171,21 +173,36 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
     return job
 
 
-def report_error(error: BaseException, what: str = "the job") -> None:
-    """Show an error as one line: a :class:`UserError` as its message, anything else with its type.
+def error_line(error: BaseException, what: str = "the job") -> str:
+    """An error as one line in the widget's words: a :class:`UserError` as its message, else with its type."""
+    if isinstance(error, UserError):
+        return widget_words(str(error))
+    text = " ".join(str(error).split())
+    return f"{what} failed: {type(error).__name__}: {widget_words(text) if text else ''}".rstrip(": ")
+
+
+def report_error(error: BaseException, what: str = "the job", status: Any = None) -> str:
+    """Show an error as one line, as a napari notification and in the ``status`` Label; return the line.
 
     Unexpected errors also go to the log with their traceback, for bug reports.
     """
-    if isinstance(error, UserError):
-        show_error(str(error))
-        return
-    logger.error("%s failed", what, exc_info=(type(error), error, error.__traceback__))
-    show_error(f"{what} failed: {type(error).__name__}: {error}")
+    if not isinstance(error, UserError):
+        logger.error("%s failed", what, exc_info=(type(error), error, error.__traceback__))
+    line = error_line(error, what)
+    if status is not None:
+        from ._layout import set_status
+
+        try:
+            set_status(status, line, error=True)
+        except RuntimeError:  # the widget was closed
+            pass
+    show_error(line)
+    return line
 
 
 def show_message(message: Message) -> None:
-    """An engine :class:`~napari_unet_seg.events.Message` as a napari notification."""
-    (show_warning if message.level == "warning" else show_info)(message.text)
+    """An engine :class:`~napari_unet_seg.events.Message` as a napari notification, in the widget's words."""
+    (show_warning if message.level == "warning" else show_info)(widget_words(message.text))
 
 
 def free_gpu_memory() -> None:

@@ -1,9 +1,10 @@
 """The Evaluate widget: score a model on a folder of pairs, a Labels layer against ground truth, and
 compare the runs of a folder.
 
-Folder scores come from ``napari_unet_seg.evaluation.evaluate_steps`` in a worker thread; layer
-comparisons from ``evaluation.compare_labels`` and run lists from ``sweep.read_comparison`` (fast, in
-the main thread).
+Folder scores come from ``napari_unet_seg.evaluation.evaluate_steps`` in a worker thread (after the
+same gray/colour check Segment makes); layer comparisons from ``evaluation.compare_labels`` and run
+lists from ``sweep.read_comparison`` (fast, in the main thread). The folder evaluation is the common
+path; the other two tools are folded into sections.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton
 
 from ..device import DEVICES
 from ..errors import UserError
 from ..events import Message, Tiles
+from ._layout import Advanced, Docked, Section, build, set_status, status_label
 from ._models import ModelPicker, announce_model
 from ._params import comparison_table, evaluation_table, layer_array, optional_path, runs_table, write_csv
 from ._table import fill_table, make_table
@@ -31,18 +33,40 @@ FOLDER_HEADERS = ("image", "Dice", "IoU", "accuracy")
 RUN_HEADERS = runs_table([])[0]
 
 
-def _heading(text: str) -> Label:
-    heading = Label(value=text)
-    heading.native.setStyleSheet("font-weight: bold; margin-top: 6px;")
-    return heading
+def colour_mismatch(in_channels: int, image: np.ndarray, name: str, model: str) -> str | None:
+    """The refusal for a gray model on a colour image (the engine refuses the opposite), else None."""
+    from ..normalization import is_rgb
+
+    if in_channels == 1 and is_rgb(np.asarray(image)):
+        return (f"{name} is a colour (RGB) image but the model {model} takes grayscale images; choose a model "
+                "trained on colour images, as Segment does")
+    return None
 
 
-class EvaluateWidget(Container):
+def _evaluation_steps(model: str, images: str, masks: str, device: str, cancel: Any):
+    """``evaluate_steps`` after loading the model and checking the folder's first image, in the worker."""
+    from ..evaluation import evaluate_steps
+    from ..image_io import read_image
+    from ..model_file import load_model
+    from ..pairing import pair_files
+    from ._params import model_label
+
+    loaded = load_model(model)
+    pairs = pair_files(images, masks)
+    if pairs:
+        refusal = colour_mismatch(loaded.in_channels, read_image(pairs[0].image), pairs[0].image.name,
+                                  model_label(model))
+        if refusal:
+            raise UserError(refusal)
+    return (yield from evaluate_steps(loaded, images, masks, device=device, cancel=cancel))
+
+
+class EvaluateWidget(Docked, Container):
     """Dice / IoU / accuracy of a model per image of a folder (with CSV export), of a Labels layer, and the
     runs of a folder side by side."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=False)
+        super().__init__(scrollable=False, labels=False)
         self.viewer = viewer
         self.job: Job | None = None
         self.result: dict | None = None
@@ -56,7 +80,7 @@ class EvaluateWidget(Container):
         self.evaluate_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="images", value=0, min=0, max=1)
-        self.table = make_table(FOLDER_HEADERS, min_height=265)
+        self.table = make_table(FOLDER_HEADERS, min_height=140)
         self.csv_file = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
         self.export_button = PushButton(text="Export CSV", enabled=False)
         # a Labels layer against a ground-truth Labels layer
@@ -74,15 +98,18 @@ class EvaluateWidget(Container):
         self.run = ComboBox(label="run", choices=self._run_choices, nullable=True)
         self.use_run_button = PushButton(text="Use its best.pt",
                                          tooltip="add the run's best.pt to the model lists of this window")
-        self.extend([_heading("Model on a folder of image/mask pairs"), self.model, self.model_file, self.images,
-                     self.masks, self.device,
-                     Container(widgets=[self.evaluate_button, self.cancel_button], layout="horizontal",
-                               labels=False),
-                     self.progress, self.table, self.csv_file, self.export_button,
-                     _heading("Labels layer against ground truth"), self.labels_layer, self.truth_layer,
-                     self.compare_button, self.compare_table,
-                     _heading("Compare runs"), self.runs_folder, self.list_button, self.runs_table, self.run,
-                     self.use_run_button])
+        self.status = status_label()
+        self.advanced = Advanced([self.device])
+        self.layers_section = Section("Labels layer against ground truth",
+                                      [self.labels_layer, self.truth_layer, self.compare_button,
+                                       self.compare_table])
+        self.runs_section = Section("Compare runs", [self.runs_folder, self.list_button, self.runs_table, self.run,
+                                                     self.use_run_button])
+        build(self, [Container(widgets=[self.model, self.model_file, self.images, self.masks]), self.advanced,
+                     Container(widgets=[self.table, self.csv_file, self.export_button]), self.layers_section,
+                     self.runs_section],
+              [Container(widgets=[self.evaluate_button, self.cancel_button], layout="horizontal", labels=False),
+               Container(widgets=[self.progress]), self.status])
         self.evaluate_button.changed.connect(self.evaluate)
         self.cancel_button.changed.connect(self.cancel)
         self.export_button.changed.connect(self.export_csv)
@@ -98,8 +125,6 @@ class EvaluateWidget(Container):
 
     def evaluate(self, *_: Any) -> Job | None:
         """Start scoring the chosen model on the folder pairs; returns the job (None when refused)."""
-        from ..evaluation import evaluate_steps
-
         if self.job is not None and self.job.running:
             return self.job
         try:
@@ -107,8 +132,10 @@ class EvaluateWidget(Container):
             images, masks = optional_path(self.images.value), optional_path(self.masks.value)
             if images is None or masks is None:
                 raise UserError("choose the images folder and the masks folder to evaluate on")
+            if Path(images).resolve() == Path(masks).resolve():
+                raise UserError(f"images folder and masks folder are both {images}; choose the folder of the masks")
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
         device = self.device.value
         self.result = None
@@ -116,16 +143,18 @@ class EvaluateWidget(Container):
         fill_table(self.table, FOLDER_HEADERS, [])
         self.progress.value, self.progress.max = 0, 1
         self._set_running(True)
+        set_status(self.status, f"evaluating {self.model.current_choice} on {Path(images).name} ...")
         self.job = start_job("evaluation",
-                             lambda cancel: evaluate_steps(model, images, masks, device=device, cancel=cancel),
+                             lambda cancel: _evaluation_steps(model, images, masks, device, cancel),
                              on_event=self._on_event, on_done=self._show_result,
-                             on_finish=self._on_finish, owner=self.native)
+                             on_finish=self._on_finish, owner=self.native, status=self.status)
         return self.job
 
     def cancel(self, *_: Any) -> None:
         """Stop the running evaluation (between tiles)."""
         if self.job is not None and self.job.running:
             self.job.cancel()
+            set_status(self.status, "cancelling ...")
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Tiles):
@@ -136,8 +165,13 @@ class EvaluateWidget(Container):
         headers, rows = evaluation_table(result)
         fill_table(self.table, headers, rows)
         self.export_button.enabled = True
+        set_status(self.status, f"mean Dice {float(result['dice']):.4f}, IoU {float(result['iou']):.4f} over "
+                                f"{result.get('count', len(rows) - 1)} image(s)")
 
     def _on_finish(self, job: Job) -> None:
+        if job.state == "cancelled":
+            set_status(self.status, f"cancelled after {self.progress.value} of {self.progress.max} images; "
+                                    "no table")
         self._set_running(False)
         free_gpu_memory()
 
@@ -155,11 +189,10 @@ class EvaluateWidget(Container):
                 raise UserError("choose a CSV file to export the table to")
             written = write_csv(target, *evaluation_table(self.result))
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
-        from napari.utils.notifications import show_info
-
-        show_info(f"wrote {written}")
+        show_message(Message(f"wrote {written}"))
+        set_status(self.status, f"wrote {written}")
         return written
 
     def compare(self, *_: Any) -> dict | None:
@@ -175,11 +208,14 @@ class EvaluateWidget(Container):
             scores = compare_labels(np.asarray(layer_array(labels.data, labels.multiscale)),
                                     np.asarray(layer_array(truth.data, truth.multiscale)))
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
         self.comparison = scores
         headers, rows = comparison_table(scores)
         fill_table(self.compare_table, headers, rows)
+        kind = f" ({scores['kind']})" if scores.get("kind") else ""
+        set_status(self.status, f"{labels.name} against {truth.name}{kind}: Dice {float(scores['dice']):.4f}, "
+                                f"IoU {float(scores['iou']):.4f}")
         return scores
 
     def _run_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -204,9 +240,10 @@ class EvaluateWidget(Container):
                 raise UserError(f"runs folder {folder}: holds no run (a folder with best.pt and history.csv); "
                                 "pick the folder that holds the run folders")
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
         self.runs = runs
+        set_status(self.status, f"{len(runs)} run(s) in {Path(folder).name}")
         fill_table(self.runs_table, *runs_table(runs))
         self.run.reset_choices()
         return runs
@@ -221,8 +258,10 @@ class EvaluateWidget(Container):
                 raise UserError(f"run {best.parent.name}: has no best.pt (it did not finish an epoch); choose "
                                 "another run")
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
         count = announce_model(best, self.viewer)
-        show_message(Message(f"{best.parent.name}/best.pt added to {count} model list(s) of this window"))
+        text = f"{best.parent.name}/best.pt added to {count} model list(s) of this window"
+        show_message(Message(text))
+        set_status(self.status, text)
         return best

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
-from qtpy.QtWidgets import QSizePolicy
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
 
 from ..device import DEVICES
 from ..errors import UserError
 from ..events import Tiles
 from ..instances import INSTANCE_MODES
+from ._layout import Advanced, Docked, build, set_status, status_label
 from ._models import ModelPicker
 from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
 from ._worker import Job, free_gpu_memory, report_error, start_job
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["SegmentWidget"]
 
 
-class SegmentWidget(Container):
+class SegmentWidget(Docked, Container):
     """Segment an image layer (2D, RGB, a stack, or a multiscale image's highest resolution).
 
     Adds a Labels layer ``<image> labels`` (class ids, or object ids with instances) with the image's
@@ -35,7 +35,7 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=False)
+        super().__init__(scrollable=False, labels=False)
         self.viewer = viewer
         self.job: Job | None = None
         self.image = ComboBox(label="image", choices=self._image_layers,
@@ -68,14 +68,12 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.extend([self.image, self.model, self.model_file, self.device, self.tile, self.overlap,
-                     self.threshold, self.tta, self.min_size, self.instances, self.min_distance,
-                     self.probabilities, self.uncertainty,
-                     Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.progress, self.status])
+        self.status = status_label()
+        self.advanced = Advanced([self.device, self.tile, self.overlap, self.threshold, self.tta, self.min_size,
+                                  self.instances, self.min_distance, self.probabilities, self.uncertainty])
+        build(self, [Container(widgets=[self.image, self.model, self.model_file]), self.advanced],
+              [Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+               Container(widgets=[self.progress]), self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image)
@@ -116,29 +114,31 @@ class SegmentWidget(Container):
             model = self.models.value
             options = self.options(rgb=bool(layer.rgb))
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
         data = layer_array(layer.data, layer.multiscale)
         target = {"name": layer.name, "scale": tuple(layer.scale), "translate": tuple(layer.translate)}
         self._set_running(True)
         self.progress.value, self.progress.max = 0, 1
-        self.status.value = f"segmenting {layer.name} ..."
+        set_status(self.status, f"segmenting {layer.name} with {self.model.current_choice} ...")
         began = time.perf_counter()
 
         def done(result: Any) -> None:
+            if self.job is not None and self.job.cancel_event.is_set():
+                return  # cancelled after the last tile: nothing is added or changed
             self.show_result(result, **target)
-            self.status.value = f"{target['name']}: done in {time.perf_counter() - began:.1f} s"
+            set_status(self.status, f"{target['name']}: done in {time.perf_counter() - began:.1f} s")
 
         self.job = start_job("segmentation", lambda cancel: predict_steps(model, data, cancel=cancel, **options),
                              on_event=self._on_event, on_done=done,
-                             on_finish=self._on_finish, owner=self.native)
+                             on_finish=self._on_finish, owner=self.native, status=self.status)
         return self.job
 
     def cancel(self, *_: Any) -> None:
         """Stop the running job (between tiles); no layer is added or changed."""
         if self.job is not None and self.job.running:
             self.job.cancel()
-            self.status.value = "cancelling ..."
+            set_status(self.status, "cancelling ...")
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Tiles):
@@ -146,8 +146,9 @@ class SegmentWidget(Container):
             self.progress.value = min(event.done, event.total)
 
     def _on_finish(self, job: Job) -> None:
-        if job.state != "done":
-            self.status.value = job.state
+        if job.state == "cancelled":
+            set_status(self.status, f"cancelled after {self.progress.value} of {self.progress.max} tiles; "
+                                    "no layer was added or changed")
         self._set_running(False)
         free_gpu_memory()
 

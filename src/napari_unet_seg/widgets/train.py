@@ -2,9 +2,9 @@
 
 The work happens in ``napari_unet_seg.training.train_steps``, in a worker thread; this widget turns
 its values into a :class:`~napari_unet_seg.config.TrainConfig`, draws the events and, when a model
-file is written, hands it to the Segment and Evaluate widgets of the same viewer. "Add to training
-set" saves the current image and its corrected labels into the folders
-(``napari_unet_seg.training_set.add_pair``), and "Fine-tune" continues a model on them.
+file is written, adds it to the viewer's model list (``_models``). "Add to training set" saves the
+current image and its corrected labels into the folders (``napari_unet_seg.training_set.add_pair``),
+and "Fine-tune" continues a model on them. The live plot lives in its own dock (``_plot``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton,
                               RadioButtons, SpinBox)
-from qtpy.QtWidgets import QSizePolicy
 
 from ..config import AUGMENTS, OPTIMIZERS
 from ..device import DEVICES
@@ -24,9 +23,10 @@ from ..events import Batch, Checkpoint, Epoch, Message
 from ..losses import LOSS_NAMES
 from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
+from ._layout import Advanced, Docked, build, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import best_rows, curve_series, layer_array, layer_pairs, model_label, optional_path, train_config
-from ._table import fill_table, make_table
+from ._params import kept_files, layer_array, layer_pairs, model_label, optional_path, plane_key, train_config
+from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainWidget"]
 
 FOLDERS, LAYERS = "folders", "layers"
-TABLE_HEADERS = ("best epoch", "value")
+PLOT_TITLE = "Training curves"
 
 
 def start_settings(model: str) -> dict[str, Any]:
@@ -56,15 +56,29 @@ def start_settings(model: str) -> dict[str, Any]:
     return settings
 
 
-class TrainWidget(Container):
-    """Train a U-Net or SegNet; plots train/val loss, val Dice and val IoU per epoch."""
+def _training_steps(config, layers: dict | None, initial: str | None, cancel):
+    """``train_steps`` with the layers' data turned into pairs first, in the worker thread."""
+    from ..training import train_steps
+
+    arrays = None
+    if layers is not None:
+        arrays = layer_pairs(layer_array(layers["image"], layers["image_multiscale"]),
+                             layer_array(layers["labels"], layers["labels_multiscale"]), rgb=layers["rgb"],
+                             image_name=layers["image_name"], labels_name=layers["labels_name"])
+    return (yield from train_steps(config, arrays=arrays, initial_model=initial, cancel=cancel))
+
+
+class TrainWidget(Docked, Container):
+    """Train a U-Net or SegNet; plots the training loss per batch and the validation scores per epoch."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=False)
+        super().__init__(scrollable=False, labels=False)
         self.viewer = viewer
         self.job: Job | None = None
-        self.history: list[dict] = []
         self.best_path: Path | None = None
+        self.initial: str | None = None
+        self.run_dir: Path | None = None
+        self.added: dict[tuple, Path] = {}  # pairs added by this widget: (folders, name, content) -> image file
         self.source = RadioButtons(label="training data", choices=[FOLDERS, LAYERS], value=FOLDERS,
                                    orientation="horizontal")
         self.images = FileEdit(label="images folder", mode="d", nullable=True)
@@ -83,7 +97,7 @@ class TrainWidget(Container):
         self.start_from, self.start_file = self.start_models.combo, self.start_models.file
         self.start_from.label, self.start_file.label = "start from", "start from file"
         self.start_from.tooltip = ("new model: random weights; a model: fine-tune it (its architecture and "
-                                   "classes are kept)")
+                                   "classes are kept). Stays as chosen after a run.")
         self.model = ComboBox(label="model", choices=MODEL_NAMES, value="unet",
                               tooltip="network architecture: U-Net variants (MONAI) or SegNet")
         self.model_width = FloatSpinBox(label="width", value=1.0, min=0.125, max=4.0, step=0.125,
@@ -102,36 +116,52 @@ class TrainWidget(Container):
         self.augment = ComboBox(label="augmentation", choices=AUGMENTS, value="light")
         self.out = FileEdit(label="output folder", mode="d", nullable=True,
                             tooltip="where best.pt, last.pt, history.csv and curves.png are written")
-        self.overwrite = CheckBox(text="overwrite a run in that folder", value=False)
+        self.overwrite = CheckBox(text="overwrite", value=False,
+                                  tooltip="replace a run that the output folder already holds")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.start_button = PushButton(text="Start")
         self.finetune_button = PushButton(text="Fine-tune",
                                           tooltip="continue training the 'start from' model on the training "
                                                   "data, into a new output folder when the chosen one holds a run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.plot_button = PushButton(text="Curves", tooltip="show the live training plot in its own dock")
         self.epoch_progress = ProgressBar(label="epochs", value=0, min=0, max=1)
         self.batch_progress = ProgressBar(label="batches", value=0, min=0, max=1)
-        self.status = Label(value="")
-        self.status.native.setWordWrap(True)
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.table = make_table(TABLE_HEADERS, min_height=235, label="best")
-        self.extend([self.source, self.images, self.masks, self.image_layer, self.labels_layer, self.add_button,
-                     self.start_from, self.start_file, self.model, self.model_width, self.classes, self.loss,
-                     self.optimizer, self.lr, self.epochs, self.batch_size, self.patch_size, self.val_fraction,
-                     self.augment, self.out, self.overwrite, self.device,
-                     Container(widgets=[self.start_button, self.finetune_button, self.cancel_button],
-                               layout="horizontal", labels=False),
-                     self.epoch_progress, self.batch_progress, self.status])
-        self._make_plot()
-        self.append(self.table)
+        self.status = status_label()
+        self.advanced = Advanced([self.model, self.model_width, self.classes, self.loss, self.optimizer, self.lr,
+                                  self.batch_size, self.patch_size, self.val_fraction, self.augment, self.device])
+        build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
+                                        self.add_button, self.start_from, self.start_file, self.out,
+                                        self.overwrite, self.epochs]), self.advanced],
+              [Container(widgets=[self.start_button, self.finetune_button, self.cancel_button, self.plot_button],
+                         layout="horizontal", labels=False),
+               Container(widgets=[self.epoch_progress, self.batch_progress]), self.status])
+        self.plot = TrainingPlot()
+        self.lines, self.table = self.plot.lines, self.plot.table
+        self.plot_dock = None
         self.source.changed.connect(self._on_source)
         self.start_button.changed.connect(self.start)
         self.finetune_button.changed.connect(self.fine_tune)
         self.cancel_button.changed.connect(self.cancel)
+        self.plot_button.changed.connect(self.show_plot)
         self.add_button.changed.connect(self.add_to_training_set)
         self.start_from.changed.connect(self._on_start_from)
         self._on_source(self.source.value)
         self._on_start_from(self.start_from.value)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: self.plot_dock is None and self._guarded_hidden_plot())
+
+    def _guarded_hidden_plot(self) -> None:
+        try:
+            self.show_plot(visible=False)
+        except RuntimeError:  # the widget was closed before the event loop came back
+            pass
+
+    @property
+    def history(self) -> list[dict]:
+        """The metrics of the epochs of the current (or last) run."""
+        return self.plot.history
 
     def _layers_of(self, kind: str):
         def choices(_widget: Any = None) -> list[tuple[str, Any]]:
@@ -142,27 +172,28 @@ class TrainWidget(Container):
 
         return choices
 
-    def _make_plot(self) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+    def show_plot(self, *_: Any, visible: bool = True) -> Any:
+        """Show the live plot in its own dock under the canvas (float it to enlarge); return the dock.
 
-        # fixed margins and legend places: re-laying out the figure at each epoch would cost the main thread
-        self.figure = Figure(figsize=(4.2, 2.4))
-        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.19, top=0.96, wspace=0.28)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
-        self.loss_axes, self.score_axes = self.figure.subplots(1, 2)
-        self.lines = {}
-        panels = ((self.loss_axes, ("train loss", "val loss"), "upper right"),
-                  (self.score_axes, ("val Dice", "val IoU"), "lower right"))
-        for axes, titles, place in panels:
-            for title in titles:
-                self.lines[title] = axes.plot([], [], marker="o", markersize=3, label=title)[0]
-            axes.set_xlabel("epoch", fontsize=8)
-            axes.tick_params(labelsize=7)
-            axes.legend(fontsize=7, loc=place)
-        self.score_axes.set_ylim(0, 1)
-        self.native.layout().addWidget(self.canvas)
+        The dock is made, hidden, when the widget opens (``visible=False``): adding a dock costs the
+        main thread 50-100 ms, which Start should not.
+        """
+        window = getattr(self.viewer, "window", None)
+        if window is None:
+            return None
+        if self.plot_dock is None:
+            try:
+                self.plot_dock = window.add_dock_widget(self.plot, name=PLOT_TITLE, area="bottom")
+            except RuntimeError:  # the plot was deleted with a dock the user closed: make a new one
+                self.plot = TrainingPlot()
+                self.lines, self.table = self.plot.lines, self.plot.table
+                self.plot_dock = window.add_dock_widget(self.plot, name=PLOT_TITLE, area="bottom")
+            self.plot_dock.destroyed.connect(self._forget_plot_dock)
+        self.plot_dock.setVisible(visible)
+        return self.plot_dock
+
+    def _forget_plot_dock(self, *_: Any) -> None:
+        self.plot_dock = None
 
     def _on_source(self, value: str) -> None:
         # the layers stay visible with folders: they are what "Add to training set" saves
@@ -175,21 +206,23 @@ class TrainWidget(Container):
             try:
                 settings = start_settings(value)
             except UserError as error:
-                report_error(error)
+                report_error(error, status=self.status)
                 settings = {}
             for name, setting in settings.items():
                 getattr(self, name).value = setting
         for widget in (self.model, self.model_width, self.classes):
             widget.enabled = not fixed
 
-    def _training_arrays(self) -> list | None:
+    def _training_layers(self) -> dict | None:
+        """The layers to train on (their data are turned into pairs in the worker), None with folders."""
         if self.source.value != LAYERS:
             return None
         image, labels = self.image_layer.value, self.labels_layer.value
         if image is None or labels is None:
             raise UserError("choose an image layer and a Labels layer painted on it, or train on folders")
-        return layer_pairs(layer_array(image.data, image.multiscale), layer_array(labels.data, labels.multiscale),
-                           rgb=bool(image.rgb), image_name=image.name, labels_name=labels.name)
+        return {"image": image.data, "image_multiscale": image.multiscale, "labels": labels.data,
+                "labels_multiscale": labels.multiscale, "rgb": bool(image.rgb), "image_name": image.name,
+                "labels_name": labels.name}
 
     def config(self):
         """The :class:`TrainConfig` of the current values (raises ``UserError`` when one is refused)."""
@@ -227,29 +260,26 @@ class TrainWidget(Container):
     def start(self, *_: Any, fine_tune: bool = False) -> Job | None:
         """Start training (from the 'start from' model's weights when one is chosen); returns the job (None
         when the values are refused). ``fine_tune`` requires a model to start from and a free output folder."""
-        from ..training import train_steps
-
         if self.job is not None and self.job.running:
             return self.job
         try:
             config = self.config()
-            arrays = self._training_arrays()
+            layers = self._training_layers()
             initial = self._initial_model(config, fine_tune)
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
-        self.history, self.best_path = [], None
-        self._draw()
-        fill_table(self.table, TABLE_HEADERS, [])
+        self.best_path, self.initial, self.run_dir = None, initial, Path(config.out)
+        self.show_plot()
+        self.plot.clear()
         self.epoch_progress.max, self.epoch_progress.value = config.epochs, 0
         self.batch_progress.value = 0
-        what = f"fine-tuning {model_label(initial)}" if initial else f"training {config.model}"
-        self.status.value = f"{what} -> {config.out}"
+        what = f"fine-tuning {model_label(initial)}" if initial else f"training a new {config.model}"
+        set_status(self.status, f"{what} -> {config.out}")
         self._set_running(True)
-        self.job = start_job("training", lambda cancel: train_steps(config, arrays=arrays, initial_model=initial,
-                                                                    cancel=cancel),
-                             on_event=self._on_event,
-                             on_finish=self._on_finish, owner=self.native)
+        self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel),
+                             on_event=self._on_event, on_finish=self._on_finish, owner=self.native,
+                             status=self.status)
         return self.job
 
     def fine_tune(self, *_: Any) -> Job | None:
@@ -273,7 +303,8 @@ class TrainWidget(Container):
     def add_to_training_set(self, *_: Any) -> tuple[Path, Path] | None:
         """Save the image layer and the labels layer (their current slice) as a new pair in the folders.
 
-        Returns ``(image_path, mask_path)``, None when refused; existing files are never overwritten.
+        Returns ``(image_path, mask_path)``, None when refused; existing files are never overwritten, and
+        a pair this widget already added (same image, same labels) is not added again.
         """
         try:
             image, labels = self.image_layer.value, self.labels_layer.value
@@ -285,54 +316,73 @@ class TrainWidget(Container):
             image_plane, index = self._current_plane(image)
             labels_plane, _ = self._current_plane(labels)
             name = image.name + ("_z" + "_".join(map(str, index)) if index else "")
+            key = (str(Path(images).resolve()), str(Path(masks).resolve()), name,
+                   plane_key(image_plane, labels_plane))
+            earlier = self.added.get(key)
+            if earlier is not None and earlier.exists():
+                raise UserError(f"this image and these labels are already in the training set as {earlier.name}; "
+                                "correct the labels (or pick another slice) before adding again")
             written = add_pair(image_plane, labels_plane, images, masks, name)
         except UserError as error:
-            report_error(error)
+            report_error(error, status=self.status)
             return None
+        self.added[key] = written[0]
         show_message(Message(f"added {written[0].name} to {images} and {written[1].name} to {masks}"))
-        self.status.value = f"added the pair {written[0].stem} to the training set"
+        set_status(self.status, f"added the pair {written[0].stem} to the training set")
         return written
 
     def cancel(self, *_: Any) -> None:
         """Stop training after the current batch; the run's files keep the last completed epoch."""
         if self.job is not None and self.job.running:
             self.job.cancel()
-            self.status.value = "cancelling ..."
+            set_status(self.status, "cancelling after this batch ...")
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, Batch):
             self.batch_progress.max, self.batch_progress.value = max(1, event.batches), event.batch
-            self.status.value = f"epoch {event.epoch}, batch {event.batch}/{event.batches}: loss {event.loss:.4f}"
+            self.plot.add_batch(event.epoch, event.batch, event.batches, event.loss)
+            if not (self.job and self.job.cancel_event.is_set()):
+                set_status(self.status, f"epoch {event.epoch}, batch {event.batch}/{event.batches}: "
+                                        f"loss {event.loss:.4f}")
         elif isinstance(event, Epoch):
             self.epoch_progress.max, self.epoch_progress.value = event.epochs, event.epoch
-            self.history.append(dict(event.metrics))
-            self._draw()
+            self.plot.add_epoch(event.metrics)
+            self.plot.show_best()
             dice = event.metrics.get("val_dice", float("nan"))
-            self.status.value = f"epoch {event.epoch}/{event.epochs}: val Dice {dice:.4f}"
+            set_status(self.status, f"epoch {event.epoch}/{event.epochs}: val Dice {dice:.4f}")
         elif isinstance(event, Checkpoint) and event.kind == "best":
             self.best_path = Path(event.path)
-
-    def _draw(self) -> None:
-        for title, (x, y) in curve_series(self.history).items():
-            self.lines[title].set_data(x, y)
-        self.loss_axes.relim()
-        self.loss_axes.autoscale_view()
-        self.score_axes.set_xlim(self.loss_axes.get_xlim())
-        self.canvas.draw_idle()
 
     def _on_finish(self, job: Job) -> None:
         self._set_running(False)
         free_gpu_memory()
-        scored = [row for row in self.history if "val_dice" in row]
-        if scored:
-            best = max(scored, key=lambda row: row["val_dice"])
-            fill_table(self.table, TABLE_HEADERS, best_rows(int(best["epoch"]), best))
-        if self.best_path is not None and self.best_path.exists():
-            announce_model(self.best_path, self.viewer)
-        self.status.value = f"{job.state}: {len(self.history)} epoch(s)" + (
-            f"; best model: {self.best_path.parent.name}/{self.best_path.name}" if self.best_path else "")
-        self.status.tooltip = str(self.best_path or "")
+        self.plot.update_lines()  # what the plot holds, now; its picture follows from the render thread
+        self.plot.draw()
+        best = self.plot.show_best()
+        if job.state == "failed":
+            return  # the status line shows the error
+        best_dice = None if best is None else float(best["val_dice"])
+        start_dice = getattr(job.result, "start_dice", None)
+        worse = start_dice is not None and best_dice is not None and best_dice < float(start_dice)
+        have_best = self.best_path is not None and self.best_path.exists()
+        if have_best:
+            announce_model(self.best_path, self.viewer, select=not worse)
+        run = self.run_dir
+        text = f"{job.state}: {len(self.history)} epoch(s)"
+        if best is not None:
+            text += f", best val Dice {best_dice:.4f} (epoch {int(best['epoch'])})"
+        if have_best:
+            text += f"; model {self.best_path.parent.name}/{self.best_path.name}"
+        if job.state == "cancelled" and run is not None:
+            kept = kept_files(run)
+            text += f"; kept {', '.join(kept)} in {Path(run).name}" if kept else "; no epoch finished, nothing kept"
+        if worse:
+            text += (f". Worse than the model it started from (val Dice {float(start_dice):.4f} on the same "
+                     "validation pairs): the previous model stays selected; pick the new one in a model list "
+                     "to use it")
+            show_message(Message(text, "warning"))
+        set_status(self.status, text, error=worse)
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.enabled = self.finetune_button.enabled = not running
+        self.start_button.enabled = self.finetune_button.enabled = self.add_button.enabled = not running
         self.cancel_button.enabled = running
