@@ -80,7 +80,10 @@ def test_compare_labels_layers_binary_and_multiclass(make_napari_viewer):
     viewer.add_labels(multi_truth, name="multi truth")
     widget.labels_layer.value = viewer.layers["multi"]
     widget.truth_layer.value = viewer.layers["multi truth"]
+    assert widget.compare()["kind"] == "instances"  # ids 1 and 2 read as two objects unless told otherwise
+    widget.compare_as.value = "class ids"
     scores = widget.compare()
+    assert scores["kind"] == "multiclass"
     assert scores["per_class"][1]["dice"] == pytest.approx(2 * 50 / (60 + 50))
     assert scores["per_class"][2]["iou"] == pytest.approx(40 / 50)
     rows = widget.compare_table.value["data"]
@@ -172,7 +175,7 @@ def test_evaluate_refuses_a_gray_model_on_colour_images_like_segment(make_napari
     widget.device.value = "cpu"
     assert wait_job(widget.evaluate()) == "failed"
     level, text = notifications[-1]
-    assert level == "error" and "c0.png is a colour (RGB) image" in text and "grayscale" in text
+    assert level == "error" and "c0.png: is a colour (RGB) image" in text and "grayscale" in text
     assert widget.status.value == text and widget.result is None
     assert not widget.table.value["data"]
     widget.masks.value = images
@@ -187,8 +190,6 @@ def test_compare_a_0_255_mask_as_binary(make_napari_viewer):
     truth[:10] = 255  # 200 foreground pixels, as File > Open gives a 0/255 mask
     result = np.zeros((20, 20), np.uint8)
     result[2:10] = 1  # 160 of them found
-    if "kind" not in compare_labels(result, truth):
-        pytest.xfail("compare_labels does not yet score 0/255 masks as binary (engine fix of issue 13 pending)")
     viewer = make_napari_viewer()
     viewer.add_labels(result, name="result")
     viewer.add_labels(truth, name="truth")

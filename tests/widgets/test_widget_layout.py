@@ -80,3 +80,19 @@ def test_colour_layers_do_not_matter_for_the_layout(make_napari_viewer):
     assert widget.image.value.name == "rgb"  # the choices reach the widgets inside the scroll area
     viewer.add_image(np.zeros((8, 8), np.uint8), name="later")
     assert "later" in [layer.name for layer in widget.image.choices]
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_device_lists_hold_only_devices_that_exist_with_reasons(make_napari_viewer, name, monkeypatch):
+    import torch
+
+    from napari_unet_seg import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(device, "cuda_problem", lambda: "this torch build has no CUDA support")
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-seg", name)
+    assert list(widget.device.choices) == ["auto", "cpu"]
+    tooltip = widget.device.tooltip
+    assert "auto: picks" in tooltip and "no cuda: this torch build has no CUDA support" in tooltip

@@ -7,10 +7,11 @@ status line under it that is always visible (:func:`status_label`, :func:`set_st
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import ComboBox, Container, Label
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -167,3 +168,18 @@ def on_values(widgets: Sequence[Any], callback: Callable[..., Any]) -> None:
     """Call ``callback`` when any of ``widgets`` changes."""
     for widget in widgets:
         widget.changed.connect(callback)
+
+
+def device_combo() -> ComboBox:
+    """A device list holding only the devices that exist here; its tooltip says what ``auto`` picks and
+    why each missing GPU is missing (the same diagnosis as ``napari-unet-seg doctor``)."""
+    from ..device import available_devices, cuda_problem, mps_problem
+
+    devices = available_devices()
+    lines = [f"{name}: {reason}" for name, reason in devices]
+    names = [name for name, _ in devices]
+    if not any(name.startswith("cuda") for name in names):
+        lines.append(f"no cuda: {cuda_problem()}")
+    if "mps" not in names and mps_problem() and platform.system() == "Darwin":
+        lines.append(f"no mps: {mps_problem()}")
+    return ComboBox(label="device", choices=names, value="auto", tooltip="\n".join(lines))

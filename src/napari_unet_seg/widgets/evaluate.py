@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton
 
-from ..device import DEVICES
 from ..errors import UserError
 from ..events import Message, Tiles
-from ._layout import Advanced, Docked, Section, build, set_status, status_label
+from ._layout import Advanced, Docked, Section, device_combo, build, set_status, status_label
 from ._models import ModelPicker, announce_model
 from ._params import comparison_table, evaluation_table, layer_array, optional_path, runs_table, write_csv
 from ._table import fill_table, make_table
@@ -33,32 +32,16 @@ FOLDER_HEADERS = ("image", "Dice", "IoU", "accuracy")
 RUN_HEADERS = runs_table([])[0]
 
 
-def colour_mismatch(in_channels: int, image: np.ndarray, name: str, model: str) -> str | None:
-    """The refusal for a gray model on a colour image (the engine refuses the opposite), else None."""
-    from ..normalization import is_rgb
-
-    if in_channels == 1 and is_rgb(np.asarray(image)):
-        return (f"{name} is a colour (RGB) image but the model {model} takes grayscale images; choose a model "
-                "trained on colour images, as Segment does")
-    return None
+#: How Compare reads the labels: as masks/objects (foreground, and objects when ids differ) or as class ids.
+COMPARE_AS = ("masks or objects", "class ids")
 
 
 def _evaluation_steps(model: str, images: str, masks: str, device: str, cancel: Any):
-    """``evaluate_steps`` after loading the model and checking the folder's first image, in the worker."""
+    """``evaluate_steps`` after loading the model in the worker (the engine refuses colour/gray mismatches)."""
     from ..evaluation import evaluate_steps
-    from ..image_io import read_image
     from ..model_file import load_model
-    from ..pairing import pair_files
-    from ._params import model_label
 
-    loaded = load_model(model)
-    pairs = pair_files(images, masks)
-    if pairs:
-        refusal = colour_mismatch(loaded.in_channels, read_image(pairs[0].image), pairs[0].image.name,
-                                  model_label(model))
-        if refusal:
-            raise UserError(refusal)
-    return (yield from evaluate_steps(loaded, images, masks, device=device, cancel=cancel))
+    return (yield from evaluate_steps(load_model(model), images, masks, device=device, cancel=cancel))
 
 
 class EvaluateWidget(Docked, Container):
@@ -76,7 +59,7 @@ class EvaluateWidget(Docked, Container):
         self.model, self.model_file = self.models.combo, self.models.file
         self.images = FileEdit(label="images folder", mode="d", nullable=True)
         self.masks = FileEdit(label="masks folder", mode="d", nullable=True)
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.device = device_combo()
         self.evaluate_button = PushButton(text="Evaluate")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="images", value=0, min=0, max=1)
@@ -86,6 +69,10 @@ class EvaluateWidget(Docked, Container):
         # a Labels layer against a ground-truth Labels layer
         self.labels_layer = ComboBox(label="labels", choices=self._labels_layers)
         self.truth_layer = ComboBox(label="ground truth", choices=self._labels_layers)
+        self.compare_as = ComboBox(label="labels are", choices=COMPARE_AS, value=COMPARE_AS[0],
+                                   tooltip="masks or objects: any id > 0 is foreground (one id per object also "
+                                           "gives object precision/recall/F1 at IoU 0.5); class ids: each id is "
+                                           "a class, scored per class")
         self.compare_button = PushButton(text="Compare")
         self.compare_table = make_table(("class", "Dice", "IoU"), min_height=60, max_height=160)
         # the runs of a folder (a sweep's output, or run folders side by side)
@@ -101,7 +88,7 @@ class EvaluateWidget(Docked, Container):
         self.status = status_label()
         self.advanced = Advanced([self.device])
         self.layers_section = Section("Labels layer against ground truth",
-                                      [self.labels_layer, self.truth_layer, self.compare_button,
+                                      [self.labels_layer, self.truth_layer, self.compare_as, self.compare_button,
                                        self.compare_table])
         self.runs_section = Section("Compare runs", [self.runs_folder, self.list_button, self.runs_table, self.run,
                                                      self.use_run_button])
@@ -205,8 +192,12 @@ class EvaluateWidget(Docked, Container):
                 raise UserError("choose a Labels layer and a ground-truth Labels layer to compare")
             if labels is truth or labels.name == truth.name:
                 raise UserError("choose two different Labels layers: a result and its ground truth")
-            scores = compare_labels(np.asarray(layer_array(labels.data, labels.multiscale)),
-                                    np.asarray(layer_array(truth.data, truth.multiscale)))
+            result = np.asarray(layer_array(labels.data, labels.multiscale))
+            truth_data = np.asarray(layer_array(truth.data, truth.multiscale))
+            classes = None
+            if self.compare_as.value == COMPARE_AS[1]:
+                classes = max(3, int(max(result.max(initial=0), truth_data.max(initial=0))) + 1)
+            scores = compare_labels(result, truth_data, classes)
         except UserError as error:
             report_error(error, status=self.status)
             return None

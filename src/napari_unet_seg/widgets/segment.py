@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
 
-from ..device import DEVICES
 from ..errors import UserError
 from ..events import Tiles
 from ..instances import INSTANCE_MODES
-from ._layout import Advanced, Docked, build, set_status, status_label
+from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import ModelPicker
 from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
 from ._worker import Job, free_gpu_memory, report_error, start_job
@@ -42,8 +41,7 @@ class SegmentWidget(Docked, Container):
                               tooltip="the Image layer to segment (multiscale: its highest resolution)")
         self.models = ModelPicker(viewer)
         self.model, self.model_file = self.models.combo, self.models.file
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto",
-                               tooltip="auto: the GPU when there is one, else the CPU")
+        self.device = device_combo()
         self.tile = SpinBox(label="tile size", value=0, min=0, max=8192, step=16,
                             tooltip="edge of the square tiles the image is cut into, in pixels; "
                                     "0: the model's training patch size (at least 256)")

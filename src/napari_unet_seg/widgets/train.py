@@ -17,13 +17,12 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
                               RadioButtons, SpinBox)
 
 from ..config import AUGMENTS, OPTIMIZERS
-from ..device import DEVICES
 from ..errors import UserError
 from ..events import Batch, Checkpoint, Epoch, Message
 from ..losses import LOSS_NAMES
 from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
-from ._layout import Advanced, Docked, build, set_status, status_label
+from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
 from ._params import kept_files, layer_array, layer_pairs, model_label, optional_path, plane_key, train_config
 from ._plot import TrainingPlot
@@ -118,7 +117,7 @@ class TrainWidget(Docked, Container):
                             tooltip="where best.pt, last.pt, history.csv and curves.png are written")
         self.overwrite = CheckBox(text="overwrite", value=False,
                                   tooltip="replace a run that the output folder already holds")
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.device = device_combo()
         self.start_button = PushButton(text="Start")
         self.finetune_button = PushButton(text="Fine-tune",
                                           tooltip="continue training the 'start from' model on the training "
