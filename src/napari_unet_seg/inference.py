@@ -8,6 +8,7 @@ augmentation predicts rotated and flipped views of the image; their spread is th
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Generator
@@ -244,7 +245,8 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
     if torch_device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
         torch.backends.cudnn.benchmark = True
-    network = model.network.to(torch_device, memory_format=torch.channels_last).eval()
+    # A copy: the caller's network keeps its device, memory format and train/eval mode.
+    network = copy.deepcopy(model.network).to(torch_device, memory_format=torch.channels_last).eval()
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
     # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
