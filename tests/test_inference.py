@@ -255,3 +255,18 @@ def test_instances_number_the_objects(model):
     assert np.array_equal(stack[0], split) and np.array_equal(stack[1][stack[1] > 0], split[split > 0] + split.max())
     with pytest.raises(UserError, match="instances 'cells' is unknown"):
         predict(model, image, device="cpu", instances="cells")
+
+
+def test_predict_never_changes_the_callers_model(model):
+    import torch
+
+    image, _ = synthetic_pair((64, 64), seed=2)
+    model.network.train()
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    formats = [p.is_contiguous() for p in model.network.parameters()]
+    predict(model, image, device="cpu", tta=True)
+    assert model.network.training  # still in train mode: batch norm not switched under its owner
+    assert [p.is_contiguous() for p in model.network.parameters()] == formats  # not made channels-last
+    assert all(p.device.type == "cpu" for p in model.network.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())
+    model.network.eval()
