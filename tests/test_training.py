@@ -246,3 +246,46 @@ def test_cancel_ends_in_the_engines_cancelled_branch_and_keeps_the_files(tmp_pat
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "curves.png", "history.csv", "last.pt"]
     assert len(read_history(run / "history.csv")) == 2 and load_model(run / "last.pt").metrics["epoch"] == 2
     assert (run / "curves.png").stat().st_size > 1000  # curves_every 0: drawn by the cancelled branch
+
+
+def test_fine_tune_records_its_parent_scores_the_start_and_says_when_it_is_worse(tmp_path, tiny_model, capsys):
+    import hashlib
+    from argparse import Namespace
+
+    from napari_unet_seg.commands import run_info
+    from napari_unet_seg.evaluation import evaluate
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    images, masks = write_synthetic_folder(tmp_path / "train", 3, (64, 64), seed=11)
+    val_images, val_masks = write_synthetic_folder(tmp_path / "val", 2, (64, 64), seed=12)
+    events = []
+    tuned = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
+                  epochs=1, initial_model=tiny_model, on_event=events.append, **{**FAST, "lr": 5.0})
+    start = evaluate(tiny_model, val_images, val_masks, device="cpu")["dice"]
+    assert tuned.start_dice == pytest.approx(start, abs=1e-4) and start > 0.5
+    assert tuned.best_metrics["val_dice"] < tuned.start_dice  # lr 5 wrecks it
+    worse = [e.text for e in events if isinstance(e, Message) and "worse" in e.text]
+    assert len(worse) == 1 and str(tiny_model.resolve()) in worse[0] and f"{start:.4f}" in worse[0]
+    assert [e for e in events if isinstance(e, Message) and "worse" in e.text][0].level == "warning"
+    sha = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    parent = load_model(tuned.best).info["parent"]
+    assert parent == {"path": str(tiny_model.resolve()), "sha256": sha}
+    assert load_model(tuned.last).info["parent"] == parent
+    run_info(Namespace(model=str(tuned.best)))
+    assert f"fine-tuned from: {tiny_model.resolve()} (sha256 {sha})" in capsys.readouterr().out
+    scratch = train(images=images, masks=masks, out=tmp_path / "new", epochs=1, **FAST)
+    assert scratch.start_dice is None and "parent" not in load_model(scratch.best).info
+
+
+def test_fine_tune_from_a_shipped_model_records_its_name(tmp_path):
+    import hashlib
+
+    from napari_unet_seg.pretrained import pretrained_path
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    pairs = [synthetic_pair((32, 32), seed=i) for i in range(2)]
+    tuned = train(arrays=pairs, out=tmp_path / "run", epochs=1, initial_model="em-membranes",
+                  **{**FAST, "batch_size": 2})
+    sha = hashlib.sha256(pretrained_path("em-membranes").read_bytes()).hexdigest()
+    assert load_model(tuned.best).info["parent"] == {"name": "em-membranes", "sha256": sha}
+    assert isinstance(tuned.start_dice, float)

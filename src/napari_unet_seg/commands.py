@@ -198,6 +198,11 @@ def run_info(args: Namespace) -> int:
           f"{model.in_channels} input channel(s), {model.num_classes} classes")
     print(f"normalization: {model.normalization}")
     print(f"metrics: {json.dumps(model.metrics)}")
+    parent = model.info.get("parent")
+    if isinstance(parent, dict):
+        origin = f"shipped model {parent['name']}" if "name" in parent and "path" not in parent else \
+            parent.get("path") or parent.get("name")
+        print(f"fine-tuned from: {origin} (sha256 {parent.get('sha256') or 'unknown'})")
     if model.config.get("command"):
         print(f"trained with: {model.config['command']}")
     if model.config:
