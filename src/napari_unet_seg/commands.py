@@ -40,7 +40,7 @@ class ConsoleProgress:
         elif isinstance(event, Message):
             self._line(("warning: " if event.level == "warning" else "") + event.text)
         elif isinstance(event, Tiles) and self.live:
-            self.stream.write(f"\r{event.done}/{event.total}")
+            self.stream.write(f"\r{100 * event.done // max(1, event.total)} %")
             self.stream.flush()
 
     def _line(self, text: str) -> None:
@@ -155,9 +155,10 @@ def run_predict(args: Namespace) -> int:
                 raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
         planned.append((path, targets))
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
+    progress = ConsoleProgress()  # tile progress on a terminal, warnings as lines
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
-        result = predict(model, read_image(path), uncertainty=args.uncertainty, **options)
+        result = predict(model, read_image(path), uncertainty=args.uncertainty, on_event=progress, **options)
         labels, spread = result if args.uncertainty else (result, None)
         written = [write_mask(targets[0], labels)]
         if spread is not None:
