@@ -289,6 +289,62 @@ def _with_tiles(work: Callable[[Callable[[int], None], Callable[[], bool]], Any]
     return outcome["value"]
 
 
+def _check_options(overlap: float, threshold: float, tile: int | None, batch_size: int | None,
+                   min_size: int) -> None:
+    if not 0 <= overlap < 1:
+        raise UserError(f"overlap must be in [0, 1), got {overlap}")
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold must be in (0, 1), got {threshold}")
+    if tile is not None and tile < 16:
+        raise UserError(f"tile size must be at least 16 pixels, got {tile}")
+    if (batch_size is not None and batch_size < 1) or min_size < 0:
+        raise UserError("batch size must be >= 1 and minimum object size >= 0")
+
+
+def _working_copy(network: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, _TileMeter]:
+    """predict's own copy of ``network`` (channels-last, eval, on ``device``) and its progress meter: the
+    caller's network keeps its device, memory format and train/eval mode."""
+    if device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
+        torch.backends.cudnn.benchmark = True
+    network = copy.deepcopy(network).to(device, memory_format=torch.channels_last).eval()
+    return network, _TileMeter(network)
+
+
+def _store(outputs: tuple, target: tuple, inner: tuple, probs: torch.Tensor, spread: torch.Tensor | None,
+           num_classes: int, threshold: float) -> None:
+    """Write a block's ``inner`` part into the ``(labels, probabilities, uncertainty)`` arrays at ``target``."""
+    labels, probs_out, spread_out = outputs
+    probs = probs[(slice(None), *inner)]
+    labels[target] = labels_from_probabilities(probs, num_classes, threshold).cpu().numpy()
+    if spread_out is not None:
+        spread_out[target] = spread[0][inner].cpu().numpy()
+    if probs_out is not None:
+        values = probs.cpu().numpy()
+        if num_classes > 2:
+            probs_out[(slice(None), *target)] = values
+        else:
+            probs_out[target] = values[0]
+
+
+def _plan(model: SegmentationModel, plane_shape: tuple[int, int], device: torch.device, tile: int | None,
+          batch_size: int | None, overlap: float, view_count: int) -> tuple[list, tuple[int, int], int, list[int]]:
+    """``(blocks, tile, tile batch, tile steps per block)`` of a plane (see :mod:`.tiling`)."""
+    resize = model.config.get("resize")
+    # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
+    halo = 0 if resize else BLOCK_HALO
+    regions = list(blocks(plane_shape, max(plane_shape) if resize else BLOCK[device.type], halo))
+    extents = [tuple(s.stop - s.start for s in outer) for outer, _ in regions]
+    network_shape = (resize, resize) if resize else tuple(map(max, zip(*extents)))
+    if tile:
+        roi, batch_size = (int(tile), int(tile)), batch_size or 4
+    else:
+        roi, batch_size = auto_tiling(network_shape, device, minimum=model.tile_size, overlap=overlap,
+                                      batch_size=batch_size)
+    steps = [TILE_STEPS * view_count * window_count(network_shape if resize else extent, roi, overlap)
+             for extent in extents]
+    return regions, roi, batch_size, steps
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
                   batch_size: int | None = None, tta: bool = False, uncertainty: bool = False,
@@ -310,38 +366,16 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     models) turns the labels into int32 object ids, unique across a stack (:mod:`.instances`).
     """
     model = load_model(model)
-    if not 0 <= overlap < 1:
-        raise UserError(f"overlap must be in [0, 1), got {overlap}")
-    if not 0 < threshold < 1:
-        raise UserError(f"threshold must be in (0, 1), got {threshold}")
-    if tile is not None and tile < 16:
-        raise UserError(f"tile size must be at least 16 pixels, got {tile}")
-    if (batch_size is not None and batch_size < 1) or min_size < 0:
-        raise UserError("batch size must be >= 1 and minimum object size >= 0")
+    _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
-    if torch_device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
-        torch.backends.cudnn.benchmark = True
-    # A copy: the caller's network keeps its device, memory format and train/eval mode.
-    network = copy.deepcopy(model.network).to(torch_device, memory_format=torch.channels_last).eval()
-    meter = _TileMeter(network)
+    network, meter = _working_copy(model.network, torch_device)
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
-    # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
-    halo = 0 if resize else BLOCK_HALO
-    regions = list(blocks(plane_shape, max(plane_shape) if resize else BLOCK[torch_device.type], halo))
-    extents = [tuple(s.stop - s.start for s in outer) for outer, _ in regions]
-    network_shape = (resize, resize) if resize else tuple(map(max, zip(*extents)))
-    if tile:
-        roi, batch_size = (int(tile), int(tile)), batch_size or 4
-    else:
-        roi, batch_size = auto_tiling(network_shape, torch_device, minimum=model.tile_size, overlap=overlap,
-                                      batch_size=batch_size)
-    view_count = len(views(tta, uncertainty))
-    windows = [TILE_STEPS * view_count * window_count(network_shape if resize else extent, roi, overlap)
-               for extent in extents]  # in tile steps
+    regions, roi, batch_size, windows = _plan(model, plane_shape, torch_device, tile, batch_size, overlap,
+                                              len(views(tta, uncertainty)))
     slices = spatial[0] if stack else 1
     total = slices * sum(windows)
     labels = np.zeros(spatial, dtype=np.uint8 if instances == "none" else np.int32)
@@ -375,17 +409,8 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
                 batch_size = lowered[-1]
                 yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")
                 lowered.clear()
-            probs = probs[(slice(None), *inner)]
             target = (here, *(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner)))
-            labels[target] = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()
-            if spread_out is not None:
-                spread_out[target] = spread[0][inner].cpu().numpy()
-            if probs_out is not None:
-                values = probs.cpu().numpy()
-                if channels > 1:
-                    probs_out[(slice(None), *target)] = values
-                else:
-                    probs_out[target] = values[0]
+            _store((labels, probs_out, spread_out), target, inner, probs, spread, model.num_classes, threshold)
             done += count
         plane = postprocess(labels[here], min_size=min_size, fill_holes=fill_holes)
         if instances != "none":
