@@ -174,3 +174,40 @@ def test_stale_temporary_files_of_killed_saves_are_removed(tmp_path, pairs):
 def test_cosine_factor_spans_lr_to_a_hundredth():
     assert cosine_factor(0, 4) == 1.0 and cosine_factor(4, 4) == pytest.approx(0.01)
     assert cosine_factor(2, 4) == pytest.approx(0.505) and not math.isnan(cosine_factor(9, 4))
+
+
+def test_cli_refuses_a_second_run_and_a_killed_runs_lock_is_taken_over(tmp_path, synthetic_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from napari_unet_seg.reporting import read_history
+
+    images, masks = synthetic_dir
+    run = tmp_path / "r"
+    args = [sys.executable, "-m", "napari_unet_seg", "train", "--images", str(images), "--masks", str(masks),
+            "--width", "0.25", "--patch-size", "32", "--batch-size", "4", "--augment", "none", "--device", "cpu"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen([*args, "--out", str(run), "--epochs", "500"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (run / "history.csv").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert (run / "history.csv").exists(), "the first run wrote no epoch"
+        second = subprocess.run([*args, "--out", str(run), "--epochs", "1", "--overwrite"], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert first.poll() is None  # the first run was writing all along
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another training run (process {first.pid}) is writing" in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (run / LOCK_NAME).exists()  # left behind by the killed run; the kernel released its flock
+    done_epochs = load_training_state(run / "last.pt")["epoch"]  # history.csv is written after last.pt
+    resumed = subprocess.run([*args[:3], "train", "--out", str(run), "--resume", "--epochs", str(done_epochs + 1)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(read_history(run / "history.csv")) == done_epochs + 1 and not (run / LOCK_NAME).exists()
