@@ -271,6 +271,9 @@ def test_fine_tune_records_its_parent_scores_the_start_and_says_when_it_is_worse
     parent = load_model(tuned.best).info["parent"]
     assert parent == {"path": str(tiny_model.resolve()), "sha256": sha}
     assert load_model(tuned.last).info["parent"] == parent
+    resumed = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
+                    resume=True, epochs=2)
+    assert load_model(resumed.last).info["parent"] == parent and resumed.start_dice == tuned.start_dice
     run_info(Namespace(model=str(tuned.best)))
     assert f"fine-tuned from: {tiny_model.resolve()} (sha256 {sha})" in capsys.readouterr().out
     scratch = train(images=images, masks=masks, out=tmp_path / "new", epochs=1, **FAST)

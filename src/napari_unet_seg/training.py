@@ -250,7 +250,7 @@ def validate(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, *, dev
     return drain(validate_steps(model, pairs, loss_fn, device=device, cancel=cancel))
 
 
-def _parent(initial_model: Any, start: SegmentationModel) -> dict:
+def _parent(start: SegmentationModel) -> dict:
     """The lineage a fine-tuned model records: the shipped ``name`` or the file's ``path``, and its sha256."""
     from .pretrained import shipped_models
 
@@ -275,15 +275,18 @@ def _adopt_start(config: TrainConfig, start: SegmentationModel) -> Generator[Mes
     config.width = float(start.config.get("width", config.width))
 
 
-def _build_model(config: TrainConfig, start: SegmentationModel | None, channels: int, normalization: dict,
-                 info: dict) -> SegmentationModel:
-    arch = start.architecture if start else {"name": config.model,
-                                             "kwargs": network_kwargs(config.model, width=config.width)}
+def _build_model(config: TrainConfig, start: SegmentationModel | None, stored: SegmentationModel | None,
+                 channels: int, normalization: dict) -> SegmentationModel:
+    """The run's model: the starting model's architecture and weights, a resumed run's architecture, or new."""
+    base = start or stored
+    arch = base.architecture if base else {"name": config.model,
+                                           "kwargs": network_kwargs(config.model, width=config.width)}
+    info = stored.info if stored else {"parent": _parent(start)} if start else {}
     torch.manual_seed(config.seed)
     network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
     if start:
         network.load_state_dict(start.network.state_dict())
-    return SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict(), info=info)
+    return SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict(), info=dict(info))
 
 
 def _check_channels(channels: int, start: SegmentationModel | None, stored: SegmentationModel | None,
@@ -387,8 +390,7 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
     train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
     yield from messages
     _check_channels(channels, start, stored, run_dir)
-    info = stored.info if stored else {"parent": _parent(initial_model, start)} if start else {}
-    run = TrainingRun(config, _build_model(config, start, channels, normalization, info), device)
+    run = TrainingRun(config, _build_model(config, start, stored, channels, normalization), device)
     val_set = val_set[distributed.rank()::distributed.world_size()]
     if resume:
         run.load_state_dict(read_run_state(run_dir / "last.pt"))
