@@ -88,17 +88,18 @@ def test_two_processes_train_like_one(tmp_path, capsys):
 
     # The metrics of the last epoch are those of its saved model on all validation images (the ranks'
     # shares are summed, not averaged per rank: 2 + 1 images).
-    from napari_unet_seg.dataset import load_samples
+    from napari_unet_seg.dataset import mask_to_classes
+    from napari_unet_seg.image_io import read_image
     from napari_unet_seg.losses import build_loss
     from napari_unet_seg.model_file import load_model
     from napari_unet_seg.pairing import pair_files
-    from napari_unet_seg.training import validate
+    from napari_unet_seg.training import ValPair, validate
 
     last = load_model(run / "last.pt")
     assert not any(key.startswith("module.") for key in last.network.state_dict())
-    samples, _ = load_samples(pair_files(val_images, val_masks), classes=2, normalization=last.normalization)
-    again = validate(last.network, samples, build_loss("dicece", 2), num_classes=2, tile=64,
-                     device=torch.device("cpu"), amp=False)
+    pairs = [ValPair(p.image.name, read_image(p.image), mask_to_classes(read_image(p.mask), 2))
+             for p in pair_files(val_images, val_masks)]
+    again = validate(last, pairs, build_loss("dicece", 2), device=torch.device("cpu"))
     for key in ("val_loss", "val_dice", "val_iou", "val_accuracy"):
         assert two[-1][key] == pytest.approx(again[key], abs=1e-4), key
 

@@ -232,7 +232,9 @@ def test_uncertainty_of_stacks_and_progress_counts(model):
         events = []
         result = drain(predict_steps(model, stack, device="cpu", tile=32, precision="fp32", **options),
                        events.append)
-        assert events[-1].done == events[-1].total and len(events) == 2
+        assert events[-1].done == events[-1].total and all(isinstance(e, Tiles) for e in events)
+        assert [e.done for e in events] == sorted({e.done for e in events})  # rising, never repeated
+        assert {e.done for e in events} >= {events[-1].total // 2, events[-1].total}  # each slice's end
         counts[name] = events[-1].total
     assert counts["tta"] == 4 * counts["plain"] and counts["uncertainty"] == 8 * counts["plain"]
     assert result.uncertainty.shape == stack.shape and result.labels.dtype == np.uint8
@@ -255,3 +257,46 @@ def test_instances_number_the_objects(model):
     assert np.array_equal(stack[0], split) and np.array_equal(stack[1][stack[1] > 0], split[split > 0] + split.max())
     with pytest.raises(UserError, match="instances 'cells' is unknown"):
         predict(model, image, device="cpu", instances="cells")
+
+
+def test_predict_never_changes_the_callers_model(model):
+    import torch
+
+    image, _ = synthetic_pair((64, 64), seed=2)
+    model.network.train()
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    formats = [p.is_contiguous() for p in model.network.parameters()]
+    predict(model, image, device="cpu", tta=True)
+    assert model.network.training  # still in train mode: batch norm not switched under its owner
+    assert [p.is_contiguous() for p in model.network.parameters()] == formats  # not made channels-last
+    assert all(p.device.type == "cpu" for p in model.network.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.network.state_dict().items())
+    model.network.eval()
+
+
+def test_progress_comes_per_group_of_tiles_and_a_cancelled_predict_ends_short(model, monkeypatch):
+    import threading
+    import time
+
+    import napari_unet_seg.inference as inference
+
+    monkeypatch.setattr(inference, "PROGRESS_INTERVAL", 0.0)
+    image, _ = synthetic_pair((200, 200), seed=4, objects=10)
+    events = []
+    drain(predict_steps(model, image, device="cpu"), events.append)  # one 200x200 tile: steps within it
+    assert len(events) >= 5 and events[-1].done == events[-1].total == inference.TILE_STEPS
+    assert [e.done for e in events] == sorted({e.done for e in events})
+    cancel, seen = threading.Event(), []
+    steps = predict_steps(model, image, device="cpu", tta=True, tile=64, cancel=cancel)
+    with pytest.raises(JobCancelled):
+        for event in steps:
+            seen.append(event)
+            if len(seen) == 3:
+                cancel.set()
+    assert seen[-1].done < seen[-1].total  # a cancelled prediction never reports 100 %
+    monkeypatch.setattr(inference, "PROGRESS_INTERVAL", 0.1)
+    began, times = time.perf_counter(), []
+    drain(predict_steps(model, np.tile(image, (3, 3)), device="cpu", tile=64, uncertainty=True),
+          lambda event: times.append(time.perf_counter()))
+    gaps = np.diff([began, *times])
+    assert len(times) > 3 and gaps.max() < 1.0, gaps  # at least once a second (measured here: ~0.1 s)

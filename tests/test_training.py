@@ -206,3 +206,89 @@ def test_long_run_does_not_grow_host_memory(tmp_path):
     spec.loader.exec_module(bench)
     result = bench.measure(tmp_path / "run", epochs=30, mark=10)
     assert result["growth"] < 20, result  # MiB; a figure or a history copy kept per epoch would show here
+
+
+@pytest.mark.parametrize("extra", [{}, {"resize": 40}])  # patches / whole images resized for the network
+def test_val_dice_that_picks_best_is_what_evaluate_reports(tmp_path, extra):
+    from napari_unet_seg.evaluation import evaluate
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    images, masks = write_synthetic_folder(tmp_path / "train", 4, (72, 56))
+    val_images, val_masks = write_synthetic_folder(tmp_path / "val", 3, (80, 64), seed=5)
+    result = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
+                   epochs=2, **{**FAST, **extra})
+    scores = evaluate(result.best, val_images, val_masks, device="cpu")
+    assert 0.05 < scores["dice"] < 1  # a partly trained model: the comparison is between real scores
+    assert result.best_metrics["val_dice"] == pytest.approx(scores["dice"], abs=1e-4)
+    assert result.best_metrics["val_iou"] == pytest.approx(scores["iou"], abs=1e-4)
+    assert result.best_metrics["val_accuracy"] == pytest.approx(scores["accuracy"], abs=1e-4)
+
+
+def test_cancel_ends_in_the_engines_cancelled_branch_and_keeps_the_files(tmp_path, synthetic_dir):
+    from napari_unet_seg.events import drain
+
+    images, masks = synthetic_dir
+    cancel = threading.Event()
+    events = []
+
+    def on_event(event):  # set mid-epoch 3; the generator is drained, so the engine itself ends the run
+        events.append(event)
+        if isinstance(event, Batch) and event.epoch == 3 and event.batch == 1:
+            cancel.set()
+
+    steps = train_steps(images=images, masks=masks, out=tmp_path / "run", epochs=10, cancel=cancel, curves_every=0,
+                        **FAST)
+    result = drain(steps, on_event)
+    assert result.status == "cancelled" and [row["epoch"] for row in result.history] == [1, 2]
+    assert "cancelled during epoch 3; the run's files hold epoch 2" in [e.text for e in events
+                                                                         if isinstance(e, Message)]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "curves.png", "history.csv", "last.pt"]
+    assert len(read_history(run / "history.csv")) == 2 and load_model(run / "last.pt").metrics["epoch"] == 2
+    assert (run / "curves.png").stat().st_size > 1000  # curves_every 0: drawn by the cancelled branch
+
+
+def test_fine_tune_records_its_parent_scores_the_start_and_says_when_it_is_worse(tmp_path, tiny_model, capsys):
+    import hashlib
+    from argparse import Namespace
+
+    from napari_unet_seg.commands import run_info
+    from napari_unet_seg.evaluation import evaluate
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    images, masks = write_synthetic_folder(tmp_path / "train", 3, (64, 64), seed=11)
+    val_images, val_masks = write_synthetic_folder(tmp_path / "val", 2, (64, 64), seed=12)
+    events = []
+    tuned = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
+                  epochs=1, initial_model=tiny_model, on_event=events.append, **{**FAST, "lr": 5.0})
+    start = evaluate(tiny_model, val_images, val_masks, device="cpu")["dice"]
+    assert tuned.start_dice == pytest.approx(start, abs=1e-4) and start > 0.5
+    assert tuned.best_metrics["val_dice"] < tuned.start_dice  # lr 5 wrecks it
+    worse = [e.text for e in events if isinstance(e, Message) and "worse" in e.text]
+    assert len(worse) == 1 and str(tiny_model.resolve()) in worse[0] and f"{start:.4f}" in worse[0]
+    assert [e for e in events if isinstance(e, Message) and "worse" in e.text][0].level == "warning"
+    sha = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    parent = load_model(tuned.best).info["parent"]
+    assert parent == {"path": str(tiny_model.resolve()), "sha256": sha}
+    assert load_model(tuned.last).info["parent"] == parent
+    resumed = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
+                    resume=True, epochs=2)
+    assert load_model(resumed.last).info["parent"] == parent and resumed.start_dice == tuned.start_dice
+    run_info(Namespace(model=str(tuned.best)))
+    assert f"fine-tuned from: {tiny_model.resolve()} (sha256 {sha})" in capsys.readouterr().out
+    scratch = train(images=images, masks=masks, out=tmp_path / "new", epochs=1, **FAST)
+    assert scratch.start_dice is None and "parent" not in load_model(scratch.best).info
+
+
+def test_fine_tune_from_a_shipped_model_records_its_name(tmp_path):
+    import hashlib
+
+    from napari_unet_seg.pretrained import pretrained_path
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    pairs = [synthetic_pair((32, 32), seed=i) for i in range(2)]
+    tuned = train(arrays=pairs, out=tmp_path / "run", epochs=1, initial_model="em-membranes",
+                  **{**FAST, "batch_size": 2})
+    sha = hashlib.sha256(pretrained_path("em-membranes").read_bytes()).hexdigest()
+    assert load_model(tuned.best).info["parent"] == {"name": "em-membranes", "sha256": sha}
+    assert isinstance(tuned.start_dice, float)

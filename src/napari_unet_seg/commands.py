@@ -40,7 +40,7 @@ class ConsoleProgress:
         elif isinstance(event, Message):
             self._line(("warning: " if event.level == "warning" else "") + event.text)
         elif isinstance(event, Tiles) and self.live:
-            self.stream.write(f"\r{event.done}/{event.total}")
+            self.stream.write(f"\r{100 * event.done // max(1, event.total)} %")
             self.stream.flush()
 
     def _line(self, text: str) -> None:
@@ -157,10 +157,11 @@ def run_predict(args: Namespace) -> int:
         planned.append((path, targets))
     check_distinct(((path, target) for path, targets in planned for target in targets), "--output")
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
+    progress = ConsoleProgress()  # tile progress on a terminal, warnings as lines
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
         image, colour = read_image_layout(path)
-        result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, **options)
+        result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, on_event=progress, **options)
         labels, spread = result if args.uncertainty else (result, None)
         written = [write_mask(targets[0], labels)]
         if spread is not None:
@@ -210,25 +211,25 @@ def run_evaluate(args: Namespace) -> int:
 
 
 def run_info(args: Namespace) -> int:
+    from .config import TrainConfig
     from .model_file import read_summary
-
-    path, meta, parameters = read_summary(args.model)
-    model = Namespace(path=path, architecture=meta["architecture"], in_channels=meta["in_channels"],
-                      num_classes=meta["num_classes"], normalization=meta["normalization"],
-                      metrics=meta.get("metrics", {}), config=meta.get("config", {}))
-    print(f"{model.path}: {model.architecture['name']} ({parameters / 1e6:.2f} M parameters), "
-          f"{model.in_channels} input channel(s), {model.num_classes} classes")
-    print(f"normalization: {model.normalization}")
-    print(f"metrics: {json.dumps(model.metrics)}")
-    if model.config.get("command"):
-        print(f"trained with: {model.config['command']}")
-    if model.config:
-        from .config import TrainConfig
-
-        print(f"settings as a train command: {TrainConfig.from_dict(model.config).as_command()}")
     from .pretrained import terms_lines
 
-    print("\n".join(terms_lines(meta.get("info", {}))))
+    path, meta, parameters = read_summary(args.model)
+    config, info = meta.get("config", {}), meta.get("info", {})
+    print(f"{path}: {meta['architecture']['name']} ({parameters / 1e6:.2f} M parameters), "
+          f"{meta['in_channels']} input channel(s), {meta['num_classes']} classes")
+    print(f"normalization: {meta['normalization']}")
+    print(f"metrics: {json.dumps(meta.get('metrics', {}))}")
+    parent = info.get("parent")
+    if isinstance(parent, dict):
+        origin = parent.get("path") or f"shipped model {parent.get('name')}"
+        print(f"fine-tuned from: {origin} (sha256 {parent.get('sha256') or 'unknown'})")
+    if config.get("command"):
+        print(f"trained with: {config['command']}")
+    if config:
+        print(f"settings as a train command: {TrainConfig.from_dict(config).as_command()}")
+    print("\n".join(terms_lines(info)))
     return 0
 
 

@@ -8,7 +8,11 @@ augmentation predicts rotated and flipped views of the image; their spread is th
 
 from __future__ import annotations
 
+import copy
 import os
+import queue
+import threading
+import time
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -209,13 +213,145 @@ def _layout(array: Any, in_channels: int, rgb: bool | None) -> tuple[bool, tuple
 BLOCK_HALO = 128
 
 
+#: Progress units per tile: :class:`Tiles` of ``predict_steps`` count tenths of a tile's forward pass.
+TILE_STEPS = 10
+#: Seconds between two :class:`Tiles` events within a block (at least; one more ends each block).
+PROGRESS_INTERVAL = 0.1
+
+
+class _TileMeter:
+    """Reports how far the network's forward passes are, in :data:`TILE_STEPS` per tile, from forward
+    hooks on its leaf modules (of predict's own copy of the network: the caller's is untouched)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        leaves = [m for m in network.modules() if not any(True for _ in m.children())]
+        self.expected, self.calls, self.batch, self.reported = max(1, len(leaves)), 0, 0, 0
+        self.report: Callable[[int], None] = lambda units: None
+        network.register_forward_pre_hook(self._begin)
+        for leaf in leaves:
+            leaf.register_forward_hook(self._step)
+
+    def _begin(self, module, args) -> None:
+        self.calls, self.batch, self.reported = 0, args[0].shape[0], 0
+
+    def _step(self, module, args, output) -> None:
+        self.calls += 1
+        units = self.batch * (TILE_STEPS - 1) * min(self.calls, self.expected) // self.expected
+        if units > self.reported:
+            self.report(units - self.reported)
+            self.reported = units
+
+    def windows_done(self, count: int) -> None:
+        """A forward pass of ``count`` tiles ended: report what is left of them (and learn its length)."""
+        self.expected = max(1, self.calls)
+        self.report(count * TILE_STEPS - self.reported)
+        self.reported = count * TILE_STEPS
+
+    def run(self, report: Callable[[int], None], work: Callable[[], Any]) -> Any:
+        self.report = report
+        return work()
+
+
+def _with_tiles(work: Callable[[Callable[[int], None], Callable[[], bool]], Any], cancel: Any, start: int,
+                count: int, total: int) -> Generator[Tiles, None, Any]:
+    """Run ``work(report, stop)`` (one block's tiles) in a thread and yield :class:`Tiles` as it reports
+    progress (``start`` .. ``start + count`` of ``total`` tile steps); return its result.
+
+    ``stop()`` is true when ``cancel`` is set or the generator is closed early; the work then ends at
+    its next tile batch with :class:`JobCancelled`, which is raised here.
+    """
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+    stopped, outcome = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(reports.put, lambda: stopped.is_set() or is_cancelled(cancel))
+        except BaseException as error:  # noqa: BLE001 - raised again in the generator's thread
+            outcome["error"] = error
+        finally:
+            reports.put(None)
+
+    thread = threading.Thread(target=target, name="napari-unet-seg predict", daemon=True)
+    thread.start()
+    done, shown = 0, time.perf_counter()
+    try:
+        while (steps := reports.get()) is not None:
+            done = min(count, done + steps)  # retried tiles (after running out of memory) count once
+            if done < count and time.perf_counter() - shown >= PROGRESS_INTERVAL:
+                shown = time.perf_counter()
+                yield Tiles(start + done, total)
+    finally:
+        stopped.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield Tiles(start + count, total)
+    return outcome["value"]
+
+
+def _check_options(overlap: float, threshold: float, tile: int | None, batch_size: int | None,
+                   min_size: int) -> None:
+    if not 0 <= overlap < 1:
+        raise UserError(f"overlap must be in [0, 1), got {overlap}")
+    if not 0 < threshold < 1:
+        raise UserError(f"threshold must be in (0, 1), got {threshold}")
+    if tile is not None and tile < 16:
+        raise UserError(f"tile size must be at least 16 pixels, got {tile}")
+    if (batch_size is not None and batch_size < 1) or min_size < 0:
+        raise UserError("batch size must be >= 1 and minimum object size >= 0")
+
+
+def _working_copy(network: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, _TileMeter]:
+    """predict's own copy of ``network`` (channels-last, eval, on ``device``) and its progress meter: the
+    caller's network keeps its device, memory format and train/eval mode."""
+    if device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
+        torch.backends.cudnn.benchmark = True
+    network = copy.deepcopy(network).to(device, memory_format=torch.channels_last).eval()
+    return network, _TileMeter(network)
+
+
+def _store(outputs: tuple, target: tuple, inner: tuple, probs: torch.Tensor, spread: torch.Tensor | None,
+           num_classes: int, threshold: float) -> None:
+    """Write a block's ``inner`` part into the ``(labels, probabilities, uncertainty)`` arrays at ``target``."""
+    labels, probs_out, spread_out = outputs
+    probs = probs[(slice(None), *inner)]
+    labels[target] = labels_from_probabilities(probs, num_classes, threshold).cpu().numpy()
+    if spread_out is not None:
+        spread_out[target] = spread[0][inner].cpu().numpy()
+    if probs_out is not None:
+        values = probs.cpu().numpy()
+        if num_classes > 2:
+            probs_out[(slice(None), *target)] = values
+        else:
+            probs_out[target] = values[0]
+
+
+def _plan(model: SegmentationModel, plane_shape: tuple[int, int], device: torch.device, tile: int | None,
+          batch_size: int | None, overlap: float, view_count: int) -> tuple[list, tuple[int, int], int, list[int]]:
+    """``(blocks, tile, tile batch, tile steps per block)`` of a plane (see :mod:`.tiling`)."""
+    resize = model.config.get("resize")
+    # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
+    halo = 0 if resize else BLOCK_HALO
+    regions = list(blocks(plane_shape, max(plane_shape) if resize else BLOCK[device.type], halo))
+    extents = [tuple(s.stop - s.start for s in outer) for outer, _ in regions]
+    network_shape = (resize, resize) if resize else tuple(map(max, zip(*extents)))
+    if tile:
+        roi, batch_size = (int(tile), int(tile)), batch_size or 4
+    else:
+        roi, batch_size = auto_tiling(network_shape, device, minimum=model.tile_size, overlap=overlap,
+                                      batch_size=batch_size)
+    steps = [TILE_STEPS * view_count * window_count(network_shape if resize else extent, roi, overlap)
+             for extent in extents]
+    return regions, roi, batch_size, steps
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
                   batch_size: int | None = None, tta: bool = False, uncertainty: bool = False,
                   min_size: int = 0, fill_holes: bool = False, instances: str = "none", min_distance: int = 5,
                   return_probabilities: bool = False, rgb: bool | None = None, precision: str = "auto",
                   cancel: Any = None) -> Generator[Tiles | Message, None, Prediction]:
-    """Segment ``array``, yielding :class:`Tiles` progress (in tiles) after each block; return a :class:`Prediction`.
+    """Segment ``array``, yielding :class:`Tiles` progress (in tiles) per tile batch; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
     A plane larger than a block (:data:`~napari_unet_seg.tiling.BLOCK`) is predicted block by block with
@@ -230,35 +366,16 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     models) turns the labels into int32 object ids, unique across a stack (:mod:`.instances`).
     """
     model = load_model(model)
-    if not 0 <= overlap < 1:
-        raise UserError(f"overlap must be in [0, 1), got {overlap}")
-    if not 0 < threshold < 1:
-        raise UserError(f"threshold must be in (0, 1), got {threshold}")
-    if tile is not None and tile < 16:
-        raise UserError(f"tile size must be at least 16 pixels, got {tile}")
-    if (batch_size is not None and batch_size < 1) or min_size < 0:
-        raise UserError("batch size must be >= 1 and minimum object size >= 0")
+    _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
-    if torch_device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
-        torch.backends.cudnn.benchmark = True
-    network = model.network.to(torch_device, memory_format=torch.channels_last).eval()
+    network, meter = _working_copy(model.network, torch_device)
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
-    # A model trained on resized images sees each plane whole and resized; others see blocks of a bounded size.
-    halo = 0 if resize else BLOCK_HALO
-    regions = list(blocks(plane_shape, max(plane_shape) if resize else BLOCK[torch_device.type], halo))
-    extents = [tuple(s.stop - s.start for s in outer) for outer, _ in regions]
-    network_shape = (resize, resize) if resize else tuple(map(max, zip(*extents)))
-    if tile:
-        roi, batch_size = (int(tile), int(tile)), batch_size or 4
-    else:
-        roi, batch_size = auto_tiling(network_shape, torch_device, minimum=model.tile_size, overlap=overlap,
-                                      batch_size=batch_size)
-    view_count = len(views(tta, uncertainty))
-    windows = [view_count * window_count(network_shape if resize else extent, roi, overlap) for extent in extents]
+    regions, roi, batch_size, windows = _plan(model, plane_shape, torch_device, tile, batch_size, overlap,
+                                              len(views(tta, uncertainty)))
     slices = spatial[0] if stack else 1
     total = slices * sum(windows)
     labels = np.zeros(spatial, dtype=np.uint8 if instances == "none" else np.int32)
@@ -278,9 +395,11 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
                                                 value_range)).to(torch_device)
             if resize:  # resized for the model, and its output scaled back
                 tensor = F.interpolate(tensor[None], size=(resize, resize), mode="bilinear", antialias=True)[0]
-            probs = probabilities(network, tensor, num_classes=model.num_classes, tile=roi, overlap=overlap,
-                                  batch_size=batch_size, tta=tta, uncertainty=uncertainty, precision=precision,
-                                  channels_last=True, cancel=cancel, on_out_of_memory=lowered.append)
+            options = dict(num_classes=model.num_classes, tile=roi, overlap=overlap, batch_size=batch_size, tta=tta,
+                           uncertainty=uncertainty, precision=precision, channels_last=True,
+                           on_out_of_memory=lowered.append)
+            probs = yield from _with_tiles(lambda report, stop: meter.run(report, lambda: probabilities(
+                network, tensor, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total)
             probs, spread = (probs[0], probs[1].mean(dim=0, keepdim=True)) if uncertainty else (probs, None)
             if resize:
                 probs = F.interpolate(probs[None], size=plane_shape, mode="bilinear")[0]
@@ -290,19 +409,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
                 batch_size = lowered[-1]
                 yield Message(f"out of GPU memory: tile batch size lowered to {batch_size}", "warning")
                 lowered.clear()
-            probs = probs[(slice(None), *inner)]
             target = (here, *(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner)))
-            labels[target] = labels_from_probabilities(probs, model.num_classes, threshold).cpu().numpy()
-            if spread_out is not None:
-                spread_out[target] = spread[0][inner].cpu().numpy()
-            if probs_out is not None:
-                values = probs.cpu().numpy()
-                if channels > 1:
-                    probs_out[(slice(None), *target)] = values
-                else:
-                    probs_out[target] = values[0]
+            _store((labels, probs_out, spread_out), target, inner, probs, spread, model.num_classes, threshold)
             done += count
-            yield Tiles(done, total)
         plane = postprocess(labels[here], min_size=min_size, fill_holes=fill_holes)
         if instances != "none":
             plane = instance_labels(plane, None if probs_out is None else probs_out[here], mode=instances,
@@ -313,7 +422,7 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
 
 
 def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
-            return_probabilities: bool = False, uncertainty: bool = False,
+            return_probabilities: bool = False, uncertainty: bool = False, on_event: Callable | None = None,
             **options: Any) -> np.ndarray | tuple[np.ndarray, ...]:
     """Segment a numpy or dask array with a model (object, file path or shipped model name).
 
@@ -321,14 +430,15 @@ def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device:
     ``instances``); with ``return_probabilities=True`` and/or ``uncertainty=True`` a tuple
     ``(labels, [probabilities,] [uncertainty])``. Options: ``tile``, ``overlap``, ``threshold``,
     ``batch_size``, ``tta``, ``min_size``, ``fill_holes``, ``instances``, ``min_distance``, ``rgb``,
-    ``precision``, ``cancel`` (see :func:`predict_steps`).
+    ``precision``, ``cancel`` (see :func:`predict_steps`). ``on_event`` is given each progress event
+    (:class:`Tiles`, warning :class:`Message`; warnings are issued as Python warnings without it).
 
     Example:
         >>> labels = predict("em-membranes", image)          # doctest: +SKIP
     """
     steps = predict_steps(model, array, device=device, return_probabilities=return_probabilities,
                           uncertainty=uncertainty, **options)
-    result: Prediction = drain(steps, _warn)
+    result: Prediction = drain(steps, on_event or _warn)
     extra = ([result.probabilities] if return_probabilities else []) + ([result.uncertainty] if uncertainty else [])
     return (result.labels, *extra) if extra else result.labels
 

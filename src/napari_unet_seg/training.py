@@ -1,19 +1,26 @@
 """Training: ``train_steps`` is a generator of progress events that returns a :class:`TrainResult`.
 
 ``train`` drains it (the CLI and the console use that); the Train widget runs the generator in a
-worker thread. Each epoch writes ``history.csv``, ``curves.png``, ``last.pt`` (resumable) and, when
-validation Dice improves, ``best.pt``. Cancelling stops between batches: the files then hold the last
-completed epoch. Every epoch's randomness derives from ``(seed, epoch)``, so a resumed run repeats an
-uninterrupted one. Under torchrun (see :mod:`.distributed` and docs/distributed.md) the processes train
-one model with DistributedDataParallel; ``batch_size`` is then the batch of all processes together.
+worker thread. The run's state lives in one :class:`~napari_unet_seg.training_run.TrainingRun`, whose
+``state_dict()`` is what ``last.pt`` holds; ``train_steps`` is a short loop over its methods. Each
+epoch writes ``history.csv``, ``curves.png``, ``last.pt`` (resumable) and, when validation Dice
+improves, ``best.pt``. Validation predicts each validation image whole with
+:func:`~napari_unet_seg.inference.predict_steps` (the code ``predict`` and ``evaluate`` run), so the
+val Dice that picks ``best.pt`` is the Dice ``evaluate`` reports on those pairs. Cancelling stops
+between batches (or tiles): the files then hold the last completed epoch. Every epoch's randomness
+derives from ``(seed, epoch)``, so a resumed run repeats an uninterrupted one. While a run writes to
+its folder, the folder is locked (:mod:`.run_lock`). Under torchrun (see :mod:`.distributed` and
+docs/distributed.md) the processes train one model with DistributedDataParallel; ``batch_size`` is
+then the batch of all processes together.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import signal
 import time
 from collections.abc import Generator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +30,23 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .dataset import PatchDataset, Sample, build_augmentation, load_samples, samples_from_arrays, split_indices
+from .dataset import (PatchDataset, Sample, build_augmentation, load_samples, mask_to_classes, samples_from_arrays,
+                      split_indices)
 from .device_batches import DeviceBatches, fits_on_device
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
-from .losses import build_loss
+from .image_io import read_image
 from .metrics import segmentation_metrics
-from .model_file import (SegmentationModel, _out_channels, load_model, load_training_state, read_metadata,
-                         save_model)
+from .model_file import SegmentationModel, _out_channels, load_model, read_metadata
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
 from .pairing import pair_files
 from .reporting import plot_curves, write_history
+from .run_lock import clean_stale_files, run_lock
+from .training_run import TrainingRun, check_resume_settings, read_run_state
 
-__all__ = ["TrainResult", "train", "train_steps", "RUN_FILES"]
+__all__ = ["TrainResult", "ValPair", "train", "train_steps", "validate", "validate_steps", "RUN_FILES"]
 
 #: Files a run folder holds; an existing folder with any of them is not overwritten without permission.
 RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png")
@@ -45,7 +54,7 @@ RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png")
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced; ``start_dice``: the starting model's val Dice (fine-tuning), else None."""
 
     run_dir: Path
     best: Path | None
@@ -54,6 +63,16 @@ class TrainResult:
     best_epoch: int = 0
     best_metrics: dict = field(default_factory=dict)
     status: str = "completed"  # completed | cancelled | early_stopped
+    start_dice: float | None = None
+
+
+@dataclass
+class ValPair:
+    """A validation pair as ``evaluate`` sees it: the image as read and its class ids at full resolution."""
+
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
 
 
 def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
@@ -74,11 +93,15 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     return run
 
 
-def _prepare_run(values: dict, resume: bool) -> tuple[TrainConfig, Path]:
+def _prepare_run(values: dict, resume: bool, given: Sequence[str]) -> tuple[TrainConfig, Path]:
     """The job's checked settings and its (created) run folder; under torchrun rank 0 alone runs this."""
     if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
         out = Path(values.get("out", TrainConfig.out))
-        values = {**read_metadata(out / "last.pt").get("config", {}), **values}
+        if not (out / "last.pt").exists():
+            raise UserError(f"--out {out}: holds no run to resume (no last.pt); check the folder or drop --resume")
+        stored = read_metadata(out / "last.pt").get("config", {})
+        check_resume_settings(stored, {k: values[k] for k in given}, out)
+        values = {**stored, **{k: values[k] for k in given}, "out": out}
     config = TrainConfig.from_dict(values)
     config.validate()
     resolve_device(config.device)
@@ -89,57 +112,59 @@ def _prepare_run(values: dict, resume: bool) -> tuple[TrainConfig, Path]:
     return config, _prepare_run_dir(config, resume)
 
 
+def _val_pairs(items, classes: int, channels: int) -> list[ValPair]:
+    """``(name, image, mask)`` as read, made into :class:`ValPair` (gray images repeated for colour models)."""
+    pairs = []
+    for name, image, mask in items:
+        image = np.asarray(image)
+        if channels == 3 and image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        pairs.append(ValPair(name, image, mask_to_classes(mask, classes, f"{name} (mask)")))
+    return pairs
+
+
+def _read_pairs(pairs) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    return [(p.image.name, read_image(p.image), read_image(p.mask)) for p in pairs]
+
+
 def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays
-               ) -> tuple[list[Sample], list[Sample], int, list[Message]]:
+               ) -> tuple[list[Sample], list[ValPair], int, list[Message]]:
     messages = []
     common = {"classes": config.classes, "normalization": normalization, "resize": config.resize}
     if arrays is not None:
         samples, channels = samples_from_arrays(arrays, **common)
+        raw = lambda indices: [(f"array {i}", *arrays[i]) for i in indices]  # noqa: E731
     else:
         if not config.images or not config.masks:
             raise UserError("give the training data: --images DIR and --masks DIR")
         pairs = pair_files(config.images, config.masks, skip_unpaired=config.skip_unpaired)
         messages.append(Message(f"found {len(pairs)} image/mask pairs in {config.images}"))
         samples, channels = load_samples(pairs, **common)
+        raw = lambda indices: _read_pairs([pairs[i] for i in indices])  # noqa: E731
     if val_arrays is not None:
-        val, _ = samples_from_arrays(val_arrays, in_channels=channels, **common)
-        train = samples
+        samples_from_arrays(val_arrays, in_channels=channels, **common)  # the same checks as training pairs
+        train, val = samples, [(f"validation array {i}", *p) for i, p in enumerate(val_arrays)]
     elif config.val_images:
-        val_pairs = pair_files(config.val_images, config.val_masks, skip_unpaired=config.skip_unpaired)
-        val, _ = load_samples(val_pairs, in_channels=channels, **common)
-        train = samples
+        val_files = pair_files(config.val_images, config.val_masks, skip_unpaired=config.skip_unpaired)
+        load_samples(val_files, in_channels=channels, **common)
+        train, val = samples, _read_pairs(val_files)
     else:
         train_idx, val_idx = split_indices(len(samples), config.val_fraction, config.seed)
-        train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
-        if not val:
+        train = [samples[i] for i in train_idx]
+        if not val_idx:
             messages.append(Message("no validation set (--val-fraction 0): best.pt is chosen on the training "
                                     "images", "warning"))
-            val = train
+            val_idx = train_idx
         elif val_idx == train_idx:
             messages.append(Message("only one pair: it serves for training and validation", "warning"))
+        val = raw(val_idx)
     if all(not s.mask.any() for s in samples):
         messages.append(Message("every mask is all background: there is nothing to learn; check the masks "
                                 "folder (foreground must be > 0)", "warning"))
     if config.resize is None and all(max(s.mask.shape) < config.patch_size for s in samples):
         messages.append(Message(f"--patch-size {config.patch_size} is larger than every image; patches are "
                                 "zero-padded (a smaller --patch-size trains faster)", "warning"))
-    return train, val, channels, messages
-
-
-def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
-
-
-def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
-    if config.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
-    return None
+    return train, _val_pairs(val, config.classes, channels), channels, messages
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -173,40 +198,261 @@ def _loader(dataset: PatchDataset, sampler, batch_size: int, stream: int, epoch:
                                        pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def validate(network: torch.nn.Module, samples: Sequence[Sample], loss_fn, *, num_classes: int, tile: int,
-             device: torch.device, amp: bool, cancel: Any = None, batch_size: int = 4,
-             on_out_of_memory=None) -> dict:
-    """Loss and mean per-image metrics of ``network`` on whole validation images (tiled).
+def _logits(probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits whose sigmoid (binary) or softmax (multi-class) are the blended probabilities ``probs``."""
+    if num_classes == 2:
+        return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+    return torch.log(probs.clamp_min(1e-8))
 
-    ``on_out_of_memory(new_batch_size)`` is told when the tile batch had to be lowered. In distributed
-    training each process passes its share of the images; the means are over all of them.
+
+def validate_steps(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, *, device: torch.device | str,
+                   cancel: Any = None) -> Generator[Message, None, dict]:
+    """Loss and mean per-image metrics of ``model`` on whole validation images, predicted as ``evaluate``
+    predicts them (:func:`~napari_unet_seg.inference.predict_steps`: its tiling, blending and resolution).
+
+    The loss is computed on the logits of the blended probabilities. In distributed training each
+    process passes its share of the images; the means are over all of them.
     """
-    from .inference import labels_from_probabilities, probabilities
+    from .inference import predict_steps
 
-    def lower(size: int) -> None:
-        nonlocal batch_size
-        batch_size = size
-        if on_out_of_memory is not None:
-            on_out_of_memory(size)
-
-    network.eval()
     totals = {"count": 0.0, "val_loss": 0.0, "val_dice": 0.0, "val_iou": 0.0, "val_accuracy": 0.0}
-    for sample in samples:
-        image = torch.from_numpy(sample.image.astype(np.float32)).to(device)
-        logits = probabilities(network, image, num_classes=num_classes, tile=tile, overlap=0.25,
-                               precision="auto" if amp else "fp32", raw=True, cancel=cancel,
-                               batch_size=batch_size, on_out_of_memory=lower)
-        target = torch.from_numpy(sample.mask).to(device)[None, None].float()
-        probs = torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=0)
-        labels = labels_from_probabilities(probs, num_classes).cpu().numpy()
-        scores = segmentation_metrics(labels, sample.mask, num_classes)
+    for pair in pairs:
+        steps = predict_steps(model, pair.image, device=str(device), return_probabilities=True, cancel=cancel)
+        result = yield from _messages_only(steps)
+        scores = segmentation_metrics(result.labels, pair.truth, model.num_classes)
+        probs = torch.from_numpy(result.probabilities)
+        probs = probs[None] if model.num_classes == 2 else probs
+        target = torch.from_numpy(pair.truth)[None, None].float().to(device)
+        with torch.no_grad():
+            totals["val_loss"] += float(loss_fn(_logits(probs.to(device), model.num_classes)[None], target))
         totals["count"] += 1
-        totals["val_loss"] += float(loss_fn(logits[None], target))
         for name in ("dice", "iou", "accuracy"):
             totals[f"val_{name}"] += scores[name]
     totals = distributed.sum_across(totals)
     count = totals.pop("count")
     return {name: value / count if count else float("nan") for name, value in totals.items()}
+
+
+def _messages_only(steps):
+    """Pass on the Messages of a job generator (not its Tiles) and return its result."""
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Message):
+            yield event
+
+
+def validate(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, *, device: torch.device | str = "cpu",
+             cancel: Any = None) -> dict:
+    """:func:`validate_steps`, drained."""
+    return drain(validate_steps(model, pairs, loss_fn, device=device, cancel=cancel))
+
+
+def _parent(start: SegmentationModel) -> dict:
+    """The lineage a fine-tuned model records: the shipped ``name`` or the file's ``path``, and its sha256."""
+    from .pretrained import shipped_models
+
+    if start.path is None:  # an in-memory model: its name and a digest of its weights
+        digest = hashlib.sha256()
+        for key, value in sorted(start.network.state_dict().items()):
+            digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
+        return {"name": start.name, "sha256": digest.hexdigest()}
+    path = Path(start.path).resolve()
+    shipped = {file.resolve(): name for name, file in shipped_models().items()}
+    with open(path, "rb") as handle:
+        sha = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"name": shipped[path], "sha256": sha} if path in shipped else {"path": str(path), "sha256": sha}
+
+
+def _adopt_start(config: TrainConfig, start: SegmentationModel) -> Generator[Message, None, None]:
+    """A fine-tuned model keeps the architecture, width and classes of the one it starts from."""
+    if config.classes != start.num_classes:
+        yield Message(f"the model to fine-tune has {start.num_classes} classes: training with "
+                      f"{start.num_classes}, not {config.classes}", "warning")
+    config.model, config.classes = start.architecture["name"], start.num_classes
+    config.width = float(start.config.get("width", config.width))
+
+
+def _build_model(config: TrainConfig, start: SegmentationModel | None, stored: SegmentationModel | None,
+                 channels: int, normalization: dict) -> SegmentationModel:
+    """The run's model: the starting model's architecture and weights, a resumed run's architecture, or new."""
+    base = start or stored
+    arch = base.architecture if base else {"name": config.model,
+                                           "kwargs": network_kwargs(config.model, width=config.width)}
+    info = stored.info if stored else {"parent": _parent(start)} if start else {}
+    torch.manual_seed(config.seed)
+    network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
+    if start:
+        network.load_state_dict(start.network.state_dict())
+    return SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict(), info=dict(info))
+
+
+def _check_channels(channels: int, start: SegmentationModel | None, stored: SegmentationModel | None,
+                    run_dir: Path) -> None:
+    if start and start.in_channels != channels:
+        raise UserError(f"the model to fine-tune takes {start.in_channels} channel(s) but the images have "
+                        f"{channels}; pick a matching model")
+    if stored and stored.in_channels != channels:
+        kind = {1: "gray", 3: "colour (RGB)"}
+        raise UserError(f"the run in {run_dir} was trained on {kind[stored.in_channels]} images but these are "
+                        f"{kind.get(channels, channels)}; resume with the run's kind of images or start a new run")
+
+
+def _train_epoch(run: TrainingRun, epoch_batches, count: int, epoch: int, cancel: Any
+                 ) -> Generator[Batch | Message, None, float]:
+    """Train one epoch, yielding a Batch per batch; return the mean loss. After running out of GPU memory,
+    each batch is done in parts of the halved ``run.batch_size``."""
+    run.trained.train()
+    losses = []
+    for index, (images, masks) in enumerate(epoch_batches, start=1):
+        if distributed.any_rank(is_cancelled(cancel)):  # all processes stop at the same batch
+            raise JobCancelled()
+        done, parts = 0, []
+        while done < len(images):
+            part = slice(done, done + run.batch_size)
+            try:
+                parts.append(run.train_step(images[part], masks[part]))
+                done = part.stop
+                continue
+            except RuntimeError as error:
+                _check_out_of_memory(error, run.batch_size)
+            # Out of the except block, the failed step's tensors are released; redo that part.
+            run.batch_size //= 2
+            free_cuda_memory()
+            yield Message(f"out of GPU memory: batch size lowered to {run.batch_size} for the rest of the run",
+                          "warning")
+        losses.append(float(np.mean(parts)))
+        yield Batch(epoch, index, count, losses[-1])
+    # Every process has as many batches: the mean of their means is the mean over all batches.
+    return distributed.sum_across({"loss": float(np.mean(losses))})["loss"] / distributed.world_size()
+
+
+def _check_out_of_memory(error: RuntimeError, batch_size: int) -> None:
+    if not is_out_of_memory(error):
+        raise error
+    if batch_size == 1:
+        raise UserError("out of GPU memory even with batch size 1; use a smaller --patch-size "
+                        "or --width, or --device cpu") from None
+    if distributed.world_size() > 1:  # the processes would have to agree on a new batch size: stop instead
+        raise UserError(f"out of GPU memory with {batch_size} patches per GPU; give a smaller "
+                        "--batch-size (the batch of all GPUs together) or --patch-size") from None
+
+
+def _epoch_batches(run: TrainingRun, source, epoch: int) -> tuple[Any, int]:
+    batches, dataset, sampler = source
+    world, rank = distributed.world_size(), distributed.rank()
+    seed = run.config.seed * 100003 + epoch  # each epoch's randomness derives from (seed, epoch, rank)
+    torch.manual_seed(seed)
+    if batches is not None:
+        return batches.epoch(run.batch_size, seed, rank, world), batches.batch_count(run.batch_size, world)
+    loader = _loader(dataset, sampler, run.batch_size, seed * world + rank, epoch, run.config.workers, run.device)
+    return loader, len(loader)
+
+
+def _batch_size(config: TrainConfig, source) -> Generator[Message, None, int]:
+    batches, dataset, _ = source
+    patches = len(batches if batches is not None else dataset)
+    batch_size, world = min(config.batch_size, patches), distributed.world_size()
+    if batch_size < config.batch_size:
+        yield Message(f"--batch-size {config.batch_size} is larger than the {patches} patches an epoch "
+                      f"holds; using {batch_size}", "warning")
+    if world > 1:  # --batch-size is the global batch: each process takes its share
+        batch_size = max(1, batch_size // world)
+        yield Message(f"distributed training: {world} processes, {batch_size} patches each per batch")
+    return batch_size
+
+
+def _write_epoch(run: TrainingRun, run_dir: Path, improved: bool) -> Generator[Checkpoint, None, bool]:
+    """Write the epoch's files (one process does); return whether ``curves.png`` was drawn."""
+    if not distributed.is_main():
+        return False
+    yield from run.save(run_dir, improved)
+    write_history(run_dir / "history.csv", run.history)
+    every = run.config.curves_every
+    if every and run.epoch % every == 0:
+        plot_curves(run_dir / "curves.png", run.history)
+        return True
+    return False
+
+
+def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arrays, val_arrays, cancel
+           ) -> Generator[Message, None, tuple[TrainingRun, list[ValPair], Any]]:
+    """The run object (resumed, or from random or starting weights), its validation pairs and batch source."""
+    device = distributed.local_device(config.device)
+    start = load_model(initial_model) if initial_model is not None else None
+    stored = load_model(run_dir / "last.pt") if resume else None
+    if start is not None:
+        yield from _adopt_start(config, start)
+    normalization = start.normalization if start else stored.normalization if stored else default_normalization(
+        config.normalization)
+    train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
+    yield from messages
+    _check_channels(channels, start, stored, run_dir)
+    run = TrainingRun(config, _build_model(config, start, stored, channels, normalization), device)
+    val_set = val_set[distributed.rank()::distributed.world_size()]
+    if resume:
+        run.load_state_dict(read_run_state(run_dir / "last.pt"))
+        yield Message(f"resuming {run_dir} after epoch {run.epoch}")
+    elif start is not None:
+        distributed.share_buffers(run.network)
+        run.start_dice = (yield from validate_steps(run.model, val_set, run.loss_fn, device=device,
+                                                    cancel=cancel))["val_dice"]
+        yield Message(f"starting model {start.name}: val Dice {run.start_dice:.4f} on the validation images")
+    source = _batch_source(config, train_set, device)
+    run.batch_size = yield from _batch_size(config, source)
+    if device.type == "cuda":  # patches of one shape: let cuDNN time and keep its fastest kernels
+        torch.backends.cudnn.benchmark = True
+    return run, val_set, source
+
+
+def _run_epochs(run: TrainingRun, run_dir: Path, val_set, source, cancel) -> Generator[Any, None, str]:
+    """The epochs left; returns the run's status."""
+    config, plotted = run.config, 0
+    status = "completed"
+    for epoch in range(run.epoch + 1, config.epochs + 1):
+        began = time.perf_counter()
+        try:
+            epoch_batches, count = _epoch_batches(run, source, epoch)
+            row = {"epoch": epoch, "train_loss": (yield from _train_epoch(run, epoch_batches, count, epoch, cancel))}
+            # Each process validates its share of the images; the sums are added across processes, so every
+            # process gets the same metrics and makes the same best-model and early-stop decisions.
+            distributed.share_buffers(run.network)
+            run.network.eval()
+            row.update((yield from validate_steps(run.model, val_set, run.loss_fn, device=run.device,
+                                                  cancel=None if distributed.world_size() > 1 else cancel)))
+        except JobCancelled:
+            status = "cancelled"
+            yield Message(f"cancelled during epoch {epoch}; the run's files hold epoch {epoch - 1}", "warning")
+            break
+        row["seconds"] = time.perf_counter() - began
+        improved = run.end_epoch(row)
+        plotted = epoch if (yield from _write_epoch(run, run_dir, improved)) else plotted
+        yield Epoch(epoch, config.epochs, dict(row))
+        if run.stop_early:
+            status = "early_stopped"
+            yield Message(f"early stop: no better validation Dice for {run.waited} epochs")
+            break
+    if run.history and plotted != run.history[-1]["epoch"] and distributed.is_main():
+        plot_curves(run_dir / "curves.png", run.history)
+    return status
+
+
+def _result(run: TrainingRun, run_dir: Path, status: str) -> tuple[TrainResult, list[Message]]:
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    best_row = next((r for r in run.history if r["epoch"] == run.best_epoch), {})
+    result = TrainResult(run_dir, best_path if best_path.exists() else None,
+                         last_path if last_path.exists() else None, run.history, run.best_epoch, best_row, status,
+                         run.start_dice)
+    messages = []
+    if run.start_dice is not None and best_row and best_row["val_dice"] < run.start_dice:
+        parent = run.model.info.get("parent", {})
+        messages.append(Message(f"the fine-tuned model is worse than the one it started from "
+                                f"({parent.get('name') or parent.get('path')}): best val Dice "
+                                f"{best_row['val_dice']:.4f} < {run.start_dice:.4f} on the same validation "
+                                "images; keep using the starting model", "warning"))
+    return result, messages
 
 
 def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=None, resume: bool = False,
@@ -218,173 +464,26 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         config: the job; keyword ``options`` override its fields (``epochs=5``, ``model="segnet"``, ...).
         arrays: ``[(image, labels), ...]`` in memory instead of ``config.images``/``config.masks``.
         val_arrays: validation pairs in memory (else split off by ``val_fraction``).
-        resume: continue the run in ``config.out`` from its ``last.pt``.
+        resume: continue the run in ``config.out`` from its ``last.pt``; the settings given (the
+            ``options``, and the fields of ``config`` that differ from the defaults) may change epochs, lr,
+            early stop, ... but not those of :data:`~napari_unet_seg.training_run.FIXED_ON_RESUME`.
         initial_model: start from this model's weights (fine-tuning) instead of random ones.
         cancel: a ``threading.Event`` (or callable) that stops the run between batches.
     """
     distributed.check_joined()
     values = {**(config.to_dict() if config else {}), **options}
-    config, run = distributed.on_main(_prepare_run, values, resume)
-    device = distributed.local_device(config.device)
-    world, rank = distributed.world_size(), distributed.rank()
-    start = load_model(initial_model) if initial_model is not None else None
-    if start is not None:  # a fine-tuned model keeps the architecture and classes of the one it starts from
-        if config.classes != start.num_classes:
-            yield Message(f"the model to fine-tune has {start.num_classes} classes: training with "
-                          f"{start.num_classes}, not {config.classes}", "warning")
-        config.model, config.classes = start.architecture["name"], start.num_classes
-        config.width = float(start.config.get("width", config.width))
-    normalization = start.normalization if start else default_normalization(config.normalization)
-    train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
+    default = TrainConfig().to_dict()
+    given = [k for k, v in values.items() if k in options or (k in default and v != default[k])]
+    config, run_dir = distributed.on_main(_prepare_run, values, resume, given)
+    with run_lock(run_dir) if distributed.is_main() else nullcontext():
+        if distributed.is_main():
+            clean_stale_files(run_dir, RUN_FILES)
+        run, val_set, source = yield from _setup(config, run_dir, resume, initial_model, arrays, val_arrays, cancel)
+        status = yield from _run_epochs(run, run_dir, val_set, source, cancel)
+        distributed.barrier()  # the files are written before any process reports them
+    result, messages = _result(run, run_dir, status)
     yield from messages
-    if start and start.in_channels != channels:
-        raise UserError(f"the model to fine-tune takes {start.in_channels} channel(s) but the images have "
-                        f"{channels}; pick a matching model")
-    arch = start.architecture if start else {"name": config.model,
-                                             "kwargs": network_kwargs(config.model, width=config.width)}
-    torch.manual_seed(config.seed)
-    network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
-    if start:
-        network.load_state_dict(start.network.state_dict())
-    network.to(device)
-    network, trained = distributed.wrap(network, device)  # trained: the DDP wrapper when distributed
-    loss_fn = build_loss(config.loss, config.classes).to(device)
-    optimizer = _optimizer(config, network.parameters())
-    scheduler = _scheduler(config, optimizer)
-    use_amp = config.amp and device.type == "cuda"
-    if device.type == "cuda":  # patches of one shape: let cuDNN time and keep its fastest kernels
-        torch.backends.cudnn.benchmark = True
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    model = SegmentationModel(network, arch, channels, config.classes, normalization, config.to_dict())
-    history: list[dict] = []
-    first_epoch, best_score, best_epoch = 1, -math.inf, 0
-    if resume:
-        state = load_training_state(run / "last.pt")
-        network.load_state_dict(load_model(run / "last.pt").network.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        history = [dict(row) for row in state["history"]]
-        first_epoch, best_score, best_epoch = int(state["epoch"]) + 1, float(state["best_score"]), int(
-            state["best_epoch"])
-        yield Message(f"resuming {run} after epoch {first_epoch - 1}")
-    batches, dataset, sampler = _batch_source(config, train_set, device)
-    patches = len(batches if batches is not None else dataset)
-    batch_size = min(config.batch_size, patches)
-    if batch_size < config.batch_size:
-        yield Message(f"--batch-size {config.batch_size} is larger than the {patches} patches an epoch "
-                      f"holds; using {batch_size}", "warning")
-    if world > 1:  # --batch-size is the global batch: each process takes its share
-        batch_size = max(1, batch_size // world)
-        yield Message(f"distributed training: {world} processes, {batch_size} patches each per batch")
-    tile = config.resize or config.patch_size
-    tile = max(16, tile)
-
-    def step(images: torch.Tensor, masks: torch.Tensor) -> float:
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = trained(images)
-        loss = loss_fn(logits.float(), masks)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return float(loss.detach())
-
-    val_batch_size, lowered = 4, []
-    status, waited, plotted = "completed", 0, 0
-    best_path, last_path = run / "best.pt", run / "last.pt"
-    for epoch in range(first_epoch, config.epochs + 1):
-        began = time.perf_counter()
-        seed = config.seed * 100003 + epoch  # each epoch's randomness derives from (seed, epoch, rank)
-        torch.manual_seed(seed)
-        if batches is not None:
-            epoch_batches, count = batches.epoch(batch_size, seed, rank, world), batches.batch_count(batch_size, world)
-        else:
-            epoch_batches = _loader(dataset, sampler, batch_size, seed * world + rank, epoch, config.workers, device)
-            count = len(epoch_batches)
-        trained.train()
-        losses = []
-        try:
-            for index, (images, masks) in enumerate(epoch_batches, start=1):
-                if distributed.any_rank(is_cancelled(cancel)):  # all processes stop at the same batch
-                    raise JobCancelled()
-                # After running out of GPU memory, the loader's batches are done in parts of batch_size.
-                done, parts = 0, []
-                while done < len(images):
-                    part = slice(done, done + batch_size)
-                    try:
-                        parts.append(step(images[part], masks[part]))
-                        done = part.stop
-                        continue
-                    except RuntimeError as error:
-                        if not is_out_of_memory(error):
-                            raise
-                        if batch_size == 1:
-                            raise UserError("out of GPU memory even with batch size 1; use a smaller --patch-size "
-                                            "or --width, or --device cpu") from None
-                        if world > 1:  # the processes would have to agree on a new batch size: stop instead
-                            raise UserError(f"out of GPU memory with {batch_size} patches per GPU; give a smaller "
-                                            "--batch-size (the batch of all GPUs together) or --patch-size") from None
-                    # Out of the except block, the failed step's tensors are released; redo that part.
-                    batch_size //= 2
-                    free_cuda_memory()
-                    yield Message(f"out of GPU memory: batch size lowered to {batch_size} for the rest of the run",
-                                  "warning")
-                losses.append(float(np.mean(parts)))
-                yield Batch(epoch, index, count, losses[-1])
-            # Every process has as many batches: the mean of their means is the mean over all batches.
-            mean_loss = distributed.sum_across({"loss": float(np.mean(losses))})["loss"] / world
-            row = {"epoch": epoch, "train_loss": mean_loss}
-            # Each process validates its share of the images; the sums are added across processes, so every
-            # process gets the same metrics and makes the same best-model and early-stop decisions.
-            distributed.share_buffers(network)
-            row.update(validate(network, val_set[rank::world], loss_fn, num_classes=config.classes, tile=tile,
-                                device=device, amp=use_amp, cancel=None if world > 1 else cancel,
-                                batch_size=val_batch_size, on_out_of_memory=lowered.append))
-        except JobCancelled:
-            status = "cancelled"
-            yield Message(f"cancelled during epoch {epoch}; the run's files hold epoch {epoch - 1}", "warning")
-            break
-        if lowered:
-            val_batch_size = lowered[-1]
-            yield Message(f"out of GPU memory while validating: tile batch size lowered to {val_batch_size}",
-                          "warning")
-            lowered.clear()
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step(row["val_dice"]) if config.scheduler == "plateau" else scheduler.step()
-        row["seconds"] = time.perf_counter() - began
-        history.append(row)
-        improved = row["val_dice"] > best_score
-        if improved:
-            best_score, best_epoch, waited = row["val_dice"], epoch, 0
-        else:
-            waited += 1
-        model.metrics = {k: row[k] for k in ("val_dice", "val_iou", "val_accuracy", "val_loss")} | {"epoch": epoch}
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else {},
-                 "epoch": epoch, "history": history, "best_score": best_score, "best_epoch": best_epoch}
-        if distributed.is_main():  # one process writes the run's files
-            if improved:
-                save_model(best_path, model)
-                yield Checkpoint(best_path, "best", epoch)
-            save_model(last_path, model, training_state=state)
-            yield Checkpoint(last_path, "last", epoch)
-            write_history(run / "history.csv", history)
-            if config.curves_every and epoch % config.curves_every == 0:
-                plot_curves(run / "curves.png", history)
-                plotted = epoch
-        yield Epoch(epoch, config.epochs, dict(row))
-        if config.early_stop and waited >= config.early_stop:
-            status = "early_stopped"
-            yield Message(f"early stop: no better validation Dice for {waited} epochs")
-            break
-    if history and plotted != history[-1]["epoch"] and distributed.is_main():
-        plot_curves(run / "curves.png", history)
-    distributed.barrier()  # the files are written before any process reports them
-    best_row = next((r for r in history if r["epoch"] == best_epoch), {})
-    return TrainResult(run, best_path if best_path.exists() else None, last_path if last_path.exists() else None,
-                       history, best_epoch, best_row, status)
+    return result
 
 
 def train(config: TrainConfig | None = None, *, on_event=None, **options: Any) -> TrainResult:
