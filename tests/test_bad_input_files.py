@@ -286,6 +286,17 @@ def test_a_valid_png_above_pillows_bomb_limit_reads(tmp_path, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 100  # the limit is lifted for our read only
 
 
+def test_masks_above_pillows_limit_are_written_as_tiff_and_read_back(tmp_path, monkeypatch):
+    from napari_unet_seg import image_io
+
+    labels = (MASK > 0).astype(np.uint8)
+    assert image_io.write_mask(tmp_path / "small.png", labels).suffix == ".png"
+    monkeypatch.setattr(image_io, "PNG_MAX_PIXELS", 48 * 48 - 1)
+    written = image_io.write_mask(tmp_path / "large.png", labels)
+    assert written.name == "large.tif" and np.array_equal(read_mask(written), labels)
+    assert image_io.mask_suffix(2, 1, 48 * 48) == ".tif" and image_io.mask_suffix(2, 1, 48 * 48 - 1) == ".png"
+
+
 def test_a_non_image_with_an_image_suffix_gives_no_install_advice(tmp_path):
     (tmp_path / "fake.jpg").write_bytes(b"\x00\x01not really a picture" * 20)
     raises_one_line(r"fake.jpg: cannot be read as an image .*replace it", read_image, tmp_path / "fake.jpg")

@@ -120,13 +120,15 @@ def _predict_options(args: Namespace) -> dict:
             "tta": args.tta, "min_size": args.min_size, "fill_holes": args.fill_holes}
 
 
-def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace) -> list[Path]:
+def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace, pixels: int = 0) -> list[Path]:
     """The files predicting ``source`` may write: its mask first (instance ids claim both the PNG and the
-    TIFF, taken beyond 65535 objects), then with ``--uncertainty`` ``<stem>_uncertainty.tif``."""
+    TIFF, taken beyond 65535 objects; planes above ``PNG_MAX_PIXELS`` are TIFF), then with ``--uncertainty``
+    ``<stem>_uncertainty.tif``."""
     from .image_io import mask_suffix
 
     counts = (largest,) if args.instances == "none" else (0, 2**31 - 1)
-    targets = [output / f"{source.stem}{suffix}" for suffix in dict.fromkeys(mask_suffix(ndim, n) for n in counts)]
+    suffixes = dict.fromkeys(mask_suffix(ndim, n, pixels) for n in counts)
+    targets = [output / f"{source.stem}{suffix}" for suffix in suffixes]
     return targets + ([output / f"{source.stem}_uncertainty.tif"] if args.uncertainty else [])
 
 
@@ -146,7 +148,9 @@ def run_predict(args: Namespace) -> int:
     planned = []
     for path in files:
         image, colour = read_image_layout(path)
-        targets = _targets(output, path, image.ndim - int(colour), model.num_classes - 1, args)
+        ndim = image.ndim - int(colour)
+        plane = image.shape[ndim - 2:ndim]
+        targets = _targets(output, path, ndim, model.num_classes - 1, args, plane[0] * plane[1])
         for target in targets:
             if any(same_file(target, source) for source in inputs):
                 what = "model file" if model.path and same_file(target, model.path) else "image"

@@ -354,14 +354,20 @@ def _is_write_failure(error: RuntimeError) -> bool:
     return any(word in text for word in ("writ", "no space", "disk", "errno"))
 
 
-def mask_suffix(ndim: int, largest: int) -> str:
-    """The suffix :func:`write_mask` gives labels of ``ndim`` axes whose largest id is ``largest``."""
-    return ".png" if ndim == 2 and largest <= 65535 else ".tif"
+#: 2D masks above this many pixels are written as TIFF: other programs' Pillow refuses larger PNGs as
+#: decompression bombs (its warning limit, ``PIL.Image.MAX_IMAGE_PIXELS``; our reader reads them anyway).
+PNG_MAX_PIXELS = 89_478_485
+
+
+def mask_suffix(ndim: int, largest: int, pixels: int = 0) -> str:
+    """The suffix :func:`write_mask` gives labels of ``ndim`` axes and ``pixels`` pixels whose largest id is
+    ``largest``."""
+    return ".png" if ndim == 2 and largest <= 65535 and pixels <= PNG_MAX_PIXELS else ".tif"
 
 
 def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write a label image: PNG (8-bit up to 255, else 16-bit) for 2D labels up to 65535, TIFF (zlib;
-    8, 16 or 32-bit) for stacks or more labels (instance ids).
+    8, 16 or 32-bit) for stacks, more labels (instance ids) or more than :data:`PNG_MAX_PIXELS` pixels.
 
     The suffix of ``path`` is replaced to match the chosen format; the written path is returned.
     """
@@ -369,7 +375,7 @@ def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
     labels = np.asarray(labels)
     largest = int(labels.max(initial=0))
     dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.uint32
-    path = path.with_suffix(mask_suffix(labels.ndim, largest))
+    path = path.with_suffix(mask_suffix(labels.ndim, largest, labels.size))
     if path.suffix == ".png":
         import imageio.v3 as iio
 
