@@ -9,6 +9,7 @@ augmentation predicts rotated and flipped views of the image; their spread is th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import queue
 import threading
@@ -30,7 +31,7 @@ from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
-__all__ = ["Prediction", "predict", "predict_steps", "probabilities", "labels_from_probabilities", "postprocess",
+__all__ = ["Prediction", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
            "views", "FLIPS", "DIHEDRAL"]
 
 #: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)``. ``tta`` averages the four flips;
@@ -301,13 +302,23 @@ def _check_options(overlap: float, threshold: float, tile: int | None, batch_siz
         raise UserError("batch size must be >= 1 and minimum object size >= 0")
 
 
-def _working_copy(network: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, _TileMeter]:
-    """predict's own copy of ``network`` (channels-last, eval, on ``device``) and its progress meter: the
-    caller's network keeps its device, memory format and train/eval mode."""
+def working_copy(model: SegmentationModel, device: str | torch.device = "auto") -> SegmentationModel:
+    """A copy of ``model`` whose network :func:`predict_steps` runs as it is: on ``device``, channels-last,
+    in eval mode. predict copies any other model's network (so that its caller's model never changes);
+    this makes the copy once for many predictions with the same weights (validation does)."""
+    torch_device = resolve_device(device)
+    network = copy.deepcopy(model.network).to(torch_device, memory_format=torch.channels_last).eval()
+    network._predict_device, network._predict_meter = torch_device, _TileMeter(network)
+    return dataclasses.replace(model, network=network)
+
+
+def _working_network(model: SegmentationModel, device: torch.device) -> tuple[torch.nn.Module, _TileMeter]:
+    """The network predict runs (a copy unless ``model`` is a :func:`working_copy` for ``device``) and its meter."""
     if device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
         torch.backends.cudnn.benchmark = True
-    network = copy.deepcopy(network).to(device, memory_format=torch.channels_last).eval()
-    return network, _TileMeter(network)
+    if getattr(model.network, "_predict_device", None) != device:
+        model = working_copy(model, device)
+    return model.network, model.network._predict_meter
 
 
 def _store(outputs: tuple, target: tuple, inner: tuple, probs: torch.Tensor, spread: torch.Tensor | None,
@@ -371,7 +382,7 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     colour, spatial = _layout(array, model.in_channels, rgb)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
-    network, meter = _working_copy(model.network, torch_device)
+    network, meter = _working_network(model, torch_device)
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
     regions, roi, batch_size, windows = _plan(model, plane_shape, torch_device, tile, batch_size, overlap,

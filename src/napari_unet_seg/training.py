@@ -213,9 +213,10 @@ def validate_steps(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, 
     The loss is computed on the logits of the blended probabilities. In distributed training each
     process passes its share of the images; the means are over all of them.
     """
-    from .inference import predict_steps
+    from .inference import predict_steps, working_copy
 
     totals = {"count": 0.0, "val_loss": 0.0, "val_dice": 0.0, "val_iou": 0.0, "val_accuracy": 0.0}
+    model = working_copy(model, device) if pairs else model  # one copy of the weights for all images
     for pair in pairs:
         steps = predict_steps(model, pair.image, device=str(device), return_probabilities=True, cancel=cancel)
         result = yield from _messages_only(steps)
