@@ -12,6 +12,7 @@ What is compared (``kind``) follows from the model or the caller, then from the 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Generator
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from .dataset import mask_to_classes
 from .errors import UserError
 from .events import Tiles, drain
-from .image_io import read_image, read_mask
+from .image_io import read_image_layout, read_mask
 from .metrics import confusion_matrix, dataset_metrics, object_counts, object_scores, scores_from_confusion
 from .model_file import SegmentationModel, load_model
 from .normalization import is_rgb
@@ -102,17 +103,19 @@ def _truth(mask: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     return classes if num_classes > 2 else (mask[..., 0] if is_rgb(mask) else mask)
 
 
-def _prediction(model: SegmentationModel, image: np.ndarray, name: str, options: dict) -> np.ndarray:
-    """The model's labels of one image; an image whose colour does not match the model's is refused (gray
-    images stored as RGB, with three equal channels, count as gray)."""
+def _prediction(model: SegmentationModel, path: Path, options: dict) -> np.ndarray:
+    """The model's labels of one image file, read as the layout its file states; an image whose colour does
+    not match the model's is refused (gray images stored as RGB, with three equal channels, count as gray)."""
     from .inference import predict
 
-    rgb = image[..., :3] if is_rgb(image) else None
+    image, colour = read_image_layout(path)
+    name = path.name
+    rgb = image[..., :3] if colour and is_rgb(image) else None
     if rgb is not None and model.in_channels == 1 and not (rgb == rgb[..., :1]).all():
         raise UserError(f"{name}: is a colour (RGB) image but the model was trained on grayscale images; "
                         "use a model trained on colour images")
     try:  # predict refuses the other way round (a gray image for a colour model)
-        return predict(model, image, **options)
+        return predict(model, image, rgb=colour, **options)
     except UserError as error:
         raise UserError(f"{name}: {error}") from None
 
@@ -130,7 +133,7 @@ def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | o
     confusion = np.zeros((max(model.num_classes, 2),) * 2, dtype=np.int64)
     for index, pair in enumerate(pairs, start=1):
         truth = _truth(read_mask(pair.mask), model.num_classes, pair.mask.name)
-        labels = _prediction(model, read_image(pair.image), pair.image.name, predict_options)
+        labels = _prediction(model, pair.image, predict_options)
         if labels.shape != truth.shape:
             raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "
                             "they must have the same size")
