@@ -9,6 +9,7 @@ folded into the convolutions), alone and inside ``predict`` (the copy is made in
 
     python benchmarks/bench_predict.py                       # CPU or CUDA (auto), 2048x2048, U-Net
     python benchmarks/bench_predict.py --fused --repeats 3   # + the fused network
+    python benchmarks/bench_predict.py --fused --threads 1   # steadier ratios on a busy machine
     python benchmarks/bench_predict.py --size 4096 --model segnet --device cuda
 """
 
@@ -61,11 +62,15 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, the physical cores); "
+                        "1 keeps the ratios steady on a machine busy with other jobs")
     parser.add_argument("--fused", action="store_true", help="also time the fused network (fusion.inference_network)")
     parser.add_argument("--model-file", help="a trained model; default: a few epochs on synthetic discs, so that "
                         "the mask comparison means something")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = resolve_device(args.device)
     if args.model_file:

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -112,3 +114,22 @@ def test_only_norms_fed_by_a_convolution_alone_are_folded():
 def test_folding_needs_eval_mode():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))
+
+
+def test_compile_falls_back_to_eager_when_it_fails(monkeypatch):
+    def broken(network, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    network = _network("segnet").eval()
+    prepared = inference_network(network, compile=True)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.inference_mode():
+        with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*eagerly"):
+            first = prepared(x)
+        torch.testing.assert_close(first, network(x), rtol=1e-4, atol=1e-5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once only
+            torch.testing.assert_close(prepared(x), first, rtol=0, atol=0)

@@ -7,11 +7,16 @@ convolution followed, inside an ``nn.Sequential``, by a batch norm (itself or as
 next block, as MONAI's ``Convolution``/``ADN`` and our SegNet build them), so the convolution's output
 goes only to that norm. (``torch.fx`` tracing would find more patterns but silently drops MONAI
 ``BasicUNet``'s skip connections: ``torch.jit.isinstance`` is false for a tracing proxy.)
+
+``compile=True`` adds ``torch.compile`` (inductor, weights frozen), eager again if compiling fails. Off by
+default: on the 2-core CPU it took 90-150 s for a U-Net, for 1.0-1.5x the eager speed afterwards
+(docs/performance.md), a loss for anything short of hundreds of images.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -19,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norms", "inference_network"]
+__all__ = ["CompiledOrEager", "fold_batch_norms", "inference_network"]
 
 
 def _is_sequential(module: nn.Module) -> bool:
@@ -66,11 +71,31 @@ def fold_batch_norms(network: nn.Module) -> int:
     return len(pairs)
 
 
+class CompiledOrEager(nn.Module):
+    """``network`` through ``torch.compile``; after one failure (no compiler, an unsupported operation)
+    a warning, and eager from then on."""
+
+    def __init__(self, network: nn.Module, **options) -> None:
+        super().__init__()
+        self.network = network
+        self.compiled = torch.compile(network, **options)
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure: run eagerly instead
+                warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
+                              "running the network eagerly", stacklevel=2)
+                self.compiled = None
+        return self.network(*args, **kwargs)
+
+
 def inference_network(network: nn.Module, device: torch.device | str | None = None, *,
-                      channels_last: bool = True) -> nn.Module:
+                      channels_last: bool = True, compile: bool = False) -> nn.Module:
     """A copy of ``network`` for inference on ``device`` (default: where it is): eval mode, batch norm
     folded into the convolutions (:func:`fold_batch_norms`), no gradients, channels-last weights when
-    ``channels_last``. ``network`` itself is not changed.
+    ``channels_last``; with ``compile``, wrapped in :class:`CompiledOrEager`. ``network`` itself is not changed.
 
     Example:
         >>> from napari_unet_seg.models import build_network, network_kwargs
@@ -82,4 +107,5 @@ def inference_network(network: nn.Module, device: torch.device | str | None = No
     prepared = copy.deepcopy(network).eval().requires_grad_(False)
     fold_batch_norms(prepared)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return prepared.to(device, memory_format=memory_format)
+    prepared = prepared.to(device, memory_format=memory_format)
+    return CompiledOrEager(prepared, options={"freezing": True}) if compile else prepared
