@@ -303,15 +303,12 @@ def test_progress_comes_per_group_of_tiles_and_a_cancelled_predict_ends_short(mo
 
 
 def test_a_working_copy_predicts_like_its_model_without_another_copy(model, monkeypatch):
-    import copy
-    from types import SimpleNamespace
-
     import napari_unet_seg.inference as inference
 
     image, _ = synthetic_pair((64, 64), seed=8)
     work = inference.working_copy(model, "cpu")
     assert work.network is not model.network and not work.network.training
-    copies, real = [], copy.deepcopy
-    monkeypatch.setattr(inference, "copy", SimpleNamespace(deepcopy=lambda obj: copies.append(obj) or real(obj)))
+    copies, real = [], inference.inference_network
+    monkeypatch.setattr(inference, "inference_network", lambda net, device: copies.append(net) or real(net, device))
     assert np.array_equal(predict(work, image, device="cpu"), predict(model, image, device="cpu"))
     assert copies == [model.network]  # the model's network was copied, the working copy was not

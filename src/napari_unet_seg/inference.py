@@ -8,7 +8,6 @@ augmentation predicts rotated and flipped views of the image; their spread is th
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import queue
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Message, Tiles, drain
+from .fusion import inference_network
 from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
@@ -304,10 +304,10 @@ def _check_options(overlap: float, threshold: float, tile: int | None, batch_siz
 
 def working_copy(model: SegmentationModel, device: str | torch.device = "auto") -> SegmentationModel:
     """A copy of ``model`` whose network :func:`predict_steps` runs as it is: on ``device``, channels-last,
-    in eval mode. predict copies any other model's network (so that its caller's model never changes);
+    in eval mode, batch norm folded into its convolutions (:mod:`~napari_unet_seg.fusion`). predict copies any other model's network (so that its caller's model never changes);
     this makes the copy once for many predictions with the same weights (validation does)."""
     torch_device = resolve_device(device)
-    network = copy.deepcopy(model.network).to(torch_device, memory_format=torch.channels_last).eval()
+    network = inference_network(model.network, torch_device)
     network._predict_device, network._predict_meter = torch_device, _TileMeter(network)
     return dataclasses.replace(model, network=network)
 
