@@ -146,7 +146,7 @@ API_CASES = [
      "opset must be >= 17, got 11"),
     ("sweep typo", lambda d: sweep(d / "x.yaml", d / "sweep", devise="cpu"), "did you mean 'device'?"),
     ("sweep engine device", lambda d: engine_sweep(d / "x.yaml", d / "sweep", device="gpu"),
-     "device 'gpu' is unknown; use auto, cuda, cuda:N or cpu"),
+     "device 'gpu' is unknown; use auto, cuda, cuda:N, mps or cpu"),
 ]
 
 

@@ -132,6 +132,12 @@ def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespac
     return targets + ([output / f"{source.stem}_uncertainty.tif"] if args.uncertainty else [])
 
 
+def _print_device(device: str) -> None:
+    from .device import describe_device, resolve_device
+
+    print(f"running on {describe_device(resolve_device(device))}", flush=True)
+
+
 def run_predict(args: Namespace) -> int:
     from .image_io import read_image_layout, write_map, write_mask
     from .inference import predict
@@ -161,6 +167,7 @@ def run_predict(args: Namespace) -> int:
         planned.append((path, targets))
     check_distinct(((path, target) for path, targets in planned for target in targets), "--output")
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
+    _print_device(args.device)
     progress = ConsoleProgress()  # tile progress on a terminal, warnings as lines
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
@@ -204,6 +211,7 @@ def run_evaluate(args: Namespace) -> int:
         sources = [resolve_model_path(args.model)] + [p for folder in (args.images, args.masks)
                                                        if Path(folder).is_dir() for p in list_images(folder)]
         check_output(args.json, inputs=sources, overwrite=getattr(args, "overwrite", False), what="--json")
+    _print_device(args.device)
     scores = evaluate(args.model, args.images, args.masks, skip_unpaired=args.skip_unpaired,
                       **_predict_options(args))
     _print_scores(scores)

@@ -33,7 +33,7 @@ from .config import TrainConfig
 from .dataset import (PatchDataset, Sample, build_augmentation, load_samples, mask_to_classes, samples_from_arrays,
                       split_indices)
 from .device_batches import DeviceBatches, fits_on_device
-from .device import free_cuda_memory, is_out_of_memory, resolve_device
+from .device import describe_device, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
 from .image_io import read_image
@@ -391,6 +391,7 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
     train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
     yield from messages
     _check_channels(channels, start, stored, run_dir)
+    yield Message(f"training on {describe_device(device)}")
     run = TrainingRun(config, _build_model(config, start, stored, channels, normalization), device)
     val_set = val_set[distributed.rank()::distributed.world_size()]
     if resume:
@@ -472,6 +473,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         cancel: a ``threading.Event`` (or callable) that stops the run between batches.
     """
     distributed.check_joined()
+    TrainConfig.check_options(options, "train")
     values = {**(config.to_dict() if config else {}), **options}
     default = TrainConfig().to_dict()
     given = [k for k, v in values.items() if k in options or (k in default and v != default[k])]
