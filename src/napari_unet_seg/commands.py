@@ -78,7 +78,16 @@ def run_train(args: Namespace) -> int:
     from .config import TrainConfig
     from .training import train
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "resume")}
+    from .cli import TRAIN_ONLY
+
+    fields = {k: v for k, v in vars(args).items()
+              if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
+    if args.plan_only or (args.plan and not args.resume):
+        config = _planned_config(args, fields)
+        if args.plan_only:
+            return 0
+        fields = {k: v for k, v in vars(config).items() if k in fields}
+        fields["extra"] = config.extra
     cancel = threading.Event()
     with distributed.process_group(args.device), _ctrl_c_cancels(cancel):
         main = distributed.is_main()
@@ -94,7 +103,7 @@ def run_train(args: Namespace) -> int:
             fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
             result = train(resume=True, on_event=progress, cancel=cancel, **fields)
         else:
-            config = TrainConfig(**fields, command=args.command_line)
+            config = TrainConfig(**{"extra": {}, **fields}, command=args.command_line)
             result = train(config, on_event=progress, cancel=cancel)
     best = result.best_metrics
     if main and best:
@@ -103,6 +112,29 @@ def run_train(args: Namespace) -> int:
     if main:
         print(f"model: {result.best}  ({result.status})")
     return 130 if result.status == "cancelled" else 0
+
+
+def _planned_config(args: Namespace, fields: dict):
+    """The settings with the data's plan filled in where ``args`` gave none; the plan is printed (to stdout
+    with ``--plan-only``, else with the progress on stderr, by rank 0 alone)."""
+    from . import distributed
+    from .config import TrainConfig
+    from .planning import fingerprint, plan
+
+    from .config import Rule, check_value
+
+    check_value("--budget", args.budget, Rule("float", above=0, unit="minutes"))
+    config = TrainConfig(**fields).validate(memory=False)
+    if not config.images or not config.masks:
+        raise UserError("give the training data: --images DIR and --masks DIR")
+    measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
+    chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
+                  val_fraction=0.0 if config.val_images else config.val_fraction)
+    chosen.apply(config, args.given if hasattr(args, "given") else ())
+    if args.plan_only or distributed.is_main():
+        stream = sys.stdout if args.plan_only else sys.stderr
+        print("\n".join(measured.lines() + chosen.lines()), file=stream, flush=True)
+    return config
 
 
 def _inputs(source: Path) -> list[Path]:
@@ -222,6 +254,13 @@ def run_info(args: Namespace) -> int:
     print(f"metrics: {json.dumps(model.metrics)}")
     if model.config.get("command"):
         print(f"trained with: {model.config['command']}")
+    stored = (model.config.get("extra") or {}).get("plan")
+    if stored:
+        kept = stored.get("kept", {})
+        chosen = [f"--{k.replace('_', '-')} {'none' if v is None else v}" + (" (given instead)" if k in kept else "")
+                  for k, v in stored.get("settings", {}).items()]
+        proposed = [f"{k} {v}" for k, v in stored.get("proposals", {}).items()]
+        print(f"plan: {', '.join(chosen)}; proposed: {', '.join(proposed)}")
     if model.config:
         from .config import TrainConfig
 
