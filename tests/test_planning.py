@@ -101,6 +101,9 @@ def test_arrays_and_the_sample_limit():
     assert fingerprint(images, masks, seed=3) == measured  # seeded: the same sample again
     with pytest.raises(UserError, match="as many masks as images"):
         fingerprint(images, masks[:-1])
+    labelled = [m * (1 + k % 2) for k, m in enumerate(masks[:6])]
+    chosen = plan(fingerprint(images[:6], labelled), device="cpu")
+    assert "3 mask values (0, 1, 2)" in chosen.reasons["classes"] and "--classes 3" in chosen.reasons["classes"]
 
 
 def test_epochs_follow_the_budget(tmp_path):
@@ -174,7 +177,9 @@ def test_train_prints_applies_and_stores_the_plan(tmp_path):
     assert "plan (every choice" in done.stderr and "epoch 1/1" in done.stderr
     info = cli("info", run / "best.pt")
     assert info.returncode == 0, info.stderr
-    assert "--resize 256" in info.stdout and "plan: --resize 256" in info.stdout
+    assert "plan: --resize 256" in info.stdout
+    assert "settings as a train command: napari-unet-seg train" in info.stdout and "--resize 256" in info.stdout
+    assert info.stdout.split("settings as a train command: ")[1].split("\n")[0].endswith("--no-plan")
     plain = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "plain", "--device", "cpu",
                 "--epochs", 1, "--width", 0.25, "--patch-size", 32, "--no-plan")
     assert plain.returncode == 0 and "plan (" not in plain.stderr

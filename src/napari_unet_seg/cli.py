@@ -13,6 +13,8 @@ from .errors import ReportedElsewhere, UserError
 __all__ = ["build_parser", "given_options", "main", "TRAIN_ONLY"]
 
 _DEFAULT = TrainConfig()
+#: The train options that are not TrainConfig fields, with their defaults.
+TRAIN_ONLY = {"plan_only": False, "plan": True, "budget": 20.0}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,17 +63,15 @@ def _add_train(sub) -> None:
                      help="0: batches cut and augmented on the device from cached images; N: N DataLoader "
                           "processes (MONAI transforms per patch)")
     run.add_argument("--device", default=_DEFAULT.device, help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
+    # Not TrainConfig fields: absent from the parsed options unless given (TRAIN_ONLY holds their defaults).
     auto = p.add_argument_group("automatic configuration (see docs/cli.md)")
-    auto.add_argument("--plan-only", action="store_true", help="print the settings chosen from the data, with "
-                      "their reasons, and exit without training")
-    auto.add_argument("--no-plan", dest="plan", action="store_false", help="do not measure the data: options not "
-                      "given keep their fixed defaults")
-    auto.add_argument("--budget", type=float, default=20.0, help="minutes of training the plan sizes the "
-                      "epochs for (when --epochs is not given)")
-
-
-#: The train options that are not TrainConfig fields.
-TRAIN_ONLY = ("plan_only", "plan", "budget")
+    auto.add_argument("--plan-only", action="store_true", default=argparse.SUPPRESS,
+                      help="print the settings chosen from the data, with their reasons, and exit without training")
+    auto.add_argument("--no-plan", dest="plan", action="store_false", default=argparse.SUPPRESS,
+                      help="do not measure the data: options not given keep their fixed defaults")
+    auto.add_argument("--budget", type=float, default=argparse.SUPPRESS,
+                      help=f"minutes of training the plan sizes the epochs for, when --epochs is not given "
+                      f"(default {TRAIN_ONLY['budget']:g})")
 
 
 def given_options(argv: list[str]) -> set[str]:

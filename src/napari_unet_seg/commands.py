@@ -75,16 +75,19 @@ def _ctrl_c_cancels(cancel: threading.Event):
 def run_train(args: Namespace) -> int:
     """Train; under torchrun every process runs this and rank 0 alone prints (see docs/distributed.md)."""
     from . import distributed
+    from .cli import TRAIN_ONLY
     from .config import TrainConfig
     from .training import train
 
-    from .cli import TRAIN_ONLY
-
+    for name, value in TRAIN_ONLY.items():
+        setattr(args, name, getattr(args, name, value))
     fields = {k: v for k, v in vars(args).items()
               if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
+    plan_lines = []
     if args.plan_only or (args.plan and not args.resume):
-        config = _planned_config(args, fields)
+        config, plan_lines = _planned_config(args, fields)
         if args.plan_only:
+            print("\n".join(plan_lines))
             return 0
         fields = {k: v for k, v in vars(config).items() if k in fields}
         fields["extra"] = config.extra
@@ -95,7 +98,7 @@ def run_train(args: Namespace) -> int:
             _warnings_to_console()
         else:
             warnings.simplefilter("ignore")
-        progress = ConsoleProgress() if main else None
+        progress = _FirstPrinting(plan_lines, ConsoleProgress()) if main else None
         if args.resume:  # only the options given explicitly override the stored run
             from .cli import build_parser
 
@@ -115,13 +118,10 @@ def run_train(args: Namespace) -> int:
 
 
 def _planned_config(args: Namespace, fields: dict):
-    """The settings with the data's plan filled in where ``args`` gave none; the plan is printed (to stdout
-    with ``--plan-only``, else with the progress on stderr, by rank 0 alone)."""
-    from . import distributed
-    from .config import TrainConfig
+    """``(config, lines)``: the settings with the data's plan filled in where ``args`` gave none, and the
+    measurements and the plan as printed."""
+    from .config import Rule, TrainConfig, check_value
     from .planning import fingerprint, plan
-
-    from .config import Rule, check_value
 
     check_value("--budget", args.budget, Rule("float", above=0, unit="minutes"))
     config = TrainConfig(**fields).validate(memory=False)
@@ -131,10 +131,21 @@ def _planned_config(args: Namespace, fields: dict):
     chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
                   val_fraction=0.0 if config.val_images else config.val_fraction)
     chosen.apply(config, args.given if hasattr(args, "given") else ())
-    if args.plan_only or distributed.is_main():
-        stream = sys.stdout if args.plan_only else sys.stderr
-        print("\n".join(measured.lines() + chosen.lines()), file=stream, flush=True)
-    return config
+    return config, measured.lines() + chosen.lines()
+
+
+class _FirstPrinting:
+    """Passes events to ``progress``, printing ``lines`` first (so a refused setting or run folder still
+    ends in its one line: training's checks run before its first event)."""
+
+    def __init__(self, lines: list[str], progress: ConsoleProgress) -> None:
+        self.lines, self.progress = list(lines), progress
+
+    def __call__(self, event) -> None:
+        if self.lines:
+            self.progress._line("\n".join(self.lines))
+            self.lines = []
+        self.progress(event)
 
 
 def _inputs(source: Path) -> list[Path]:

@@ -40,6 +40,8 @@ SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6), "cuda": 0.
 _LARGE, _COMPACT, _FEW = 0.25, 0.3, 5
 #: Foreground below this share of the pixels counts as rare.
 _RARE = 0.05
+#: The most mask values a fingerprint lists (label images of many objects hold thousands).
+_VALUES = 64
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Fingerprint:
     foreground: float
     foreground_range: list[float]
     values: list[int]
+    levels: int
     objects: float
     extent: float | None
     fill: float | None
@@ -75,7 +78,7 @@ class Fingerprint:
                    f"{self.fill:.0%} of its box" if self.extent is not None else "none measurable")
         return [f"data: {sample}; size (min..median..max) {shape}; channels {_join(self.channels)}; "
                 f"dtype {_join(self.dtypes)}; values {self.intensity[0]:g}..{self.intensity[1]:g}",
-                f"masks: values {_join(self.values, 8)}; foreground {self.foreground:.1%} of the pixels "
+                f"masks: {self.levels} values ({_join(self.values, 8)}); foreground {self.foreground:.1%} of pixels "
                 f"({self.foreground_range[0]:.1%}..{self.foreground_range[1]:.1%}); {self.empty} empty, "
                 f"{self.full} all foreground; objects: {objects}"
                 + (f"; spacing {_join(self.spacing)}" if self.spacing else "")]
@@ -146,11 +149,12 @@ def _pairs(images, masks, skip_unpaired: bool, seed: int) -> tuple[list, int]:
         from .image_io import read_image_layout, read_mask
         from .pairing import pair_files
 
-        with warnings.catch_warnings():  # training repeats pairing's warnings; one copy is enough
+        with warnings.catch_warnings():  # training repeats pairing's and reading's warnings; one copy is enough
             warnings.simplefilter("ignore")
             pairs = pair_files(images, masks, skip_unpaired=skip_unpaired)
-        chosen = _sample(pairs, seed)
-        return [(*read_image_layout(p.image), read_mask(p.mask), _spacing(p.image)) for p in chosen], len(pairs)
+            chosen = _sample(pairs, seed)
+            read = [(*read_image_layout(p.image), read_mask(p.mask), _spacing(p.image)) for p in chosen]
+        return read, len(pairs)
     images, masks = list(images), list(masks)
     if len(images) != len(masks) or not images:
         raise UserError(f"give as many masks as images (got {len(images)} images, {len(masks)} masks), at least one")
@@ -194,10 +198,8 @@ def _objects(mask: np.ndarray) -> tuple[int, float | None, float | None]:
         return int(foreground.any()), None, None
     regions = regionprops(label(foreground))
     largest = max(regions, key=lambda r: r.area)
-    box = largest.bbox
-    half = len(box) // 2
-    sides = [(box[half + k] - box[k]) / foreground.shape[k] for k in range(half)]
-    return len(regions), float(max(sides)), float(largest.area / np.prod([box[half + k] - box[k] for k in range(half)]))
+    sides = np.divide(largest.image.shape, foreground.shape)
+    return len(regions), float(sides.max()), float(largest.extent)
 
 
 def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) -> Fingerprint:
@@ -218,7 +220,7 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         lows.append(float(np.nanmin(image)))
         highs.append(float(np.nanmax(image)))
         shares.append(float(np.mean(mask > 0)))
-        values.update(np.unique(mask).tolist()[:64])
+        values.update(np.unique(mask).tolist())
         objects.append(_objects(mask))
         spacing = spacing or step
     measured = [o for o in objects if o[1] is not None]
@@ -228,7 +230,8 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         sizes=[[int(sides[:, k].min()), int(np.median(sides[:, k])), int(sides[:, k].max())] for k in range(2)],
         channels=sorted(channels), dtypes=sorted(dtypes), intensity=[min(lows), max(highs)],
         foreground=float(np.mean(shares)), foreground_range=[min(shares), max(shares)],
-        values=sorted(int(v) for v in values), objects=float(np.median([o[0] for o in objects])),
+        values=sorted(int(v) for v in values)[:_VALUES], levels=len(values),
+        objects=float(np.median([o[0] for o in objects])),
         extent=float(np.median([o[1] for o in measured])) if measured else None,
         fill=float(np.median([o[2] for o in measured])) if measured else None, spacing=spacing,
         empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares))
@@ -279,63 +282,82 @@ def _whole_objects(fp: Fingerprint) -> tuple[bool, str]:
     shape = f"largest object spans {fp.extent:.0%} of the image side, fills {fp.fill:.0%} of its box, " \
             f"{fp.objects:g} object(s) per image"
     if fp.extent >= _LARGE and fp.fill >= _COMPACT and fp.objects <= _FEW:
-        return True, f"{shape}: large whole objects need the whole image in view (PH2: IoU 0.864 resized vs 0.701 patches)"
+        return True, (f"{shape}: large whole objects need the whole image in view (PH2: IoU 0.864 resized vs "
+                      "0.701 patches)")
     kind = "thin or branching structures" if fp.fill < _COMPACT else "many or small objects"
     return False, f"{shape}: {kind}, detail matters more than context (EM membranes): full resolution"
+
+
+def _geometry(fp: Fingerprint, kind: str, device: str, model: str, width: float, train_count: int
+              ) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """``resize``, ``patch_size`` and ``batch_size`` with their reasons, and whether whole images are used."""
+    whole, why = _whole_objects(fp)
+    median_side = min(fp.sizes[0][1], fp.sizes[1][1])
+    wanted = 16 if kind == "cuda" else 8
+    target = 256 if whole else min(256, max(32, median_side // 16 * 16))
+    size, batch, note = _fitting(target, min(wanted, train_count), device, model, width)
+    reasons = {"resize": why, "batch_size": f"{wanted} on {kind} (at most the {train_count} training images), "
+                                            f"halved until the memory estimate fits{note}"}
+    if whole:
+        reasons["patch_size"] = "the resized images are the samples"
+        return {"resize": size, "patch_size": size, "batch_size": batch}, reasons, True
+    side = min(fp.sizes[0][0], fp.sizes[1][0])
+    spread = max(fp.sizes[0][2] / fp.sizes[0][0], fp.sizes[1][2] / fp.sizes[1][0])
+    reasons["patch_size"] = (f"256 px or the median image side ({median_side} px), whichever is smaller, as far "
+                             "as memory allows" + (f"; images below it ({side} px) are zero-padded" if side < size
+                                                   else "") + (f"; image sizes differ {spread:.0f}x" if spread >= 4
+                                                               else ""))
+    return {"resize": None, "patch_size": size, "batch_size": batch}, reasons, False
+
+
+def _epochs(kind: str, budget: float, train_count: int, size: int) -> tuple[int, str]:
+    """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why."""
+    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * size**2 / 1e6
+    epochs = int(min(300, max(20, budget * 60 / max(seconds, 1e-9))))
+    return epochs, (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images of {size}² "
+                    f"per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
+
+
+def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """Foreground sampling and post-processing (stored with the plan; training does not apply them yet)."""
+    rare = 0 < fp.foreground < _RARE and not whole
+    if whole:
+        sampling = "whole images: every sample holds the object"
+    elif rare:
+        sampling = f"foreground is rare ({fp.foreground:.1%} of the pixels): centre half of the patches on foreground"
+    else:
+        sampling = f"foreground {fp.foreground:.1%}: uniform random patches suffice"
+    single = whole and fp.objects <= 1
+    post = ("one whole object per image: keep the largest component and fill holes, if validation Dice confirms it"
+            if single else "several objects or thin structures: no component filtering")
+    return ({"foreground_sampling": 0.5 if rare else 0.0, "postprocess": ["keep_largest", "fill_holes"] if single
+             else []}, {"foreground_sampling": sampling, "postprocess": post})
+
+
+def _notes(fp: Fingerprint) -> dict[str, str]:
+    """Remarks on the mask values and on bad input (one pair, empty or full masks)."""
+    notes = {}
+    if fp.levels > 2:
+        hint = f"give --classes {max(fp.values) + 1} if they are classes" if fp.levels <= 16 else "object ids?"
+        notes["classes"] = (f"{fp.levels} mask values ({_join(fp.values, 6)}): trained as foreground (> 0) against "
+                            f"background; {hint}")
+    found = ["one pair: it trains and validates" if fp.count == 1 else "",
+             f"{fp.empty} sampled mask(s) hold no foreground" if fp.empty else "",
+             f"{fp.full} sampled mask(s) are all foreground" if fp.full else ""]
+    if any(found):
+        notes["data"] = "; ".join(n for n in found if n)
+    return notes
 
 
 def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: str = "unet", width: float = 1.0,
          val_fraction: float = 0.1) -> Plan:
     """Settings for training on the data ``fp`` measured, on ``device``, in about ``budget`` minutes."""
     kind = _device_kind(device)
-    settings, reasons, proposals = {}, {}, {}
-    whole, why = _whole_objects(fp)
-    side = min(fp.sizes[0][0], fp.sizes[1][0])
-    median_side = min(fp.sizes[0][1], fp.sizes[1][1])
-    wanted_batch = 16 if kind == "cuda" else 8
     train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
-    if whole:
-        size, batch, note = _fitting(256, min(wanted_batch, train_count), device, model, width)
-        settings.update(resize=size, patch_size=size)
-        reasons["resize"] = why
-        reasons["patch_size"] = "the resized images are the samples"
-    else:
-        target = min(256, max(32, median_side // 16 * 16))
-        size, batch, note = _fitting(target, min(wanted_batch, train_count), device, model, width)
-        settings.update(resize=None, patch_size=size)
-        reasons["resize"] = why
-        spread = max(fp.sizes[0][2] / fp.sizes[0][0], fp.sizes[1][2] / fp.sizes[1][0])
-        smaller = f"; images below it ({side} px) are zero-padded" if side < size else ""
-        reasons["patch_size"] = (f"256 px or the median image side ({median_side} px), whichever is smaller, as "
-                                 f"far as memory allows{smaller}" + (f"; image sizes differ {spread:.0f}x"
-                                                                      if spread >= 4 else ""))
-    settings["batch_size"] = batch
-    reasons["batch_size"] = (f"{wanted_batch} on {kind} (at most the {train_count} training images), halved "
-                             f"until the memory estimate fits{note}")
-    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * size**2 / 1e6
-    epochs = int(min(300, max(20, budget * 60 / max(seconds, 1e-9))))
-    settings["epochs"] = epochs
-    reasons["epochs"] = (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images of "
-                         f"{size}² per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
+    settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
+    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, settings["patch_size"])
     settings["normalization"] = "percentile"
     reasons["normalization"] = (f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): per-image "
                                 "1-99.8 percentiles, robust to outliers and to exposure between images")
-    rare = 0 < fp.foreground < _RARE
-    proposals["foreground_sampling"] = 0.5 if rare and not whole else 0.0
-    reasons["foreground_sampling"] = (f"foreground is rare ({fp.foreground:.1%} of the pixels): centre half of the "
-                                      "patches on foreground" if rare and not whole else
-                                      f"foreground {fp.foreground:.1%}: uniform random patches suffice"
-                                      if not whole else "whole images: every sample holds the object")
-    proposals["postprocess"] = ["keep_largest", "fill_holes"] if whole and fp.objects <= 1 else []
-    reasons["postprocess"] = ("one whole object per image: keep the largest component and fill holes, if "
-                              "validation Dice confirms it" if proposals["postprocess"] else
-                              "several objects or thin structures: no component filtering")
-    if len(fp.values) > 2:
-        reasons["classes"] = (f"mask values {_join(fp.values, 6)}: trained as foreground (> 0) against background; "
-                              f"give --classes {max(fp.values) + 1} if they are classes, not object ids")
-    notes = ["one pair: it trains and validates" if fp.count == 1 else "",
-             f"{fp.empty} sampled mask(s) hold no foreground" if fp.empty else "",
-             f"{fp.full} sampled mask(s) are all foreground" if fp.full else ""]
-    if any(notes):
-        reasons["data"] = "; ".join(n for n in notes if n)
-    return Plan(settings, reasons, proposals, fingerprint=fp.to_dict())
+    proposals, why = _proposals(fp, whole)
+    return Plan(settings, {**reasons, **why, **_notes(fp)}, proposals, fingerprint=fp.to_dict())
