@@ -101,6 +101,10 @@ def test_arrays_and_the_sample_limit():
     assert fingerprint(images, masks, seed=3) == measured  # seeded: the same sample again
     with pytest.raises(UserError, match="as many masks as images"):
         fingerprint(images, masks[:-1])
+    stacks = [np.stack([m] * 5) for m in masks[:3]]
+    measured = fingerprint([s * 100 for s in stacks], stacks)
+    assert measured.ndim == 3 and measured.depth == [5, 5, 5] and "(Z stacks)" in measured.lines()[0]
+    assert plan(measured, device="cpu").lines()  # a plan (the 2D rules; 3D planning is a later slice)
     labelled = [m * (1 + k % 2) for k, m in enumerate(masks[:6])]
     chosen = plan(fingerprint(images[:6], labelled), device="cpu")
     assert "3 mask values (0, 1, 2)" in chosen.reasons["classes"] and "--classes 3" in chosen.reasons["classes"]

@@ -63,6 +63,7 @@ class Fingerprint:
     extent: float | None
     fill: float | None
     spacing: list[float] | None = None
+    depth: list[int] | None = None
     empty: int = 0
     full: int = 0
 
@@ -76,6 +77,8 @@ class Fingerprint:
             else f"{self.count} pairs"
         objects = (f"{self.objects:g} per image, largest spans {self.extent:.0%} of the side, fills "
                    f"{self.fill:.0%} of its box" if self.extent is not None else "none measurable")
+        if self.depth:
+            shape = f"{self.depth[0]}..{self.depth[1]}..{self.depth[2]} (Z stacks) x {shape}"
         return [f"data: {sample}; size (min..median..max) {shape}; channels {_join(self.channels)}; "
                 f"dtype {_join(self.dtypes)}; values {self.intensity[0]:g}..{self.intensity[1]:g}",
                 f"masks: {self.levels} values ({_join(self.values, 8)}); foreground {self.foreground:.1%} of pixels "
@@ -210,11 +213,12 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         UserError: as pairing and reading do (missing folders, unpaired files, unreadable files).
     """
     sampled, count = _pairs(images, masks, skip_unpaired, seed)
-    shapes, channels, dtypes, lows, highs, shares, values, objects = [], set(), set(), [], [], [], set(), []
+    shapes, depths, channels, dtypes, lows, highs, shares, values, objects = [], [], set(), set(), [], [], [], set(), []
     spacing = None
     for image, colour, mask, step in sampled:
         spatial = image.shape[:-1] if colour else image.shape
         shapes.append(spatial[-2:])
+        depths += list(spatial[:-2])
         channels.add(image.shape[-1] if colour else 1)
         dtypes.add(str(image.dtype))
         lows.append(float(np.nanmin(image)))
@@ -234,6 +238,7 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         objects=float(np.median([o[0] for o in objects])),
         extent=float(np.median([o[1] for o in measured])) if measured else None,
         fill=float(np.median([o[2] for o in measured])) if measured else None, spacing=spacing,
+        depth=[int(min(depths)), int(np.median(depths)), int(max(depths))] if depths else None,
         empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares))
 
 
