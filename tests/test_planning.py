@@ -187,3 +187,16 @@ def test_train_prints_applies_and_stores_the_plan(tmp_path):
     plain = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "plain", "--device", "cpu",
                 "--epochs", 1, "--width", 0.25, "--patch-size", 32, "--no-plan")
     assert plain.returncode == 0 and "plan (" not in plain.stderr
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name, masks, whole", [
+    ("ph2", "masks", True), ("isic2018", "masks", True), ("cervical-herlev", "masks", True),
+    ("isbi2012-em", "masks_membrane", False), ("isbi2012-em", "masks", False)])
+def test_real_sets_get_the_choice_their_evidence_points_to(shared_data, name, masks, whole):
+    root = shared_data / name
+    if not (root / masks).is_dir():
+        pytest.skip(f"{name}/{masks} is not in ../shared/data")
+    chosen = plan(fingerprint(root / "images", root / masks), device="cpu")
+    assert (chosen.settings["resize"] == 256) is whole
+    assert (chosen.proposals["postprocess"] != []) is whole
