@@ -10,9 +10,11 @@ from .config import (AUGMENTS, EXPORT_FORMATS, INSTANCES, LOSSES, MODELS, NORMAL
                      SCHEDULERS, TrainConfig)
 from .errors import ReportedElsewhere, UserError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "given_options", "main", "TRAIN_ONLY"]
 
 _DEFAULT = TrainConfig()
+#: The train options that are not TrainConfig fields, with their defaults.
+TRAIN_ONLY = {"plan_only": False, "plan": True, "budget": 20.0}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +63,25 @@ def _add_train(sub) -> None:
                      help="0: batches cut and augmented on the device from cached images; N: N DataLoader "
                           "processes (MONAI transforms per patch)")
     run.add_argument("--device", default=_DEFAULT.device, help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
+    # Not TrainConfig fields: absent from the parsed options unless given (TRAIN_ONLY holds their defaults).
+    auto = p.add_argument_group("automatic configuration (see docs/cli.md)")
+    auto.add_argument("--plan-only", action="store_true", default=argparse.SUPPRESS,
+                      help="print the settings chosen from the data, with their reasons, and exit without training")
+    auto.add_argument("--no-plan", dest="plan", action="store_false", default=argparse.SUPPRESS,
+                      help="do not measure the data: options not given keep their fixed defaults")
+    auto.add_argument("--budget", type=float, default=argparse.SUPPRESS,
+                      help=f"minutes of training the plan sizes the epochs for, when --epochs is not given "
+                      f"(default {TRAIN_ONLY['budget']:g})")
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The ``train`` settings (destination names) that ``argv`` gives explicitly, defaults aside."""
+    parser = _Parser(prog="napari-unet-seg")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_train(sub)
+    for action in sub.choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 def _add_predict_options(p) -> None:
@@ -149,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a corrupt file precede our one line
     if args.command == "train":
-        args.command_line = "napari-unet-seg " + " ".join(sys.argv[1:] if argv is None else argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args.command_line = "napari-unet-seg " + " ".join(argv)
+        args.given = given_options(argv)
     try:
         from . import commands
         from .options import check_args

@@ -75,10 +75,22 @@ def _ctrl_c_cancels(cancel: threading.Event):
 def run_train(args: Namespace) -> int:
     """Train; under torchrun every process runs this and rank 0 alone prints (see docs/distributed.md)."""
     from . import distributed
+    from .cli import TRAIN_ONLY
     from .config import TrainConfig
     from .training import train
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "resume")}
+    for name, value in TRAIN_ONLY.items():
+        setattr(args, name, getattr(args, name, value))
+    fields = {k: v for k, v in vars(args).items()
+              if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
+    plan_lines = []
+    if args.plan_only or (args.plan and not args.resume):
+        config, plan_lines = _planned_config(args, fields)
+        if args.plan_only:
+            print("\n".join(plan_lines))
+            return 0
+        fields = {k: v for k, v in vars(config).items() if k in fields}
+        fields["extra"] = config.extra
     cancel = threading.Event()
     with distributed.process_group(args.device), _ctrl_c_cancels(cancel):
         main = distributed.is_main()
@@ -86,7 +98,7 @@ def run_train(args: Namespace) -> int:
             _warnings_to_console()
         else:
             warnings.simplefilter("ignore")
-        progress = ConsoleProgress() if main else None
+        progress = _FirstPrinting(plan_lines, ConsoleProgress()) if main else None
         if args.resume:  # only the options given explicitly override the stored run
             from .cli import build_parser
 
@@ -94,7 +106,7 @@ def run_train(args: Namespace) -> int:
             fields = {k: v for k, v in fields.items() if k == "out" or v != defaults.get(k)}
             result = train(resume=True, on_event=progress, cancel=cancel, **fields)
         else:
-            config = TrainConfig(**fields, command=args.command_line)
+            config = TrainConfig(**{"extra": {}, **fields}, command=args.command_line)
             result = train(config, on_event=progress, cancel=cancel)
     best = result.best_metrics
     if main and best:
@@ -103,6 +115,37 @@ def run_train(args: Namespace) -> int:
     if main:
         print(f"model: {result.best}  ({result.status})")
     return 130 if result.status == "cancelled" else 0
+
+
+def _planned_config(args: Namespace, fields: dict):
+    """``(config, lines)``: the settings with the data's plan filled in where ``args`` gave none, and the
+    measurements and the plan as printed."""
+    from .config import Rule, TrainConfig, check_value
+    from .planning import fingerprint, plan
+
+    check_value("--budget", args.budget, Rule("float", above=0, unit="minutes"))
+    config = TrainConfig(**fields).validate(memory=False)
+    if not config.images or not config.masks:
+        raise UserError("give the training data: --images DIR and --masks DIR")
+    measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
+    chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
+                  val_fraction=0.0 if config.val_images else config.val_fraction)
+    chosen.apply(config, args.given if hasattr(args, "given") else ())
+    return config, measured.lines() + chosen.lines()
+
+
+class _FirstPrinting:
+    """Passes events to ``progress``, printing ``lines`` first (so a refused setting or run folder still
+    ends in its one line: training's checks run before its first event)."""
+
+    def __init__(self, lines: list[str], progress: ConsoleProgress) -> None:
+        self.lines, self.progress = list(lines), progress
+
+    def __call__(self, event) -> None:
+        if self.lines:
+            self.progress._line("\n".join(self.lines))
+            self.lines = []
+        self.progress(event)
 
 
 def _inputs(source: Path) -> list[Path]:
@@ -222,6 +265,15 @@ def run_evaluate(args: Namespace) -> int:
     return 0
 
 
+def _plan_line(plan: dict) -> str:
+    """The stored training plan in one line: the settings it chose and what it proposed."""
+    kept = plan.get("kept", {})
+    chosen = [f"--{k.replace('_', '-')} {'none' if v is None else v}" + (" (given instead)" if k in kept else "")
+              for k, v in plan.get("settings", {}).items()]
+    proposed = [f"{k} {v}" for k, v in plan.get("proposals", {}).items()]
+    return f"{', '.join(chosen)}; proposed: {', '.join(proposed)}"
+
+
 def run_info(args: Namespace) -> int:
     from .config import TrainConfig
     from .model_file import read_summary
@@ -239,6 +291,9 @@ def run_info(args: Namespace) -> int:
         print(f"fine-tuned from: {origin} (sha256 {parent.get('sha256') or 'unknown'})")
     if config.get("command"):
         print(f"trained with: {config['command']}")
+    plan = (config.get("extra") or {}).get("plan")
+    if plan:
+        print(f"plan: {_plan_line(plan)}")
     if config:
         print(f"settings as a train command: {TrainConfig.from_dict(config).as_command()}")
     print("\n".join(terms_lines(info)))

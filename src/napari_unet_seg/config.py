@@ -240,7 +240,8 @@ class TrainConfig:
 
     def as_command(self) -> str:
         """The ``napari-unet-seg train`` command line of these settings (the options that differ from the
-        defaults), e.g. to repeat a run that a sweep or the Train widget made."""
+        defaults, and ``--no-plan`` when a plan chose some), e.g. to repeat a run that a sweep or the Train
+        widget made."""
         import shlex
 
         default = TrainConfig()
@@ -254,6 +255,8 @@ class TrainConfig:
                 words.append(flag if value else "--no-amp" if name == "amp" else "")
             else:
                 words += [flag, str(value)]
+        if "plan" in self.extra:  # the plan's choices are in the words: measuring again could differ
+            words.append("--no-plan")
         return shlex.join(w for w in words if w)
 
     @classmethod

@@ -1,0 +1,368 @@
+"""Training settings chosen from the data: a fingerprint of the pairs, then a plan with one reason per choice.
+
+:func:`fingerprint` measures image sizes, channels, dtype and intensity range, the foreground fraction,
+the mask values, the objects (count per image, the largest one's extent and fill) and the pixel spacing
+where a TIFF states it, on at most :data:`SAMPLE` pairs drawn with a fixed seed (so a big folder is fast).
+:func:`plan` turns it into settings, each with a one-line reason: whole images resized (large, compact
+objects such as lesions or cells: PH2 test IoU 0.864 at ``--resize 256`` against 0.701 with 256² patches,
+docs/results.md) or patches at full resolution (thin structures and texture, such as EM membranes); the
+patch and batch size that :func:`~napari_unet_seg.memory.check_training_memory` lets through on the
+device; the epochs that fit a time budget. Foreground sampling and post-processing are proposals stored
+with the plan (training does not apply them yet). :meth:`Plan.apply` fills only the settings not given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "PLANNED"]
+
+#: The most pairs a fingerprint reads (drawn with a fixed seed when a folder holds more).
+SAMPLE = 32
+#: The settings a plan may fill (the :class:`~napari_unet_seg.config.TrainConfig` fields).
+PLANNED = ("resize", "patch_size", "batch_size", "epochs", "normalization")
+#: CPU-seconds per megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs
+#: of 140 images in 20 minutes on the 2-core CPU (issue 17). GPUs: an assumption (not measured here).
+SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6), "cuda": 0.04, "mps": 0.2}
+#: Whole objects: the largest one spans at least this share of the image side and fills at least
+#: ``_COMPACT`` of its bounding box, with at most ``_FEW`` objects per image.
+_LARGE, _COMPACT, _FEW = 0.25, 0.3, 5
+#: Foreground below this share of the pixels counts as rare.
+_RARE = 0.05
+#: The most mask values a fingerprint lists (label images of many objects hold thousands).
+_VALUES = 64
+
+
+@dataclass
+class Fingerprint:
+    """What :func:`fingerprint` measured; ``sizes`` are ``(min, median, max)`` of each spatial axis."""
+
+    count: int
+    sampled: int
+    ndim: int
+    sizes: list[list[int]]
+    channels: list[int]
+    dtypes: list[str]
+    intensity: list[float]
+    foreground: float
+    foreground_range: list[float]
+    values: list[int]
+    levels: int
+    objects: float
+    extent: float | None
+    fill: float | None
+    spacing: list[float] | None = None
+    depth: list[int] | None = None
+    empty: int = 0
+    full: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """The measurements in a few lines."""
+        shape = " x ".join(f"{lo}..{mid}..{hi}" for lo, mid, hi in self.sizes)
+        sample = f"{self.sampled} of {self.count} pairs (seeded sample)" if self.sampled < self.count \
+            else f"{self.count} pairs"
+        objects = (f"{self.objects:g} per image, largest spans {self.extent:.0%} of the side, fills "
+                   f"{self.fill:.0%} of its box" if self.extent is not None else "none measurable")
+        if self.depth:
+            shape = f"{self.depth[0]}..{self.depth[1]}..{self.depth[2]} (Z stacks) x {shape}"
+        return [f"data: {sample}; size (min..median..max) {shape}; channels {_join(self.channels)}; "
+                f"dtype {_join(self.dtypes)}; values {self.intensity[0]:g}..{self.intensity[1]:g}",
+                f"masks: {self.levels} values ({_join(self.values, 8)}); foreground {self.foreground:.1%} of pixels "
+                f"({self.foreground_range[0]:.1%}..{self.foreground_range[1]:.1%}); {self.empty} empty, "
+                f"{self.full} all foreground; objects: {objects}"
+                + (f"; spacing {_join(self.spacing)}" if self.spacing else "")]
+
+
+@dataclass
+class Plan:
+    """Chosen ``settings`` (TrainConfig fields) with their ``reasons``, and ``proposals`` (foreground
+    sampling, post-processing) that training does not apply yet, with theirs."""
+
+    settings: dict[str, Any]
+    reasons: dict[str, str]
+    proposals: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    kept: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, config, given: Iterable[str] = ()) -> Any:
+        """Set the planned settings on ``config`` except those in ``given`` (the user's), which are kept
+        and listed in ``kept``; store the plan in ``config.extra["plan"]``. Returns ``config``."""
+        given = set(given)
+        chosen = "resize" in given or "patch_size" in given
+        for name, value in self.settings.items():
+            if name in given or (chosen and name in ("resize", "patch_size", "batch_size")):
+                self.kept[name] = getattr(config, name)
+                continue
+            setattr(config, name, value)
+        config.extra = {**config.extra, "plan": self.to_dict()}
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "reasons": self.reasons, "proposals": self.proposals,
+                "fingerprint": self.fingerprint, "kept": self.kept}
+
+    def lines(self) -> list[str]:
+        """The plan as printed: one line per choice with its reason."""
+        out = ["plan (every choice can be overridden by giving its option):"]
+        for name, value in self.settings.items():
+            flag = f"--{name.replace('_', '-')}"
+            if name in self.kept:
+                out.append(f"  {flag} {_value(self.kept[name])} (yours kept; the plan's {_value(value)}: "
+                           f"{self.reasons[name]})")
+            else:
+                out.append(f"  {flag} {_value(value)}: {self.reasons[name]}")
+        for name, value in self.proposals.items():
+            out.append(f"  {name} {value} (proposed, not applied yet): {self.reasons[name]}")
+        for name in ("classes", "data"):
+            if name in self.reasons:
+                out.append(f"  note: {self.reasons[name]}")
+        return out
+
+
+def _value(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def _join(values, most: int = 4) -> str:
+    values = list(values or [])
+    text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:most])
+    return text + (", ..." if len(values) > most else "")
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+
+
+def _pairs(images, masks, skip_unpaired: bool, seed: int) -> tuple[list, int]:
+    """``(sampled pairs of (image, mask, spacing-or-None), total count)`` from folders or arrays."""
+    if isinstance(images, (str, os.PathLike)) or isinstance(masks, (str, os.PathLike)):
+        from .image_io import read_image_layout, read_mask
+        from .pairing import pair_files
+
+        with warnings.catch_warnings():  # training repeats pairing's and reading's warnings; one copy is enough
+            warnings.simplefilter("ignore")
+            pairs = pair_files(images, masks, skip_unpaired=skip_unpaired)
+            chosen = _sample(pairs, seed)
+            read = [(*read_image_layout(p.image), read_mask(p.mask), _spacing(p.image)) for p in chosen]
+        return read, len(pairs)
+    images, masks = list(images), list(masks)
+    if len(images) != len(masks) or not images:
+        raise UserError(f"give as many masks as images (got {len(images)} images, {len(masks)} masks), at least one")
+    from .normalization import is_rgb
+
+    chosen = _sample(list(zip(images, masks)), seed)
+    return [(np.asarray(i), is_rgb(np.asarray(i)), np.asarray(m), None) for i, m in chosen], len(images)
+
+
+def _sample(items: list, seed: int) -> list:
+    return items if len(items) <= SAMPLE else random.Random(seed).sample(items, SAMPLE)
+
+
+def _spacing(path: Path) -> list[float] | None:
+    """The pixel (voxel) spacing a TIFF states (ImageJ ``spacing`` for Z, resolution tags for Y/X)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tags = page.tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            x, y = (tags[k].value for k in ("XResolution", "YResolution"))
+            steps = [v[1] / v[0] for v in (y, x) if v[0]]
+            z = (tif.imagej_metadata or {}).get("spacing")
+            return ([float(z)] if z else []) + steps if len(steps) == 2 else None
+    except Exception:  # noqa: BLE001 - spacing is informative only
+        return None
+
+
+def _objects(mask: np.ndarray) -> tuple[int, float | None, float | None]:
+    """``(count, extent, fill)`` of a mask's foreground components: the largest one's bounding box side
+    relative to the image side (the larger of the axes) and its area relative to its box."""
+    from skimage.measure import label, regionprops
+
+    foreground = mask > 0
+    if not foreground.any() or foreground.all():
+        return int(foreground.any()), None, None
+    regions = regionprops(label(foreground))
+    largest = max(regions, key=lambda r: r.area)
+    sides = np.divide(largest.image.shape, foreground.shape)
+    return len(regions), float(sides.max()), float(largest.extent)
+
+
+def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) -> Fingerprint:
+    """Measure folders of pairs (paths, paired as ``train`` pairs them) or sequences of arrays (napari
+    layers), on at most :data:`SAMPLE` pairs drawn with ``seed``.
+
+    Raises:
+        UserError: as pairing and reading do (missing folders, unpaired files, unreadable files).
+    """
+    sampled, count = _pairs(images, masks, skip_unpaired, seed)
+    shapes, depths, channels, dtypes, lows, highs, shares, values, objects = [], [], set(), set(), [], [], [], set(), []
+    spacing = None
+    for image, colour, mask, step in sampled:
+        spatial = image.shape[:-1] if colour else image.shape
+        shapes.append(spatial[-2:])
+        depths += list(spatial[:-2])
+        channels.add(image.shape[-1] if colour else 1)
+        dtypes.add(str(image.dtype))
+        lows.append(float(np.nanmin(image)))
+        highs.append(float(np.nanmax(image)))
+        shares.append(float(np.mean(mask > 0)))
+        values.update(np.unique(mask).tolist())
+        objects.append(_objects(mask))
+        spacing = spacing or step
+    measured = [o for o in objects if o[1] is not None]
+    sides = np.array(shapes)
+    return Fingerprint(
+        count=count, sampled=len(sampled), ndim=int(max(i.ndim - int(c) for i, c, _, _ in sampled)),
+        sizes=[[int(sides[:, k].min()), int(np.median(sides[:, k])), int(sides[:, k].max())] for k in range(2)],
+        channels=sorted(channels), dtypes=sorted(dtypes), intensity=[min(lows), max(highs)],
+        foreground=float(np.mean(shares)), foreground_range=[min(shares), max(shares)],
+        values=sorted(int(v) for v in values)[:_VALUES], levels=len(values),
+        objects=float(np.median([o[0] for o in objects])),
+        extent=float(np.median([o[1] for o in measured])) if measured else None,
+        fill=float(np.median([o[2] for o in measured])) if measured else None, spacing=spacing,
+        depth=[int(min(depths)), int(np.median(depths)), int(max(depths))] if depths else None,
+        empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares))
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+
+def _device_kind(device: str) -> str:
+    """``cpu``, ``cuda`` or ``mps``: what ``device`` trains on here (torch asked only when it must)."""
+    name = str(device).lower()
+    if name == "cpu":
+        return "cpu"
+    import torch
+
+    if name.startswith("cuda") or name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+    if name in ("mps", "auto") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _fitting(size: int, batch: int, device: str, model: str, width: float) -> tuple[int, int, str]:
+    """The largest ``(size, batch)`` at most the given ones that the memory check lets through."""
+    from .config import TrainConfig
+    from .memory import check_training_memory
+
+    while True:
+        trial = TrainConfig(patch_size=size, batch_size=batch, device=device, model=model, width=width)
+        try:
+            check_training_memory(trial)
+            return size, batch, ""
+        except UserError:
+            if batch > 1:
+                batch //= 2
+            elif size > 32:
+                size = max(32, size // 2 // 16 * 16)
+            else:
+                return size, batch, " (even this may not fit the free memory)"
+
+
+def _whole_objects(fp: Fingerprint) -> tuple[bool, str]:
+    if fp.extent is None:
+        what = ("no foreground" if fp.foreground == 0 else "only foreground" if fp.foreground == 1
+                else "only empty or all-foreground masks")
+        return False, f"{what} in the sampled masks, so no object size to go by: patches at full resolution (fallback)"
+    shape = f"largest object spans {fp.extent:.0%} of the image side, fills {fp.fill:.0%} of its box, " \
+            f"{fp.objects:g} object(s) per image"
+    if fp.extent >= _LARGE and fp.fill >= _COMPACT and fp.objects <= _FEW:
+        return True, (f"{shape}: large whole objects need the whole image in view (PH2: IoU 0.864 resized vs "
+                      "0.701 patches)")
+    kind = "thin or branching structures" if fp.fill < _COMPACT else "many or small objects"
+    return False, f"{shape}: {kind}, detail matters more than context (EM membranes): full resolution"
+
+
+def _geometry(fp: Fingerprint, kind: str, device: str, model: str, width: float, train_count: int
+              ) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """``resize``, ``patch_size`` and ``batch_size`` with their reasons, and whether whole images are used."""
+    whole, why = _whole_objects(fp)
+    median_side = min(fp.sizes[0][1], fp.sizes[1][1])
+    wanted = 16 if kind == "cuda" else 8
+    target = 256 if whole else min(256, max(32, median_side // 16 * 16))
+    size, batch, note = _fitting(target, min(wanted, train_count), device, model, width)
+    reasons = {"resize": why, "batch_size": f"{wanted} on {kind} (at most the {train_count} training images), "
+                                            f"halved until the memory estimate fits{note}"}
+    if whole:
+        reasons["patch_size"] = "the resized images are the samples"
+        return {"resize": size, "patch_size": size, "batch_size": batch}, reasons, True
+    side = min(fp.sizes[0][0], fp.sizes[1][0])
+    spread = max(fp.sizes[0][2] / fp.sizes[0][0], fp.sizes[1][2] / fp.sizes[1][0])
+    reasons["patch_size"] = (f"256 px or the median image side ({median_side} px), whichever is smaller, as far "
+                             "as memory allows" + (f"; images below it ({side} px) are zero-padded" if side < size
+                                                   else "") + (f"; image sizes differ {spread:.0f}x" if spread >= 4
+                                                               else ""))
+    return {"resize": None, "patch_size": size, "batch_size": batch}, reasons, False
+
+
+def _epochs(kind: str, budget: float, train_count: int, size: int) -> tuple[int, str]:
+    """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why."""
+    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * size**2 / 1e6
+    epochs = int(min(300, max(20, budget * 60 / max(seconds, 1e-9))))
+    return epochs, (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images of {size}² "
+                    f"per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
+
+
+def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """Foreground sampling and post-processing (stored with the plan; training does not apply them yet)."""
+    rare = 0 < fp.foreground < _RARE and not whole
+    if whole:
+        sampling = "whole images: every sample holds the object"
+    elif rare:
+        sampling = f"foreground is rare ({fp.foreground:.1%} of the pixels): centre half of the patches on foreground"
+    else:
+        sampling = f"foreground {fp.foreground:.1%}: uniform random patches suffice"
+    single = whole and fp.objects <= 1
+    post = ("one whole object per image: keep the largest component and fill holes, if validation Dice confirms it"
+            if single else "several objects or thin structures: no component filtering")
+    return ({"foreground_sampling": 0.5 if rare else 0.0, "postprocess": ["keep_largest", "fill_holes"] if single
+             else []}, {"foreground_sampling": sampling, "postprocess": post})
+
+
+def _notes(fp: Fingerprint) -> dict[str, str]:
+    """Remarks on the mask values and on bad input (one pair, empty or full masks)."""
+    notes = {}
+    if fp.levels > 2:
+        hint = f"give --classes {max(fp.values) + 1} if they are classes" if fp.levels <= 16 else "object ids?"
+        notes["classes"] = (f"{fp.levels} mask values ({_join(fp.values, 6)}): trained as foreground (> 0) against "
+                            f"background; {hint}")
+    found = ["one pair: it trains and validates" if fp.count == 1 else "",
+             f"{fp.empty} sampled mask(s) hold no foreground" if fp.empty else "",
+             f"{fp.full} sampled mask(s) are all foreground" if fp.full else ""]
+    if any(found):
+        notes["data"] = "; ".join(n for n in found if n)
+    return notes
+
+
+def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: str = "unet", width: float = 1.0,
+         val_fraction: float = 0.1) -> Plan:
+    """Settings for training on the data ``fp`` measured, on ``device``, in about ``budget`` minutes."""
+    kind = _device_kind(device)
+    train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
+    settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
+    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, settings["patch_size"])
+    settings["normalization"] = "percentile"
+    reasons["normalization"] = (f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): per-image "
+                                "1-99.8 percentiles, robust to outliers and to exposure between images")
+    proposals, why = _proposals(fp, whole)
+    return Plan(settings, {**reasons, **why, **_notes(fp)}, proposals, fingerprint=fp.to_dict())
