@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -30,6 +27,8 @@ from napari_unet_seg.models import build_network, network_kwargs
 from napari_unet_seg.reporting import read_history
 from napari_unet_seg.sample_data import synthetic_pair
 from napari_unet_seg.training import RUN_FILES, train, train_steps
+
+from cli_helpers import cli, one_line
 
 FAST = dict(epochs=1, batch_size=4, patch_size=16, width=0.125, augment="none", device="cpu")
 FAST_ARGS = ["--epochs", "1", "--batch-size", "4", "--patch-size", "16", "--width", "0.125", "--augment", "none",
@@ -60,18 +59,6 @@ def _layout(root: Path, files: dict) -> tuple[Path, Path]:
     return root / "i", root / "m"
 
 
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "napari_unet_seg", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
-
-
-def _one_error_line(done: subprocess.CompletedProcess, pattern: str) -> None:
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("napari-unet-seg: error: "), lines
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 colour_mask = np.stack([MASK, np.zeros_like(MASK), np.zeros_like(MASK)], axis=-1)
@@ -121,7 +108,7 @@ def test_bad_training_folders_exit_2_on_the_command_line(tmp_path, files, option
     images, masks = _layout(tmp_path, files)
     extra = [a for k, v in options.items() for a in (f"--{k}", v)]
     done = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "run", *FAST_ARGS, *extra)
-    _one_error_line(done, pattern)
+    one_line(done, pattern)
 
 
 def test_questionable_data_trains_with_warnings_on_the_command_line(tmp_path):
@@ -204,7 +191,7 @@ def test_bad_model_files_are_refused_on_the_command_line(tmp_path, kind, pattern
     iio.imwrite(tmp_path / "gray.png", IMAGE)
     done = cli("predict", "--model", model, "--input", tmp_path / "gray.png", "--output", tmp_path / "out",
                "--device", "cpu", cwd=tmp_path)
-    _one_error_line(done, pattern)
+    one_line(done, pattern)
     assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -219,7 +206,7 @@ def test_unreadable_inputs_on_the_predict_command_line(tmp_path):
                             (tmp_path / "5d.tif", r"shape \(1, 2, 3, 16, 16\) is not one 2D")]:
         done = cli("predict", "--model", tmp_path / "m.pt", "--input", source, "--output", tmp_path / "o",
                    "--device", "cpu")
-        _one_error_line(done, pattern)
+        one_line(done, pattern)
 
 
 def test_output_folder_that_cannot_be_created(tmp_path, synthetic_dir):
@@ -227,7 +214,7 @@ def test_output_folder_that_cannot_be_created(tmp_path, synthetic_dir):
     (tmp_path / "file").write_text("keep me")
     images, masks = synthetic_dir
     done = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "file" / "run", *FAST_ARGS)
-    _one_error_line(done, r"--out .*run: cannot write there \(Not a directory\); choose another folder")
+    one_line(done, r"--out .*run: cannot write there \(Not a directory\); choose another folder")
     assert (tmp_path / "file").read_text() == "keep me"
 
 

@@ -7,11 +7,9 @@ byte-identical afterwards (the whole tmp folder is hashed before and after).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import stat
 import struct
@@ -35,18 +33,11 @@ from napari_unet_seg.model_file import load_model, save_model
 from napari_unet_seg.pairing import pair_files
 from napari_unet_seg.sample_data import synthetic_pair
 
+from cli_helpers import cli, one_line, snapshot
+
 IMAGE, MASK = synthetic_pair((48, 48), seed=3, objects=2)
 
 
-def cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "napari_unet_seg", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def assert_kept(before: dict[str, str], root: Path) -> None:
@@ -54,13 +45,6 @@ def assert_kept(before: dict[str, str], root: Path) -> None:
     changed = [name for name, digest in before.items() if after.get(name) != digest]
     assert not changed, f"files changed or lost: {changed}"
 
-
-def one_line(done: subprocess.CompletedProcess, pattern: str) -> None:
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("napari-unet-seg: error: "), lines
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def raises_one_line(pattern: str, call, *args, **kwargs) -> str:

@@ -5,9 +5,6 @@ traceback; ``UserError`` in Python) and the folder byte-identical before and aft
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +16,14 @@ from napari_unet_seg.errors import UserError
 from napari_unet_seg.options import sweep
 from napari_unet_seg.sweep import sweep as engine_sweep
 
+from cli_helpers import cli
+
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (relative path -> bytes): what must not change."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def cli(*args, cwd):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "napari_unet_seg", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
-from .events import Batch, Checkpoint, Epoch, Message, Tiles
+from .events import Batch, Epoch, Message, Tiles
 
 __all__ = ["run_train", "run_predict", "run_evaluate", "run_demo", "run_info", "run_doctor", "run_sweep", "run_export",
            "ConsoleProgress"]

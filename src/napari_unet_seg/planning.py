@@ -13,11 +13,10 @@ with the plan (training does not apply them yet). :meth:`Plan.apply` fills only 
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any

@@ -184,8 +184,6 @@ def test_evaluate_refuses_a_gray_model_on_colour_images_like_segment(make_napari
 
 def test_compare_a_0_255_mask_as_binary(make_napari_viewer):
     """A ground truth opened from a 0/255 PNG scores like the binary masks (engine: ``compare_labels``)."""
-    from napari_unet_seg.evaluation import compare_labels
-
     truth = np.zeros((20, 20), np.uint8)
     truth[:10] = 255  # 200 foreground pixels, as File > Open gives a 0/255 mask
     result = np.zeros((20, 20), np.uint8)
