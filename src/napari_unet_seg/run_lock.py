@@ -15,6 +15,10 @@ from pathlib import Path
 
 from .errors import UserError
 
+#: The files a training run writes into its folder; an existing folder with any of them is not overwritten
+#: without permission.
+RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png")
+
 __all__ = ["LOCK_NAME", "run_lock", "clean_stale_files"]
 
 LOCK_NAME = ".lock"

@@ -43,14 +43,10 @@ from .models import build_network, network_kwargs
 from .normalization import default_normalization
 from .pairing import pair_files
 from .reporting import plot_curves, write_history
-from .run_lock import clean_stale_files, run_lock
+from .run_lock import RUN_FILES, clean_stale_files, run_lock
 from .training_run import TrainingRun, check_resume_settings, read_run_state
 
 __all__ = ["TrainResult", "ValPair", "train", "train_steps", "validate", "validate_steps", "RUN_FILES"]
-
-#: Files a run folder holds; an existing folder with any of them is not overwritten without permission.
-RUN_FILES = ("best.pt", "last.pt", "history.csv", "curves.png")
-
 
 @dataclass
 class TrainResult:

@@ -32,7 +32,7 @@ def _shown(widget) -> bool:
 
 def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_path, wait_job):
     viewer = make_napari_viewer()
-    _, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
+    segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Segment")
     images, masks = synthetic_dir
     widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run")
     assert _shown(widget.images) and _shown(widget.add_button) and _shown(widget.image_layer)
@@ -62,11 +62,13 @@ def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_pat
     # Segment and an Evaluate widget opened afterwards; "start from" stays "new model"
     assert segment.model.value == str(best)
     assert widget.start_from.value == "(new model)" and str(best) in widget.start_from.choices
-    _, later = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Evaluate")
-    assert str(best) in later.model.choices
-    combo = later.model.native
-    assert any(combo.itemText(i).endswith("[newest]") and "run/best.pt" in combo.itemText(i)
-               for i in range(combo.count()))
+    viewer.window.remove_dock_widget(segment_dock)
+    for name in ("Segment", "Evaluate"):
+        _, later = viewer.window.add_plugin_dock_widget("napari-unet-seg", name)
+        assert later is not segment and str(best) in later.model.choices, name
+        combo = later.model.native
+        assert any(combo.itemText(i).endswith("[newest]") and "run/best.pt" in combo.itemText(i)
+                   for i in range(combo.count())), name
     assert "done" in widget.status.value and "run/best.pt" in widget.status.value
 
 

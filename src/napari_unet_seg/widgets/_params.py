@@ -235,7 +235,7 @@ def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Se
 
 def kept_files(run: str | Path) -> list[str]:
     """The run files that exist in the folder ``run``."""
-    from ..training import RUN_FILES
+    from ..run_lock import RUN_FILES
 
     return [name for name in RUN_FILES if (Path(run) / name).exists()]
 

@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["SegmentWidget"]
 
 
+def _segment_steps(model: Any, data: Any, cancel: Any, options: dict):
+    """``predict_steps``, imported in the worker thread (the first import of the engine takes a while)."""
+    from ..inference import predict_steps
+
+    return (yield from predict_steps(model, data, cancel=cancel, **options))
+
+
 class SegmentWidget(Docked, Container):
     """Segment an image layer (2D, RGB, a stack, or a multiscale image's highest resolution).
 
@@ -101,8 +108,6 @@ class SegmentWidget(Docked, Container):
 
     def run(self, *_: Any) -> Job | None:
         """Start segmenting the chosen layer; returns the job (None when the values are refused)."""
-        from ..inference import predict_steps
-
         if self.job is not None and self.job.running:
             return self.job
         try:
@@ -127,7 +132,7 @@ class SegmentWidget(Docked, Container):
             self.show_result(result, **target)
             set_status(self.status, f"{target['name']}: done in {time.perf_counter() - began:.1f} s")
 
-        self.job = start_job("segmentation", lambda cancel: predict_steps(model, data, cancel=cancel, **options),
+        self.job = start_job("segmentation", lambda cancel: _segment_steps(model, data, cancel, options),
                              on_event=self._on_event, on_done=done,
                              on_finish=self._on_finish, owner=self.native, status=self.status)
         return self.job

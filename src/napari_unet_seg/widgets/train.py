@@ -235,7 +235,7 @@ class TrainWidget(Docked, Container):
 
     def _initial_model(self, config, fine_tune: bool) -> str | None:
         """The model to start from (None: random weights); with ``fine_tune`` a free output folder."""
-        from ..training import RUN_FILES
+        from ..run_lock import RUN_FILES
 
         initial = self.start_from.value
         initial = None if initial in (None, NEW_MODEL) else str(initial)
