@@ -176,14 +176,14 @@ def test_a_bug_in_a_writer_is_not_called_a_disk_problem(tmp_path):
 
 
 def _png16(path: Path, array: np.ndarray) -> None:
-    """A 16-bit colour PNG (Pillow cannot write one): IHDR, one zlib IDAT of unfiltered rows, IEND."""
+    """A 16-bit colour or gray+alpha PNG (Pillow cannot write one): IHDR, one zlib IDAT of unfiltered rows, IEND."""
     height, width, channels = array.shape
     rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, {2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
 
@@ -220,10 +220,13 @@ def test_tiny_rgb_image_is_predicted_as_one_colour_image(work):
     assert read_image(work / "out" / "tiny.png").shape == (4, 4)
 
 
-def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path):
-    _png16(tmp_path / "c16.png", np.random.default_rng(0).integers(0, 1000, (8, 9, 3)).astype(np.uint16))
-    raises_one_line(r"c16.png: is a 16-bit colour PNG, which would be read cut to 8 bits; save it as a 16-bit TIFF",
-                    read_image, tmp_path / "c16.png")
+@pytest.mark.parametrize("channels", [3, 4, 2])
+def test_16_bit_colour_png_keeps_its_values(tmp_path, channels):
+    values = np.random.default_rng(0).integers(0, 1000, (8, 9, channels)).astype(np.uint16)
+    _png16(tmp_path / "c16.png", values)
+    image, colour = read_image_layout(tmp_path / "c16.png")
+    expected = values[..., 0] if channels == 2 else values  # gray+alpha: the gray
+    assert colour == (channels != 2) and image.dtype == np.uint16 and np.array_equal(image, expected)
 
 
 def test_16_bit_gray_png_keeps_its_values(tmp_path):

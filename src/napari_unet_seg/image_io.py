@@ -235,8 +235,10 @@ def _read_pillow(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
     from PIL import Image, ImageOps
 
     with _pixel_limit_lifted(), Image.open(path) as image:
-        _refuse_16bit_colour(path, image)
         _check_memory(path, image)
+        deep = _png_16bit_colour(path, image)
+        if deep is not None:  # gray+alpha: the gray; RGB(A): colour
+            return (deep[..., 0], False) if deep.shape[-1] == 2 else (deep, True)
         image = ImageOps.exif_transpose(image)  # the orientation a viewer shows (a copy, always)
         mode = image.mode
         if mode in ("P", "PA"):
@@ -270,28 +272,30 @@ def _pixel_limit_lifted():
 def _check_memory(path: Path, image) -> None:
     width, height = image.size
     needed = width * height * max(1, len(image.getbands())) * (2 if image.mode.startswith("I;16") else 4)
-    try:
-        import psutil
+    from .memory import available_ram
 
-        available = psutil.virtual_memory().available
-    except Exception:  # psutil missing or no answer: only absurd sizes are refused
-        available = 1 << 40
+    available = available_ram() or 1 << 40  # no answer: only absurd sizes are refused
     if needed > available:
         raise UserError(f"{path}: a {width}x{height} image needs about {needed / 2**30:.1f} GiB to decode, more "
                         f"than the {available / 2**30:.1f} GiB free; crop or tile it first")
 
 
-def _refuse_16bit_colour(path: Path, image) -> None:
-    """Pillow reads 16-bit colour PNGs as 8-bit (0..999 becomes 0..3): refuse rather than misread."""
+def _png_16bit_colour(path: Path, image) -> np.ndarray | None:
+    """A 16-bit colour or gray+alpha PNG decoded with its full values (Pillow would cut them to 8 bits:
+    0..999 becomes 0..3), else None."""
     if getattr(image, "format", None) != "PNG":
-        return
+        return None
     with open(path, "rb") as handle:
         header = handle.read(26)
-    depth, colour_type = header[24], header[25]
-    if depth == 16 and colour_type in (2, 4, 6):
-        kind = "gray+alpha" if colour_type == 4 else "colour"
-        raise UserError(f"{path}: is a 16-bit {kind} PNG, which would be read cut to 8 bits; save it as a 16-bit "
-                        "TIFF (or as 8-bit PNG)")
+    if len(header) < 26 or header[24] != 16 or header[25] not in (2, 4, 6):
+        return None
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(path.read_bytes())
+    except Exception as error:  # noqa: BLE001  (any decoder failure is a damaged file)
+        raise UserError(f"{path}: cannot be read as a 16-bit PNG ({str(error).splitlines()[0]}); the file may "
+                        "be truncated or corrupt, replace it") from None
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
