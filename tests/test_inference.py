@@ -88,6 +88,8 @@ def test_postprocess_min_size_and_holes():
 def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch):
     import torch
 
+    import napari_unet_seg.inference as inference
+
     model = load_model(tiny_model)
     stack = np.stack([synthetic_pair((96, 96), seed=s)[0] for s in range(2)])
     expected = predict(model, stack, device="cpu", tile=32)
@@ -100,6 +102,7 @@ def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch
         return forward(x)
 
     monkeypatch.setattr(model.network, "forward", flaky)
+    monkeypatch.setattr(inference, "_COPIES", type(inference._COPIES)())  # copy the patched network anew
     steps = predict_steps(model, stack, device="cpu", tile=32, batch_size=4)
     events = []
     result = drain(steps, events.append)
@@ -110,6 +113,7 @@ def test_out_of_memory_halves_the_tile_batch_and_goes_on(tiny_model, monkeypatch
     with pytest.warns(UserWarning, match="out of GPU memory: tile batch size lowered to 1"):
         assert predict(model, stack[0], device="cpu", tile=32).shape == (96, 96)
     monkeypatch.setattr(model.network, "forward", lambda x: flaky(torch.cat([x, x])))
+    inference._COPIES.clear()
     with pytest.raises(UserError, match="out of GPU memory even for one tile of 32x32 pixels"):
         predict(model, stack[0], device="cpu", tile=32)
 
@@ -310,5 +314,29 @@ def test_a_working_copy_predicts_like_its_model_without_another_copy(model, monk
     assert work.network is not model.network and not work.network.training
     copies, real = [], inference.inference_network
     monkeypatch.setattr(inference, "inference_network", lambda net, device: copies.append(net) or real(net, device))
+    monkeypatch.setattr(inference, "_COPIES", type(inference._COPIES)())  # no copy kept from other tests
     assert np.array_equal(predict(work, image, device="cpu"), predict(model, image, device="cpu"))
     assert copies == [model.network]  # the model's network was copied, the working copy was not
+
+
+def test_predict_keeps_its_copy_until_the_weights_change(model, monkeypatch):
+    import torch
+
+    import napari_unet_seg.inference as inference
+
+    image, _ = synthetic_pair((64, 64), seed=9)
+    copies, real = [], inference.inference_network
+    monkeypatch.setattr(inference, "inference_network", lambda net, device: copies.append(net) or real(net, device))
+    monkeypatch.setattr(inference, "_COPIES", type(inference._COPIES)())
+    first = predict(model, image, device="cpu")
+    assert np.array_equal(predict(model, image, device="cpu"), first) and len(copies) == 1  # the copy was kept
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for parameter in model.network.parameters():
+                parameter.mul_(-1.0)  # new weights, changed in place: the kept copy is stale
+        changed = predict(model, image, device="cpu")
+        assert len(copies) == 2 and not np.array_equal(changed, first)
+    finally:
+        model.network.load_state_dict(before)
+    assert np.array_equal(predict(model, image, device="cpu"), first) and len(copies) == 3

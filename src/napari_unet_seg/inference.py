@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -304,8 +305,9 @@ def _check_options(overlap: float, threshold: float, tile: int | None, batch_siz
 
 def working_copy(model: SegmentationModel, device: str | torch.device = "auto") -> SegmentationModel:
     """A copy of ``model`` whose network :func:`predict_steps` runs as it is: on ``device``, channels-last,
-    in eval mode, batch norm folded into its convolutions (:mod:`~napari_unet_seg.fusion`). predict copies any other model's network (so that its caller's model never changes);
-    this makes the copy once for many predictions with the same weights (validation does)."""
+    in eval mode, batch norm folded into its convolutions (:mod:`~napari_unet_seg.fusion`). predict copies
+    any other model's network (so that its caller's model never changes) and keeps that copy while the
+    weights stay the same; this makes the copy once, explicitly (validation does)."""
     torch_device = resolve_device(device)
     network = inference_network(model.network, torch_device)
     network._predict_device, network._predict_meter = torch_device, _TileMeter(network)
@@ -316,9 +318,26 @@ def _working_network(model: SegmentationModel, device: torch.device) -> tuple[to
     """The network predict runs (a copy unless ``model`` is a :func:`working_copy` for ``device``) and its meter."""
     if device.type == "cuda":  # tiles of a few fixed shapes: let cuDNN time and keep its fastest kernels
         torch.backends.cudnn.benchmark = True
-    if getattr(model.network, "_predict_device", None) != device:
-        model = working_copy(model, device)
-    return model.network, model.network._predict_meter
+    network = model.network
+    if getattr(network, "_predict_device", None) != device:
+        key = _weights_key(network, device)
+        cached = _COPIES.get(network)
+        if cached is None or cached[0] != key:
+            cached = _COPIES[network] = (key, working_copy(model, device).network)
+        network = cached[1]
+    return network, network._predict_meter
+
+
+#: The working copy of each network predict ran, with the :func:`_weights_key` it was made from (kept only
+#: while the network lives; replaced when its weights change).
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_key(network: torch.nn.Module, device: torch.device) -> tuple:
+    """What a working copy depends on: the device, and each weight tensor's identity and version (torch
+    counts every in-place change, e.g. an optimizer step or ``load_state_dict``)."""
+    tensors = [*network.parameters(), *network.buffers()]
+    return str(device), tuple((id(tensor), tensor._version) for tensor in tensors)
 
 
 def _store(outputs: tuple, target: tuple, inner: tuple, probs: torch.Tensor, spread: torch.Tensor | None,
