@@ -209,7 +209,7 @@ def test_viewer_stays_responsive_while_evaluating(make_napari_viewer, tiny_model
     from napari_unet_seg.sample_data import write_synthetic_folder
 
     evaluate(tiny_model, *write_synthetic_folder(tmp_path / "warm-up", 2, (192, 192)), device="cpu")
-    # enough images for 30+ ticks (about 60 here) (predict copies the network once per folder, so each image is quick)
+    # enough images for 30+ ticks (about 60 here; predict copies the network once per folder)
     images, masks = write_synthetic_folder(tmp_path / "data", 96, (192, 192))
     viewer = make_napari_viewer()
     widget = _evaluate_widget(viewer)
