@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_unet_seg.errors import UserError
-from napari_unet_seg.models import MODEL_NAMES, build_network, network_kwargs
+from napari_unet_seg.models import MODEL_NAMES, build_network, network_kwargs, pooling_strides
 from napari_unet_seg.models.segnet import SegNet
 
 SMALL = 0.25  # width multiplier that keeps the shape tests fast
@@ -25,7 +25,7 @@ def test_segnet_is_vgg16_bn():
     convs = [m for m in net.encoders.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 13 and [c.out_channels for c in convs][::3] == [64, 128, 256, 512, 512]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.encoders.modules()) == 13
-    assert isinstance(net.unpool, torch.nn.MaxUnpool2d)
+    assert isinstance(net.unpools[0], torch.nn.MaxUnpool2d)
 
 
 def test_segnet_upsamples_with_pooling_indices():
@@ -34,8 +34,8 @@ def test_segnet_upsamples_with_pooling_indices():
     net = SegNet(1, 1, features=(4,), blocks=(1,))
     x = torch.zeros(1, 4, 8, 8)
     x[0, :, 5, 2] = 1.0
-    pooled, index = net.pool(x)
-    restored = net.unpool(pooled, index, output_size=x.shape)
+    pooled, index = net.pools[0](x)
+    restored = net.unpools[0](pooled, index, output_size=x.shape)
     assert torch.equal(restored, x)
 
 
@@ -53,3 +53,37 @@ def test_unknown_model_and_bad_args():
         SegNet(0, 1)
     with pytest.raises(ValueError):
         SegNet(1, 1, features=(8, 16), blocks=(2,))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("shape", [(9, 37, 20), (16, 32, 32), (3, 5, 70)])
+def test_3d_networks_keep_any_volume_shape(name, shape):
+    net = build_network(name, 1, 2, **network_kwargs(name, width=0.125, spatial_dims=3)).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, *shape)).shape == (1, 2, *shape)
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "segnet"])
+def test_3d_networks_pool_the_coarse_axis_later(name):
+    # Sections 2.2 times thicker than the pixels: no pooling along z at the first level (nnU-Net's rule).
+    kwargs = network_kwargs(name, width=0.125, spatial_dims=3, spacing=(2.2, 1.0, 1.0))
+    assert kwargs["strides"][0] == [1, 2, 2] and kwargs["strides"][1] == [2, 2, 2]
+    net = build_network(name, 1, 1, **kwargs).eval()
+    assert net.multiples[0] * 2 == net.multiples[1]
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 5, 33, 40)).shape == (1, 1, 5, 33, 40)
+
+
+def test_pooling_strides_follow_the_spacing():
+    assert pooling_strides((1.0, 1.0, 1.0), 2) == [[2, 2, 2], [2, 2, 2]]
+    assert pooling_strides((50.0, 4.0, 4.0), 4) == [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+
+
+def test_basic_unet_refuses_anisotropic_voxels_in_one_line():
+    with pytest.raises(UserError, match="basic_unet pools every axis alike.*--model unet"):
+        network_kwargs("basic_unet", spatial_dims=3, spacing=(50, 4, 4))
+
+
+def test_spacing_must_have_one_value_per_axis():
+    with pytest.raises(UserError, match="one per axis"):
+        network_kwargs("unet", spatial_dims=3, spacing=(4, 4))

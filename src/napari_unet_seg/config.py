@@ -21,7 +21,7 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["TrainConfig", "Rule", "TRAIN_RULES", "MODELS", "LOSSES", "OPTIMIZERS", "SCHEDULERS", "AUGMENTS",
-           "NORMALIZATIONS", "DEVICES", "PRECISIONS", "INSTANCES", "EXPORT_FORMATS", "check_value",
+           "NORMALIZATIONS", "DEVICES", "PRECISIONS", "INSTANCES", "EXPORT_FORMATS", "SPATIAL_DIMS", "check_value",
            "check_keywords", "shown"]
 
 MODELS = ("unet", "basic_unet", "attention_unet", "segnet")
@@ -35,6 +35,8 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 INSTANCES = ("none", "components", "watershed")
 EXPORT_FORMATS = ("torchscript", "onnx", "bioimageio")
+#: ``auto`` picks 2D slices or 3D volumes from the data (:mod:`~napari_unet_seg.planning`).
+SPATIAL_DIMS = ("auto", "2", "3")
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 40
@@ -51,7 +53,7 @@ def shown(value: Any) -> str:
 @dataclass(frozen=True)
 class Rule:
     """How one setting is checked. ``kind``: ``int``, ``float``, ``flag``, ``text``, ``choice``, ``path``,
-    ``device``, ``mapping`` or ``any``; ``low``/``high`` are inclusive bounds, ``above``/``below`` exclusive
+    ``device``, ``dims`` (``auto``, 2 or 3), ``spacing`` (2 or 3 positive numbers), ``mapping`` or ``any``; ``low``/``high`` are inclusive bounds, ``above``/``below`` exclusive
     ones; ``optional``: None is allowed."""
 
     kind: str
@@ -109,6 +111,10 @@ def check_value(label: str, value: Any, rule: Rule) -> Any:
         return value
     if kind == "device":
         return _device(label, value)
+    if kind == "dims":
+        return _dims(label, value)
+    if kind == "spacing":
+        return _spacing(label, value)
     if kind == "path":
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise UserError(f"{label} must be a path, got {shown(value)}")
@@ -120,6 +126,32 @@ def check_value(label: str, value: Any, rule: Rule) -> Any:
     if kind == "mapping" and not isinstance(value, Mapping):
         raise UserError(f"{label} must be a mapping, got {shown(value)}")
     return value
+
+
+def _dims(label: str, value: Any) -> str | int:
+    """``auto``, or 2 or 3 as an int (``"3"`` and ``3.0`` too)."""
+    text = str(int(value)) if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and float(value).is_integer() else value
+    if text not in SPATIAL_DIMS:
+        raise UserError(f"{label} {shown(value)} is unknown; use auto, 2 or 3")
+    return text if text == "auto" else int(text)
+
+
+def _spacing(label: str, value: Any) -> list[float]:
+    """A voxel spacing: 2 or 3 positive finite numbers (slowest axis first, e.g. ``Z, Y, X``)."""
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+        try:
+            value = [float(v) for v in value]
+        except ValueError:
+            raise UserError(f"{label} must be numbers such as 50,4,4 (Z,Y,X), got {shown(value)}") from None
+    if not isinstance(value, Iterable) or isinstance(value, Mapping):
+        raise UserError(f"{label} must be 2 or 3 numbers (Z,Y,X or Y,X), got {shown(value)}")
+    values = list(value)
+    if len(values) not in (2, 3):
+        raise UserError(f"{label} must be 2 or 3 numbers (Z,Y,X or Y,X), got {len(values)}")
+    rule = Rule("float", above=0)
+    return [_number(label, v, rule) for v in values]
 
 
 def _number(label: str, value: Any, rule: Rule) -> int | float:
@@ -178,6 +210,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "augment": Rule("choice", choices=AUGMENTS), "normalization": Rule("choice", choices=NORMALIZATIONS),
     "skip_unpaired": Rule("flag"), "overwrite": Rule("flag"), "amp": Rule("flag"),
     "curves_every": Rule("int", low=0), "command": Rule("text"), "extra": Rule("mapping"),
+    "spatial_dims": Rule("dims"), "spacing": Rule("spacing", optional=True),
 }
 
 
@@ -188,6 +221,8 @@ class TrainConfig:
     ``images``/``masks`` are folders of pairs. ``patch_size`` trains on random patches; ``resize``
     (when set) trains on whole images resized to ``resize x resize`` instead. ``curves_every``: redraw
     ``curves.png`` every N epochs (0: only at the end; the Train widget draws its own plot).
+    ``spatial_dims``: ``auto``, 2 (slice by slice) or 3 (volumes); ``spacing``: the voxel spacing
+    (``Z, Y, X``), None to read it from the data.
     """
 
     images: str | None = None
@@ -220,6 +255,8 @@ class TrainConfig:
     curves_every: int = 1
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    spatial_dims: str | int = "auto"
+    spacing: list[float] | None = None
 
     def validate(self, memory: bool = True) -> TrainConfig:
         """Check (and normalize) every value, then, with ``memory``, that a batch fits in memory

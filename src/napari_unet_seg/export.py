@@ -134,8 +134,8 @@ class _ScriptableSegNet(nn.Module):
         self.encoders = segnet.encoders
         self.decoders = nn.ModuleList(list(segnet.decoders)[::-1])  # in the order they run: deepest first
         self.head = segnet.head
-        self.kernel = list(nn.modules.utils._pair(segnet.pool.kernel_size))
-        self.stride = list(nn.modules.utils._pair(segnet.pool.stride))
+        self.kernel = list(nn.modules.utils._pair(segnet.pools[0].kernel_size))
+        self.stride = list(nn.modules.utils._pair(segnet.pools[0].stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         indices: list[torch.Tensor] = []

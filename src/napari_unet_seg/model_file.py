@@ -60,6 +60,16 @@ class SegmentationModel:
         return self.info.get("display_name") or (self.path.stem if self.path else self.architecture["name"])
 
     @property
+    def spatial_dims(self) -> int:
+        """2 for a network of images (stacks are segmented slice by slice), 3 for a network of volumes."""
+        return int(self.architecture.get("kwargs", {}).get("spatial_dims", 2))
+
+    @property
+    def spacing(self) -> list[float] | None:
+        """The voxel (or pixel) spacing of the training data, slowest axis first, when it was known."""
+        return self.config.get("spacing")
+
+    @property
     def tile_size(self) -> int:
         """The smallest tile edge predict uses by default: the training patch (or resize) size, at least 256."""
         size = self.config.get("resize") or self.config.get("patch_size") or 256

@@ -30,8 +30,8 @@ from .model_file import SegmentationModel, load_model, load_training_state, save
 __all__ = ["TrainingRun", "read_run_state", "check_resume_settings", "FIXED_ON_RESUME", "cosine_factor"]
 
 #: Settings a resumed run must keep (they define the network, its inputs or the validation split).
-FIXED_ON_RESUME = ("model", "width", "classes", "optimizer", "scheduler", "normalization", "resize", "seed",
-                   "val_fraction")
+FIXED_ON_RESUME = ("model", "width", "spatial_dims", "spacing", "classes", "optimizer", "scheduler", "normalization",
+                   "resize", "seed", "val_fraction")
 #: Settings never compared on resume (where files go, how fast, what is printed).
 _IGNORED = ("out", "command", "extra", "overwrite")
 
