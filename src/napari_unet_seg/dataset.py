@@ -162,22 +162,30 @@ def build_augmentation(preset: str, patch_size: int):
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Random ``patch_size`` crops (zero-padded where an image is smaller), augmented.
+    """Random ``patch_size`` crops of 2D or 3D samples (zero-padded where a sample is smaller), augmented.
 
-    One epoch draws about as many patches from each image as it has patch areas, so every pixel is
-    seen about once an epoch whatever the image size. With ``patch_size=None`` the whole (resized)
-    images are served.
+    ``patch_size``: an int (every axis), one size per spatial axis, or None for the whole (resized)
+    images. One epoch draws about as many patches from each sample as it holds patch volumes, so every
+    voxel is seen about once an epoch whatever the sample size. Each crop is centred on a random
+    foreground voxel (as :class:`~napari_unet_seg.device_batches.DeviceBatches` does) with chance
+    ``foreground``.
     """
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int | None, augmentation=None, seed: int = 0) -> None:
+    def __init__(self, samples: Sequence[Sample], patch_size: int | Sequence[int] | None, augmentation=None,
+                 seed: int = 0, *, foreground: float = 0.0) -> None:
+        from .crops import foreground_locations, patch_count, patch_shape
+
         self.samples = list(samples)
         self.patch_size = patch_size
+        self.patch = patch_shape(patch_size, self.samples[0].mask.ndim if self.samples else 2)
         self.augmentation = augmentation
+        self.foreground = foreground
         self.reseed(seed)
         self.index = []
         for i, s in enumerate(self.samples):
-            count = 1 if patch_size is None else max(1, round(s.mask.size / patch_size**2))
-            self.index += [i] * count
+            self.index += [i] * patch_count(s.mask.shape, self.patch)
+        use = foreground > 0 and self.patch is not None
+        self.locations = [foreground_locations(s.mask) if use else [] for s in self.samples]
 
     def reseed(self, seed: int) -> None:
         """Restart the crop and augmentation random streams from ``seed``."""
@@ -188,20 +196,26 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _crop(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        image, mask, size = sample.image, sample.mask, self.patch_size
-        if size is None:
-            return image, mask
-        pad_y, pad_x = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
-        if pad_y or pad_x:
-            image = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)))
-            mask = np.pad(mask, ((0, pad_y), (0, pad_x)))
-        y = self.rng.integers(0, mask.shape[0] - size + 1)
-        x = self.rng.integers(0, mask.shape[1] - size + 1)
-        return image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]
+    def _crop(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        from .crops import centred_corner, pad_to_patch
+
+        sample, patch = self.samples[self.index[item]], self.patch
+        if patch is None:
+            return sample.image, sample.mask
+        image, mask = pad_to_patch(sample.image, sample.mask, patch)
+        locations = self.locations[self.index[item]]
+        if self.foreground > 0 and self.rng.random() < self.foreground and locations:
+            found = locations[self.rng.integers(len(locations))]
+            voxel = found[self.rng.integers(len(found))].tolist()
+            corner = centred_corner(voxel, [self.rng.integers(-(p // 4), p // 4 + 1) for p in patch],
+                                    mask.shape, patch)
+        else:
+            corner = [self.rng.integers(0, s - p + 1) for s, p in zip(mask.shape, patch)]
+        window = tuple(slice(c, c + p) for c, p in zip(corner, patch))
+        return image[(slice(None), *window)], mask[window]
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self._crop(self.samples[self.index[item]])
+        image, mask = self._crop(item)
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask[None], dtype=np.float32)
         if self.augmentation is not None:
