@@ -172,3 +172,68 @@ def test_foreground_batches_are_seeded_and_samples_without_foreground_get_random
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
     empty = DeviceBatches(samples[1:], (8, 16, 16), "none", torch.device("cpu"), foreground=1.0)
     assert len(list(empty.epoch(2, seed=0))) == empty.batch_count(2)
+
+
+def _balls(count: int, shape=(16, 32, 32), seed: int = 0):
+    """Volumes of a few random balls; each image is its own mask."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    volumes = []
+    for _ in range(count):
+        mask = np.zeros(shape, np.uint8)
+        for _ in range(3):
+            r = rng.uniform(3, 6)
+            z, y, x = (rng.uniform(r, s - r) for s in shape)
+            mask |= ((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < r**2).astype(np.uint8)
+        volumes.append((mask.astype(np.float32), mask))
+    return volumes
+
+
+@pytest.mark.parametrize("preset", ["light", "strong"])
+@pytest.mark.parametrize("spacing", [None, (2.0, 1.0, 1.0), (4.0, 1.0, 1.0)])
+def test_3d_augmentation_keeps_image_and_mask_aligned(preset, spacing):
+    samples, _ = samples_from_arrays_3d(_balls(6))
+    batches = DeviceBatches(samples, (16, 32, 32), preset, torch.device("cpu"), spacing=spacing)
+    originals = torch.stack([torch.from_numpy(s.mask) for s in samples])[:, None]
+    changed = 0
+    for seed in range(3):
+        for images, masks in batches.epoch(6, seed):
+            assert images.shape == masks.shape == (6, 1, 16, 32, 32)
+            assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+            agree = ((images > 0.5) == (masks > 0.5)).float().mean(dim=(1, 2, 3, 4))
+            assert agree.min() > 0.97
+            changed += int(sum(not any(torch.equal(m, o) for o in originals) for m in masks))
+    assert changed > 9  # most of the 18 volumes were flipped, turned or warped
+
+
+@pytest.mark.parametrize("preset", ["light", "strong"])
+def test_anisotropic_volumes_are_turned_and_warped_only_across_the_coarse_axis(preset):
+    # slabs along z (the coarse axis): whatever happens in the (y, x) planes, each slice stays uniform
+    z = np.broadcast_to(np.arange(16, dtype=np.float32)[:, None, None], (16, 32, 32))
+    mask = (z % 8 < 3).astype(np.uint8)
+    samples, _ = samples_from_arrays_3d([(z / 16, mask)] * 4)
+    turned = 0
+    for spacing in [(4.0, 1.0, 1.0), None]:
+        batches = DeviceBatches(samples, 16, preset, torch.device("cpu"), spacing=spacing)
+        for seed in range(4):
+            for images, masks in batches.epoch(4, seed):
+                uniform = (masks.amax(dim=(3, 4)) == masks.amin(dim=(3, 4))).all(dim=(1, 2))
+                if spacing is None:
+                    turned += int((~uniform).sum())
+                    continue
+                assert uniform.all()
+                if preset == "light":  # (strong adds noise to the images)
+                    assert torch.allclose(images.amax(dim=(3, 4)), images.amin(dim=(3, 4)), atol=1e-4)
+    assert turned > 4  # isotropic voxels: the slabs are also turned and rotated out of their planes
+
+
+def test_3d_multi_class_masks_keep_their_ids_and_a_seed_repeats_the_warp():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 24, 24), np.uint8)
+    mask[2:8, 3:12, 3:12], mask[9:15, 10:20, 5:22] = 1, 2
+    images = torch.from_numpy(rng.random((4, 1, 16, 24, 24), np.float32))
+    masks = torch.from_numpy(np.stack([mask[None]] * 4)).float()
+    first = augment_batch(images, masks, "strong", torch.Generator().manual_seed(1), spacing=(1.5, 1.0, 1.0))
+    again = augment_batch(images, masks, "strong", torch.Generator().manual_seed(1), spacing=(1.5, 1.0, 1.0))
+    assert set(torch.unique(first[1]).tolist()) == {0.0, 1.0, 2.0}
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

@@ -1,5 +1,6 @@
-"""Patch geometry of both training batch paths (2D and 3D): patch shapes, padding, patch counts and
-the corners of crops centred on foreground voxels (nnU-Net's foreground oversampling)."""
+"""Patch geometry of both training batch paths (2D and 3D): patch shapes, padding, patch counts, the
+corners of crops centred on foreground voxels (nnU-Net's foreground oversampling), and which planes and
+axes the augmentation may turn and rotate for a voxel spacing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["patch_shape", "pad_to_patch", "patch_count", "foreground_locations", "centred_corner",
-           "FOREGROUND_CAP"]
+           "coarse_axis", "turn_planes", "ANISOTROPY", "FOREGROUND_CAP"]
+
+#: Voxels are anisotropic when their largest edge exceeds this many times the smallest (nnU-Net's rule).
+ANISOTROPY = 3.0
 
 #: At most this many foreground voxels per class and sample are kept as crop centres (evenly spaced).
 FOREGROUND_CAP = 10000
@@ -67,3 +71,20 @@ def centred_corner(voxel: Sequence[int], jitter: Sequence[int], shape: tuple[int
     """The corner of the ``patch`` crop of an array of ``shape`` centred on ``voxel`` moved by ``jitter``,
     kept inside the array; the voxel stays in the crop while ``|jitter| <= patch // 4``."""
     return [int(min(max(v - p // 2 + j, 0), s - p)) for v, j, s, p in zip(voxel, jitter, shape, patch)]
+
+
+def coarse_axis(spacing: Sequence[float] | None) -> int | None:
+    """The axis of the coarse voxel direction when the voxels are anisotropic (:data:`ANISOTROPY`), else None."""
+    if spacing is None or max(spacing) <= ANISOTROPY * min(spacing):
+        return None
+    return int(np.argmax(spacing))
+
+
+def turn_planes(shape: tuple[int, ...], spacing: Sequence[float] | None) -> list[tuple[tuple[int, int], bool]]:
+    """The planes (negative axis pairs) of 90-degree turns of a patch of ``shape``, each with whether it may
+    turn: its two axes have equal extent and equal spacing (None: isotropic)."""
+    dims = len(shape)
+    axes = [(-2, -1)] if dims == 2 else [(-3, -2), (-3, -1), (-2, -1)]
+    spacing = spacing if spacing is not None else (1.0,) * dims
+    return [((a, b), shape[a] == shape[b] and math.isclose(spacing[a], spacing[b], rel_tol=1e-3))
+            for a, b in axes]

@@ -127,14 +127,21 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def build_augmentation(preset: str, patch_size: int):
+def build_augmentation(preset: str, patch_size: int | Sequence[int], spatial_dims: int = 2,
+                       spacing: Sequence[float] | None = None):
     """MONAI dictionary transforms for ``{"image", "mask"}`` channel-first arrays; None for ``none``.
 
     ``light``: flips, 90-degree rotations, a mild affine (rotation, shift, zoom, shear, as Keras'
     ImageDataGenerator) and intensity jitter. ``strong``: wider ranges, contrast, noise and elastic.
+    ``spatial_dims=3``: the same for volumes (``patch_size`` an int or one size per axis; ``spacing``
+    per axis, None: isotropic), as :func:`~napari_unet_seg.device_batches.augment_batch` makes them:
+    flips on every axis, turns in the planes of equal extent and spacing, rotation about the coarse
+    axis only when the voxels are anisotropic, ``Rand3DElasticd``.
     """
     if preset == "none":
         return None
+    if spatial_dims == 3:
+        return _augmentation_3d(preset, patch_size, spacing)
     from monai import transforms as T
 
     keys = ["image", "mask"]
@@ -156,6 +163,42 @@ def build_augmentation(preset: str, patch_size: int):
             T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
             T.RandGaussianNoised("image", std=0.03, prob=0.3),
             T.Rand2DElasticd(keys, spacing=(patch_size // 4,) * 2, magnitude_range=(1, 3), prob=0.2,
+                             mode=("bilinear", "nearest"), padding_mode="reflection"),
+        ]
+    return T.Compose(steps)
+
+
+def _augmentation_3d(preset: str, patch_size: int | Sequence[int], spacing: Sequence[float] | None):
+    """The 3D transforms of :func:`build_augmentation`."""
+    from monai import transforms as T
+
+    from .crops import coarse_axis, patch_shape, turn_planes
+
+    keys, strong = ["image", "mask"], preset == "strong"
+    patch = patch_shape(patch_size, 3)
+    coarse = coarse_axis(spacing)
+    rotate = [math.pi / (6 if strong else 12) if coarse in (None, axis) else 0.0 for axis in range(3)]
+    # MONAI's 3D shear coefficients, in the order of its matrix entries (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    shear = [(0.15 if strong else 0.05) if coarse not in (a, b) else 0.0
+             for a in range(3) for b in range(3) if a != b]
+    steps = [T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    steps += [T.RandRotate90d(keys, prob=0.5, spatial_axes=(a + 3, b + 3))
+              for (a, b), allowed in turn_planes(patch, spacing) if allowed]
+    steps += [
+        T.RandAffined(keys, prob=0.5 if strong else 0.3, mode=("bilinear", "nearest"), padding_mode="reflection",
+                      rotate_range=rotate, shear_range=shear, scale_range=[0.2 if strong else 0.1] * 3,
+                      translate_range=[p * (0.1 if strong else 0.05) for p in patch]),
+        T.RandScaleIntensityd("image", factors=0.2 if strong else 0.1, prob=0.5),
+        T.RandShiftIntensityd("image", offsets=0.2 if strong else 0.1, prob=0.5),
+    ]
+    if strong:
+        # uniform(-1, 1) offsets smoothed by a gaussian of sigma voxels: this gain gives a field of about 1-3 voxels
+        sigma = max(2.0, min(patch) / 8)
+        gain = (2 * math.sqrt(math.pi) * sigma) ** 1.5 * math.sqrt(3)
+        steps += [
+            T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            T.RandGaussianNoised("image", std=0.03, prob=0.3),
+            T.Rand3DElasticd(keys, sigma_range=(sigma, sigma), magnitude_range=(gain, 3 * gain), prob=0.2,
                              mode=("bilinear", "nearest"), padding_mode="reflection"),
         ]
     return T.Compose(steps)

@@ -16,16 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .crops import centred_corner, foreground_locations, pad_to_patch, patch_count, patch_shape
+from .crops import (centred_corner, coarse_axis, foreground_locations, pad_to_patch, patch_count, patch_shape,
+                    turn_planes)
 from .dataset import Sample
 
 __all__ = ["DeviceBatches", "augment_batch", "fits_on_device"]
 
 #: The training images may use this share of the GPU's free memory; larger sets use the DataLoader path.
 DEVICE_SHARE = 0.25
-
-#: Voxels are anisotropic when their largest edge exceeds this many times the smallest (nnU-Net's rule).
-ANISOTROPY = 3.0
 
 
 def fits_on_device(samples: Sequence[Sample], device: torch.device) -> bool:
@@ -86,26 +84,20 @@ def _rotation_3d(count: int, spread: float, axis: int | None, generator: torch.G
     return rotation
 
 
-def _coarse_axis(spacing: Sequence[float] | None) -> int | None:
-    """The axis of the coarse voxel direction when the voxels are anisotropic (nnU-Net's ratio > 3), else None."""
-    if spacing is None or max(spacing) <= ANISOTROPY * min(spacing):
-        return None
-    return int(np.argmax(spacing))
-
-
 def _warp_grid_3d(count: int, size: tuple[int, int, int], strong: bool, spacing: Sequence[float] | None,
                   generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """As :func:`_warp_grid` for ``(D, H, W)`` patches: rotation (about the coarse axis only when the voxels
-    are anisotropic), shear, zoom and shift in voxel units scaled by ``spacing``, and the elastic field."""
+    """As :func:`_warp_grid` for ``(D, H, W)`` patches: rotation, shear, zoom and shift in physical units
+    (voxels times ``spacing``; None: isotropic), and the elastic field. When the voxels are anisotropic the
+    rotation, shear and elastic field stay in the plane across the coarse axis."""
     affine = _chance(count, 0.5 if strong else 0.3, generator)
     elastic = _chance(count, 0.2, generator) if strong else torch.zeros(count, dtype=torch.bool)
     if not (affine.any() or elastic.any()):
         return None
     spacing = torch.tensor(spacing if spacing is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
-    coarse_axis = _coarse_axis(spacing.tolist())
-    rotation = _rotation_3d(count, math.pi / (6 if strong else 12), coarse_axis, generator)
+    coarse = coarse_axis(spacing.tolist())
+    rotation = _rotation_3d(count, math.pi / (6 if strong else 12), coarse, generator)
     shear = torch.eye(3).repeat(count, 1, 1)
-    pairs = [(a, b) for a in range(3) for b in range(3) if a != b and coarse_axis not in (a, b)]
+    pairs = [(a, b) for a in range(3) for b in range(3) if a != b and coarse not in (a, b)]
     for a, b in pairs:
         shear[:, a, b] = _uniform(count, 0.15 if strong else 0.05, generator)
     zoom = 1 + _uniform(count, 0.2 if strong else 0.1, generator)
@@ -118,24 +110,18 @@ def _warp_grid_3d(count: int, size: tuple[int, int, int], strong: bool, spacing:
     shift[~affine] = 0
     theta = torch.cat([matrix.flip(1, 2), shift.flip(1)[:, :, None]], dim=2)  # affine_grid wants (x, y, z)
     grid = F.affine_grid(theta.to(device), [count, 1, *size], align_corners=False)
-    if elastic.any():  # a coarse random displacement field of 1-3 voxels (of the finest axis), upsampled
+    if elastic.any():  # a coarse random field of 1-3 voxels (of the finest axis; none along a coarse axis)
         magnitude = 1 + 2 * torch.rand(count, generator=generator)
-        coarse = torch.randn(count, 3, 5, 5, 5, generator=generator) * magnitude.view(count, 1, 1, 1, 1)
-        coarse = coarse * (spacing.min() / spacing).view(1, 3, 1, 1, 1)
-        coarse[~elastic] = 0
-        field = F.interpolate(coarse.to(device), size=size, mode="trilinear", align_corners=True)
+        field = torch.randn(count, 3, 5, 5, 5, generator=generator) * magnitude.view(count, 1, 1, 1, 1)
+        reach = spacing.min() / spacing
+        if coarse is not None:
+            reach[coarse] = 0
+        field = field * reach.view(1, 3, 1, 1, 1)
+        field[~elastic] = 0
+        field = F.interpolate(field.to(device), size=size, mode="trilinear", align_corners=True)
         scale = 2 / torch.tensor(size[::-1], dtype=torch.float32, device=device)
         grid = grid + field.flip(1).permute(0, 2, 3, 4, 1) * scale
     return grid, affine | elastic
-
-
-def _turn_planes(shape: tuple[int, ...], spacing: Sequence[float] | None) -> list[tuple[tuple[int, int], bool]]:
-    """The planes of 90-degree turns, each with whether it may turn: equal extent and equal spacing on its axes."""
-    dims = len(shape)
-    axes = [(-2, -1)] if dims == 2 else [(-3, -2), (-3, -1), (-2, -1)]
-    spacing = spacing if spacing is not None else (1.0,) * dims
-    return [((a, b), shape[a] == shape[b] and math.isclose(spacing[a], spacing[b], rel_tol=1e-3))
-            for a, b in axes]
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, preset: str, generator: torch.Generator,
@@ -160,7 +146,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, preset: str, genera
         chosen = _chance(count, 0.5, generator).to(device).view(view)
         images = torch.where(chosen, images.flip(dim), images)
         masks = torch.where(chosen, masks.flip(dim), masks)
-    for plane, allowed in _turn_planes(spatial, spacing):
+    for plane, allowed in turn_planes(spatial, spacing):
         turns = torch.randint(1, 4, (count,), generator=generator) * _chance(count, 0.5, generator)
         if allowed and turns.any():
             images, masks = images.clone(), masks.clone()
