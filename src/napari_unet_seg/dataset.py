@@ -14,34 +14,38 @@ from .image_io import read_image, read_mask
 from .normalization import is_rgb, normalize, to_channels_first
 from .pairing import Pair
 
-__all__ = ["Sample", "mask_to_classes", "load_samples", "samples_from_arrays", "split_indices",
+__all__ = ["Sample", "mask_to_classes", "is_volume", "prepare_groups", "read_pairs", "load_samples",
+           "samples_from_arrays", "split_indices",
            "build_augmentation", "PatchDataset"]
 
 
 @dataclass
 class Sample:
-    """One decoded, normalized example: ``image`` ``(C, Y, X)`` float16, ``mask`` ``(Y, X)`` uint8 class ids."""
+    """One decoded, normalized example: ``image`` ``(C, *spatial)`` float16, ``mask`` ``(*spatial)`` uint8 class
+    ids; spatial is ``(Y, X)`` or, for 3D training, ``(Z, Y, X)``."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
 
 
-def mask_to_classes(mask: np.ndarray, classes: int, name: str = "mask") -> np.ndarray:
-    """Class ids ``(Y, X)`` uint8 from a mask file's array.
+def mask_to_classes(mask: np.ndarray, classes: int, name: str = "mask", spatial_dims: int | None = 2) -> np.ndarray:
+    """Class ids ``(Y, X)`` (or ``(Z, Y, X)``) uint8 from a mask file's array.
 
     Binary (``classes == 2``): foreground is ``mask > 0`` (0/255, 0/1 and label images all work).
     Multi-class: values must be ids ``0 .. classes - 1``. A colour mask is accepted only when its
-    channels are equal.
+    channels are equal. ``spatial_dims``: 2 (one image), 3 (a volume) or None (either).
     """
     mask = np.asarray(mask)
-    if is_rgb(mask):
+    if (is_rgb(mask) and spatial_dims != 3) or (mask.ndim == 4 and mask.shape[-1] in (3, 4) and spatial_dims != 2):
         rgb = mask[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
             raise UserError(f"{name}: is a colour (RGB) mask; save it as a single-channel image of class ids "
                             "(0 background, 1, 2, ... foreground)")
         mask = rgb[..., 0]
-    if mask.ndim != 2:
+    if spatial_dims == 3 and mask.ndim != 3:
+        raise UserError(f"{name}: a mask for 3D training must be one volume (Z, Y, X), got shape {mask.shape}")
+    if mask.ndim != 2 and (spatial_dims == 2 or mask.ndim != 3):
         raise UserError(f"{name}: a mask must be one 2D image, got shape {mask.shape}")
     if not np.isfinite(mask).all():
         raise UserError(f"{name}: holds NaN or infinite values; masks must hold class ids")
@@ -63,6 +67,11 @@ def _resize(array: np.ndarray, size: int, order: int) -> np.ndarray:
     return out.astype(array.dtype) if order == 0 else out.astype(np.float32)
 
 
+def is_volume(image: np.ndarray) -> bool:
+    """Whether ``image`` is a stack: ``(Z, Y, X)`` or a colour stack ``(Z, Y, X, 3|4)``."""
+    return image.ndim == 4 or (image.ndim == 3 and not is_rgb(image))
+
+
 def _prepare(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int, classes: int,
              normalization: dict, resize: int | None) -> Sample:
     image = np.asarray(image)
@@ -82,32 +91,96 @@ def _prepare(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int
     return Sample(name, channels.astype(np.float16), labels)
 
 
-def _channels_of(images: Sequence[np.ndarray]) -> int:
-    return 3 if any(is_rgb(np.asarray(im)) for im in images) else 1
+def _prepare_volume(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int, classes: int,
+                    normalization: dict) -> Sample:
+    """A volume ``(Z, Y, X[, C])`` and its mask as one 3D sample, normalized over the whole volume."""
+    image = np.asarray(image)
+    if not is_volume(image):
+        raise UserError(f"{name}: image shape {image.shape} is a 2D image, not a volume (Z, Y, X); 3D training "
+                        "needs stacks (or use --spatial-dims 2)")
+    if image.shape[0] < 2:
+        raise UserError(f"{name}: volume of shape {image.shape} has {image.shape[0]} slice; 3D training needs at "
+                        "least 2 (or use --spatial-dims 2)")
+    labels = mask_to_classes(mask, classes, f"{name} (mask)", spatial_dims=3)
+    if labels.shape != image.shape[:3]:
+        raise UserError(f"{name}: image volume is {'x'.join(map(str, image.shape[:3]))} (Z x Y x X) but its mask "
+                        f"is {'x'.join(map(str, labels.shape))}; they must match in every axis")
+    if image.ndim == 4:
+        image = image[..., :3]
+        image = image.astype(np.float32).mean(axis=-1)[None] if in_channels == 1 else np.moveaxis(image, -1, 0)
+    else:
+        image = np.repeat(image[None], in_channels, axis=0)
+    return Sample(name, normalize(image, normalization).astype(np.float16), labels)
+
+
+def _slices(name: str, image: np.ndarray, mask: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """A stack and its mask as per-slice pairs ``(name[z], image[z], mask[z])``; a 2D pair as itself."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    if not is_volume(image):
+        return [(name, image, mask)]
+    if mask.shape[0] != image.shape[0] or mask.ndim < 3:
+        raise UserError(f"{name}: image stack is {'x'.join(map(str, image.shape[:3]))} (Z x Y x X) but its mask "
+                        f"is {'x'.join(map(str, mask.shape))}; they must match in every axis")
+    return [(f"{name}[z={z}]", image[z], mask[z]) for z in range(image.shape[0])]
+
+
+def _channels_of(images: Sequence[np.ndarray], spatial_dims: int = 2) -> int:
+    if spatial_dims == 3:
+        return 3 if any(np.asarray(im).ndim == 4 and np.asarray(im).shape[-1] in (3, 4) for im in images) else 1
+    return 3 if any(is_rgb(np.asarray(im)[0] if is_volume(np.asarray(im)) else np.asarray(im))
+                    for im in images) else 1
+
+
+def prepare_groups(decoded: Sequence[tuple[str, np.ndarray, np.ndarray]], *, classes: int, normalization: dict,
+                   resize: int | None = None, in_channels: int | None = None, spatial_dims: int = 2,
+                   slices: bool = False) -> tuple[list[list[Sample]], int]:
+    """The samples of each ``(name, image, mask)`` (one list per pair) and the input channels.
+
+    ``spatial_dims=3``: each pair is one volume sample. ``2``: each pair one 2D sample; with ``slices``
+    each slice of a stack becomes its own sample (2D training on volumes), else stacks are refused.
+    """
+    channels = in_channels or _channels_of([d[1] for d in decoded], spatial_dims if not slices else 2)
+    if spatial_dims == 3:
+        return [[_prepare_volume(n, im, m, in_channels=channels, classes=classes, normalization=normalization)]
+                for n, im, m in decoded], channels
+    groups = []
+    for name, image, mask in decoded:
+        parts = _slices(name, image, mask) if slices else [(name, image, mask)]
+        groups.append([_prepare(n, im, m, in_channels=channels, classes=classes, normalization=normalization,
+                                resize=resize) for n, im, m in parts])
+    return groups, channels
+
+
+def read_pairs(pairs: Sequence[Pair]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(image file name, image, mask)`` of each pair, as read."""
+    return [(p.image.name, read_image(p.image), read_mask(p.mask)) for p in pairs]
 
 
 def load_samples(pairs: Sequence[Pair], *, classes: int, normalization: dict, resize: int | None = None,
-                 in_channels: int | None = None) -> tuple[list[Sample], int]:
+                 in_channels: int | None = None, spatial_dims: int = 2, slices: bool = False
+                 ) -> tuple[list[Sample], int]:
     """Decode and check every pair; return the samples and the number of input channels (1 or 3).
 
     Gray and colour images may be mixed: then gray images are repeated to three channels.
+    ``spatial_dims=3``: every file is a volume ``(Z, Y, X)`` or colour volume ``(Z, Y, X, C)``;
+    ``slices`` (2D): the slices of stacks are the samples (see :func:`prepare_groups`).
     """
-    decoded = [(p.image.name, read_image(p.image), read_mask(p.mask)) for p in pairs]
-    channels = in_channels or _channels_of([d[1] for d in decoded])
-    samples = [_prepare(name, image, mask, in_channels=channels, classes=classes, normalization=normalization,
-                        resize=resize) for name, image, mask in decoded]
-    return samples, channels
+    groups, channels = prepare_groups(read_pairs(pairs), classes=classes, normalization=normalization,
+                                      resize=resize, in_channels=in_channels, spatial_dims=spatial_dims,
+                                      slices=slices)
+    return [s for group in groups for s in group], channels
 
 
 def samples_from_arrays(pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, classes: int, normalization: dict,
                         resize: int | None = None, in_channels: int | None = None,
-                        names: Sequence[str] | None = None) -> tuple[list[Sample], int]:
+                        names: Sequence[str] | None = None, spatial_dims: int = 2, slices: bool = False
+                        ) -> tuple[list[Sample], int]:
     """As :func:`load_samples`, for images and label arrays already in memory (e.g. napari layers)."""
     names = list(names or [f"array {i}" for i in range(len(pairs))])
-    channels = in_channels or _channels_of([p[0] for p in pairs])
-    samples = [_prepare(n, im, m, in_channels=channels, classes=classes, normalization=normalization,
-                        resize=resize) for n, (im, m) in zip(names, pairs)]
-    return samples, channels
+    groups, channels = prepare_groups([(n, im, m) for n, (im, m) in zip(names, pairs)], classes=classes,
+                                      normalization=normalization, resize=resize, in_channels=in_channels,
+                                      spatial_dims=spatial_dims, slices=slices)
+    return [s for group in groups for s in group], channels
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

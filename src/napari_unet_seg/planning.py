@@ -171,23 +171,10 @@ def _sample(items: list, seed: int) -> list:
 
 
 def _spacing(path: Path) -> list[float] | None:
-    """The pixel (voxel) spacing a TIFF states (ImageJ ``spacing`` for Z, resolution tags for Y/X)."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
-    import tifffile
+    """The pixel (voxel) spacing a TIFF states (:func:`~napari_unet_seg.image_io.read_spacing`)."""
+    from .image_io import read_spacing
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            tags = page.tags
-            if "XResolution" not in tags or "YResolution" not in tags:
-                return None
-            x, y = (tags[k].value for k in ("XResolution", "YResolution"))
-            steps = [v[1] / v[0] for v in (y, x) if v[0]]
-            z = (tif.imagej_metadata or {}).get("spacing")
-            return ([float(z)] if z else []) + steps if len(steps) == 2 else None
-    except Exception:  # noqa: BLE001 - spacing is informative only
-        return None
+    return read_spacing(path)
 
 
 def _objects(mask: np.ndarray) -> tuple[int, float | None, float | None]:
