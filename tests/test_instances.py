@@ -105,3 +105,16 @@ def test_multi_class_and_bad_options_are_refused():
         instance_labels(labels > 0, mode="watershed", min_distance=0)
     with pytest.raises(UserError, match="does not match"):
         instance_labels(labels > 0, np.zeros((3, 3)), mode="watershed")
+
+
+@pytest.mark.parametrize("spacing", [None, (3.0, 1.0, 1.0), (1.75, 0.8, 0.8)])
+def test_distance_object_by_object_equals_scipy_over_the_whole_volume(spacing):
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+    from skimage.measure import label
+
+    from napari_unet_seg.instances import _distance
+
+    mask = gaussian_filter(np.random.default_rng(1).random((20, 40, 40)), 2) > 0.52  # tens of blobs, some at borders
+    components = label(mask)
+    assert components.max() > 10 and mask[0].any()
+    assert np.array_equal(_distance(components, spacing), distance_transform_edt(mask, sampling=spacing))

@@ -103,11 +103,10 @@ def _split(mask: np.ndarray, probability: np.ndarray | None, mode: str, min_dist
     components = label(mask)
     if mode == "components" or not mask.any():
         return components
-    from scipy.ndimage import distance_transform_edt
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    distance = distance_transform_edt(mask, sampling=sampling)
+    distance = _distance(components, sampling)
     if probability is not None:
         distance = distance * np.asarray(probability, dtype=np.float64)
     # One seed per plateau of peaks; every component has at least one (its distance maximum).
@@ -119,3 +118,21 @@ def _split(mask: np.ndarray, probability: np.ndarray | None, mode: str, min_dist
     if unseeded.any():
         ids[unseeded] = label(unseeded)[unseeded] + ids.max()
     return ids
+
+
+def _distance(components: np.ndarray, sampling: tuple[float, ...] | None) -> np.ndarray:
+    """The Euclidean distance of each foreground pixel (voxel) to the background, as SciPy's
+    ``distance_transform_edt`` of the whole mask gives it, computed object by object in its bounding box
+    grown by one: far fewer voxels to visit in a volume of sparse objects. The same values, since the voxel
+    nearest to a fully connected object outside it is background (a nearer one of another object would be
+    a neighbour of this one), and lies in the grown box."""
+    from scipy.ndimage import distance_transform_edt, find_objects
+
+    distance = np.zeros(components.shape, dtype=np.float64)
+    for index, box in enumerate(find_objects(components), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(axis.start - 1, 0), axis.stop + 1) for axis in box)
+        inside = components[grown] == index
+        distance[grown][inside] = distance_transform_edt(inside, sampling=sampling)[inside]
+    return distance
