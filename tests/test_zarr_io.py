@@ -159,3 +159,71 @@ def test_bad_names_and_shapes_are_refused_before_anything_is_written(tmp_path, v
         with labels_writer(path, name, shape):
             pass
     assert snapshot(path) == before
+
+
+# ------------------------------------------------------------------------------------ predict on a .zarr
+
+
+@pytest.fixture(scope="module")
+def disc_stack() -> np.ndarray:
+    """Six 64x64 planes of bright discs, a (Z, Y, X) uint8 stack."""
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    return np.stack([synthetic_pair((64, 64), seed=seed, objects=3)[0] for seed in range(6)]).astype(np.uint8)
+
+
+def test_cli_predict_writes_a_labels_group_slice_by_slice_equal_to_predict(tmp_path, tiny_model, disc_stack):
+    from cli_helpers import cli
+    from napari_unet_seg.inference import predict
+
+    path = write_ome(tmp_path / "image.zarr", disc_stack, "zyx", {"z": 4.0, "y": 1.0, "x": 1.0})
+    before = _image_files(path)
+    done = cli("predict", "--model", tiny_model, "--input", path, "--labels-group", "discs", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "labels/discs" in done.stdout and _image_files(path) == before
+    written = np.asarray(read_labels(path, "discs"))
+    expected = predict(tiny_model, disc_stack, device="cpu")
+    np.testing.assert_array_equal(written, expected)
+    assert 0.02 < written.mean() < 0.9  # the trained model finds the discs
+    assert open_image(path / "labels" / "discs")[1] == (4.0, 1.0, 1.0)
+    # A .zarr input with a plain --output folder writes the mask file, as for a TIFF stack.
+    import tifffile
+
+    from napari_unet_seg.cli import main
+
+    assert main(["predict", "--model", str(tiny_model), "--input", str(path), "--output", str(tmp_path / "masks"),
+                 "--device", "cpu"]) == 0
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "masks" / "image.tif"), expected)
+
+
+def test_cli_predict_labels_group_refusals_are_one_line_and_change_nothing(tmp_path, tiny_model, disc_stack,
+                                                                           capsys):
+    from napari_unet_seg.cli import main
+
+    image = write_ome(tmp_path / "image.zarr", disc_stack, "zyx")
+    with labels_writer(image, "discs", disc_stack.shape) as out:
+        out[:] = 1
+    tif = tmp_path / "stack.tif"
+    import tifffile
+
+    tifffile.imwrite(tif, disc_stack)
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    timed = write_ome(tmp_path / "timed.zarr", np.zeros((2, 1, 4, 32, 32), np.uint8), "tczyx", levels=1)
+    before = snapshot(tmp_path)
+    base = ["predict", "--model", str(tiny_model), "--device", "cpu"]
+    cases = [
+        (["--input", image, "--labels-group", "discs"], "discs: a labels group of that name exists already"),
+        (["--input", tif, "--labels-group", "x"], "--labels-group x: needs an OME-Zarr image"),
+        (["--input", tmp_path / "group.zarr", "--labels-group", "x"], "not an OME-Zarr image"),
+        (["--input", timed, "--labels-group", "x"], "holds 2 time points"),
+        (["--input", timed, "--output", tmp_path / "out"], "holds 2 time points"),
+        (["--input", image], "give --output DIR"),
+        (["--input", image, "--labels-group", "x", "--uncertainty"], "--uncertainty writes a TIFF"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert main(base + [str(a) for a in extra]) == 2, extra
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, lines)
+    assert snapshot(tmp_path) == before
