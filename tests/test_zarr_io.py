@@ -227,3 +227,30 @@ def test_cli_predict_labels_group_refusals_are_one_line_and_change_nothing(tmp_p
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (extra, lines)
     assert snapshot(tmp_path) == before
+
+
+class _Recorder:
+    """An array-like that records the shape of every read (dask reads it chunk by chunk)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
+
+    def __getitem__(self, key):
+        part = self.data[key]
+        self.reads.append(part.shape)
+        return part
+
+
+def test_a_multiscale_layers_level_0_is_predicted_slice_by_slice_at_full_resolution(tiny_model, disc_stack):
+    import dask.array as da
+
+    from napari_unet_seg.inference import predict
+    from napari_unet_seg.widgets._params import layer_array
+
+    source = _Recorder(disc_stack)
+    level0 = da.from_array(source, chunks=(1, 32, 64), asarray=False)
+    pyramid = [level0, level0[:, ::2, ::2]]  # as a multiscale Image layer holds it
+    labels = predict(tiny_model, layer_array(pyramid, True), device="cpu")
+    assert labels.shape == disc_stack.shape
+    np.testing.assert_array_equal(labels, predict(tiny_model, disc_stack, device="cpu"))
+    assert source.reads and max(int(np.prod(shape)) for shape in source.reads) <= 32 * 64  # never the whole stack
