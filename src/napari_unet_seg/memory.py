@@ -32,10 +32,10 @@ def _activation_bytes(model: str, width: float) -> float:
     return 1.3 * ACTIVATION_BYTES.get(model, max(ACTIVATION_BYTES.values())) * max(width, 0.25)
 
 
-def training_bytes(model: str, width: float, size: int, batch_size: int) -> tuple[int, int]:
-    """``(batch, network)``: the estimated bytes of one batch of ``size x size`` samples and of the
-    network's activations for it."""
-    pixels = batch_size * size * size
+def training_bytes(model: str, width: float, size: int, batch_size: int, shape=None) -> tuple[int, int]:
+    """``(batch, network)``: the estimated bytes of one batch of ``size x size`` samples (or of patches of
+    ``shape``, e.g. 3D ``(Z, Y, X)``: counted per voxel as per pixel) and of the network's activations for it."""
+    pixels = batch_size * (math.prod(shape) if shape else size * size)
     return int(pixels * _BATCH_BYTES), int(pixels * _activation_bytes(model, width))
 
 
@@ -78,9 +78,10 @@ def format_bytes(count: float) -> str:
     return ""
 
 
-def _fitting_size(per_pixel: float, batch_size: int, budget: float) -> int:
-    """The largest multiple of 16 whose batch of ``batch_size`` takes at most ``budget`` bytes (0: none)."""
-    return int(math.sqrt(max(budget, 0) / (per_pixel * batch_size)) // 16 * 16)
+def _fitting_size(per_pixel: float, batch_size: int, budget: float, dims: int = 2) -> int:
+    """The largest multiple of 16 whose batch of ``batch_size`` squares (``dims`` 3: cubes) takes at most
+    ``budget`` bytes (0: none)."""
+    return int((max(budget, 0) / (per_pixel * batch_size)) ** (1 / dims) // 16 * 16)
 
 
 def _on_cpu(device: str) -> bool | None:
@@ -91,12 +92,15 @@ def _on_cpu(device: str) -> bool | None:
     return None if torch is None else not torch.cuda.is_available()
 
 
-def check_training_memory(config, ram: int | None = None, gpu: int | None = None) -> None:
+def check_training_memory(config, ram: int | None = None, gpu: int | None = None, shape=None) -> None:
     """Refuse a patch/resize size and batch whose estimate exceeds the free memory, in one line with the
-    estimate and a size that fits. ``ram``/``gpu``: free bytes (default: measured now)."""
+    estimate and a size that fits. ``ram``/``gpu``: free bytes (default: measured now); ``shape``: the
+    patch shape when it is not ``patch_size`` squared (3D patches)."""
     size = config.resize or config.patch_size
     flag = "--resize" if config.resize else "--patch-size"
-    batch, network = training_bytes(config.model, config.width, size, config.batch_size)
+    shape = None if config.resize else shape
+    batch, network = training_bytes(config.model, config.width, size, config.batch_size, shape)
+    pixels = math.prod(shape) if shape else size**2
     on_cpu = _on_cpu(config.device) if gpu is None else False
     ram = available_ram() if ram is None else ram
     gpu = available_gpu(config.device) if gpu is None and on_cpu is False else gpu
@@ -110,9 +114,11 @@ def check_training_memory(config, ram: int | None = None, gpu: int | None = None
         share = _GPU_SHARE if what == "GPU memory" else _RAM_SHARE
         if free is None or need <= share * free:
             continue
-        fits = _fitting_size(need / (config.batch_size * size**2), config.batch_size, share * free)
+        fits = _fitting_size(need / (config.batch_size * pixels), config.batch_size, share * free,
+                             len(shape) if shape else 2)
         hint = (f"use {flag} {fits} or less, or a smaller --batch-size" if fits >= 16
                 else "use a much smaller size and --batch-size 1")
-        raise UserError(f"{flag} {size} with --batch-size {config.batch_size} needs about {format_bytes(need)} "
+        patch = f"{flag} {size}" + (f" ({'x'.join(map(str, shape))} voxels)" if shape else "")
+        raise UserError(f"{patch} with --batch-size {config.batch_size} needs about {format_bytes(need)} "
                         f"of {what} ({parts}, estimated for {config.model} width {config.width:g}) but "
                         f"{format_bytes(free)} are free; {hint}")
