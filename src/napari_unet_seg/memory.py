@@ -15,28 +15,31 @@ import sys
 
 from .errors import UserError
 
-__all__ = ["ACTIVATION_BYTES", "training_bytes", "available_ram", "available_gpu", "check_training_memory",
+__all__ = ["ACTIVATION_BYTES", "ACTIVATION_BYTES_3D", "training_bytes", "available_ram", "available_gpu", "check_training_memory",
            "format_bytes"]
 
 #: Bytes of layer outputs per input pixel of one sample at width 1, in training mode: the sum over the
 #: leaf modules' outputs, measured with forward hooks (tests/test_config.py measures them again). Peak
 #: memory of a CPU training step (forward, backward, AdamW; RGB, 256 px, batch 4) measured 0.83x to 1.3x of these.
 ACTIVATION_BYTES = {"unet": 582, "basic_unet": 3210, "attention_unet": 2272, "segnet": 6636}
+#: The same per input voxel of the 3D networks (isotropic spacing, a 32³ input; tests/test_memory.py).
+ACTIVATION_BYTES_3D = {"unet": 240, "basic_unet": 2562, "attention_unet": 1610, "segnet": 35452}
 #: Per pixel of one sample besides the network: RGB float32 input and its normalized copy, an int64 mask.
 _BATCH_BYTES = 3 * 4 * 2 + 8
 #: Shares of the free memory a job may plan to use.
 _RAM_SHARE, _GPU_SHARE = 0.8, 0.9
 
 
-def _activation_bytes(model: str, width: float) -> float:
-    return 1.3 * ACTIVATION_BYTES.get(model, max(ACTIVATION_BYTES.values())) * max(width, 0.25)
+def _activation_bytes(model: str, width: float, dims: int = 2) -> float:
+    table = ACTIVATION_BYTES_3D if dims == 3 else ACTIVATION_BYTES
+    return 1.3 * table.get(model, max(table.values())) * max(width, 0.25)
 
 
 def training_bytes(model: str, width: float, size: int, batch_size: int, shape=None) -> tuple[int, int]:
     """``(batch, network)``: the estimated bytes of one batch of ``size x size`` samples (or of patches of
     ``shape``, e.g. 3D ``(Z, Y, X)``: counted per voxel as per pixel) and of the network's activations for it."""
     pixels = batch_size * (math.prod(shape) if shape else size * size)
-    return int(pixels * _BATCH_BYTES), int(pixels * _activation_bytes(model, width))
+    return int(pixels * _BATCH_BYTES), int(pixels * _activation_bytes(model, width, len(shape) if shape else 2))
 
 
 def available_ram() -> int | None:
