@@ -118,3 +118,19 @@ def test_distance_object_by_object_equals_scipy_over_the_whole_volume(spacing):
     components = label(mask)
     assert components.max() > 10 and mask[0].any()
     assert np.array_equal(_distance(components, spacing), distance_transform_edt(mask, sampling=spacing))
+
+
+@pytest.mark.shared_data
+def test_qcanet_nuclei_are_found_as_3d_objects_not_per_slice(shared_data):
+    import tifffile
+
+    from napari_unet_seg.evaluation import compare_labels
+
+    name = "embryo_roi2_t262_8cell.tif"
+    folder = shared_data / "qcanet-embryo-nuclei"
+    foreground = tifffile.imread(folder / "masks" / name) > 0
+    truth = tifffile.imread(folder / "masks_instances" / name)  # 8 nuclei, (51, 120, 122), 0.8 x 0.8 x 1.75 um
+    volume = compare_labels(instance_labels(foreground, mode="watershed", spacing=(1.75, 0.8, 0.8)), truth)
+    assert volume["objects_true"] == 8 and volume["object_f1"] == 1.0
+    slices = compare_labels(instance_labels(foreground, mode="components", spatial_dims=2), truth)
+    assert slices["objects_predicted"] > 8 * 10 and slices["object_f1"] < 0.1
