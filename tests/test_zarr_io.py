@@ -106,8 +106,17 @@ def test_labels_group_is_written_beside_the_image_and_read_by_ome_zarr(tmp_path,
     assert "image-label" in _attrs(path / "labels" / "cells")
     assert _attrs(path / "labels")["labels"] == ["cells"]
     _, spacing, info = open_image(path / "labels" / "cells")
-    assert spacing == (2.5, 0.5, 0.5) and info.axes == "zyx"
+    assert spacing == (2.5, 0.5, 0.5) and info.axes == "zyx" and info.levels == 2  # as many levels as the image
+    assert label.data[1].shape == open_image_level(path, 1).shape  # the image's level-1 shape, every 2nd voxel
+    np.testing.assert_array_equal(np.asarray(label.data[1]), expected[:, ::2, ::2])
+    level1 = _attrs(path / "labels" / "cells")["multiscales"][0]["datasets"][1]
+    assert level1["coordinateTransformations"][0]["scale"] == [2.5, 1.0, 1.0]
     np.testing.assert_array_equal(np.asarray(read_labels(path, "cells")), expected)
+
+
+def open_image_level(path: Path, index: int):
+    entry = _attrs(path)["multiscales"][0]["datasets"][index]
+    return zarr.open_array(str(path / entry["path"]), mode="r")
 
 
 def _attrs(path: Path) -> dict:
