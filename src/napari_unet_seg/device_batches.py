@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import (centred_corner, coarse_axis, foreground_locations, pad_to_patch, patch_count, patch_shape,
-                    turn_planes)
+                    spacing_of, turn_planes)
 from .dataset import Sample
 
 __all__ = ["DeviceBatches", "augment_batch", "fits_on_device"]
@@ -216,8 +216,8 @@ class DeviceBatches:
     def __init__(self, samples: Sequence[Sample], patch_size: int | Sequence[int] | None, augment: str,
                  device: torch.device, *, foreground: float = 0.0, spacing: Sequence[float] | None = None) -> None:
         self.augment, self.device, self.foreground = augment, device, foreground
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.spatial_dims = samples[0].mask.ndim if samples else 2
+        self.spacing = spacing_of(spacing, self.spatial_dims)
         self.patch = patch_shape(patch_size, self.spatial_dims)
         self.images, self.masks, self.index, self.locations = [], [], [], []
         for i, sample in enumerate(samples):
