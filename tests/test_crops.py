@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet_seg.crops import (FOREGROUND_CAP, centred_corner, coarse_axis, foreground_locations, pad_to_patch,
-                                   patch_count, patch_shape, turn_planes)
+                                   patch_count, patch_shape, spacing_of, turn_planes)
 from napari_unet_seg.errors import UserError
 
 
@@ -15,6 +15,9 @@ def test_patch_shapes_and_counts():
     assert patch_shape((8, 32, 32), 3) == (8, 32, 32) and patch_shape(None, 3) is None
     with pytest.raises(UserError, match=r"patch size \(32, 32\) has 2 axes but the images have 3"):
         patch_shape((32, 32), 3)
+    assert spacing_of([5, 4, 4], 3) == (5.0, 4.0, 4.0) and spacing_of(None, 3) is None
+    with pytest.raises(UserError, match=r"spacing \(4.0, 4.0\) must hold 3 positive values"):
+        spacing_of((4, 4), 3)
     assert patch_count((64, 64), (32, 32)) == 4 and patch_count((10, 20), (32, 32)) == 1
     assert patch_count((20, 40, 40), (8, 16, 16)) == 16 and patch_count((5, 5, 5), None) == 1
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["patch_shape", "pad_to_patch", "patch_count", "foreground_locations", "centred_corner",
+__all__ = ["patch_shape", "spacing_of", "pad_to_patch", "patch_count", "foreground_locations", "centred_corner",
            "coarse_axis", "turn_planes", "ANISOTROPY", "FOREGROUND_CAP"]
 
 #: Voxels are anisotropic when their largest edge exceeds this many times the smallest (nnU-Net's rule).
@@ -32,6 +32,16 @@ def patch_shape(patch_size: int | Sequence[int] | None, spatial_dims: int) -> tu
         raise UserError(f"patch size {shape} has {len(shape)} axes but the images have {spatial_dims}; "
                         "give one size per axis or a single size")
     return shape
+
+
+def spacing_of(spacing: Sequence[float] | None, spatial_dims: int) -> tuple[float, ...] | None:
+    """``spacing`` as floats, one per spatial axis (None stays None: isotropic)."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != spatial_dims or min(values) <= 0:
+        raise UserError(f"spacing {values} must hold {spatial_dims} positive values, one per axis of the images")
+    return values
 
 
 def pad_to_patch(image: np.ndarray, mask: np.ndarray, shape: tuple[int, ...] | None

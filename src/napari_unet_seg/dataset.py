@@ -245,10 +245,10 @@ def _augmentation_3d(preset: str, patch_size: int | Sequence[int], spacing: Sequ
     """The 3D transforms of :func:`build_augmentation`."""
     from monai import transforms as T
 
-    from .crops import coarse_axis, patch_shape, turn_planes
+    from .crops import coarse_axis, patch_shape, spacing_of, turn_planes
 
     keys, strong = ["image", "mask"], preset == "strong"
-    patch = patch_shape(patch_size, 3)
+    patch, spacing = patch_shape(patch_size, 3), spacing_of(spacing, 3)
     coarse = coarse_axis(spacing)
     rotate = [math.pi / (6 if strong else 12) if coarse in (None, axis) else 0.0 for axis in range(3)]
     # MONAI's 3D shear coefficients, in the order of its matrix entries (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import (centred_corner, coarse_axis, foreground_locations, pad_to_patch, patch_count, patch_shape,
-                    turn_planes)
+                    spacing_of, turn_planes)
 from .dataset import Sample
 
 __all__ = ["DeviceBatches", "augment_batch", "fits_on_device"]
@@ -45,7 +45,8 @@ def _uniform(count: int, spread: float, generator: torch.Generator) -> torch.Ten
 
 def _warp_grid(count: int, size: tuple[int, int], strong: bool, generator: torch.Generator,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Sampling grid of the random affine (and, for ``strong``, elastic) warps, and which samples it moves."""
+    """Sampling grids of the random affine (and, for ``strong``, elastic) warps of the samples they move, and
+    which samples those are."""
     height, width = size
     affine = _chance(count, 0.5 if strong else 0.3, generator)
     elastic = _chance(count, 0.2, generator) if strong else torch.zeros(count, dtype=torch.bool)
@@ -61,14 +62,15 @@ def _warp_grid(count: int, size: tuple[int, int], strong: bool, generator: torch
     theta[:, 1, 0], theta[:, 1, 1] = sin / zoom, (cos + shear * sin) / zoom
     theta[:, :, 2] = shift
     theta[~affine] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    grid = F.affine_grid(theta.to(device), [count, 1, height, width], align_corners=False)
+    moved = affine | elastic
+    grid = F.affine_grid(theta[moved].to(device), [int(moved.sum()), 1, height, width], align_corners=False)
     if elastic.any():  # a coarse random displacement field of 1-3 pixels, smoothly upsampled
         magnitude = 1 + 2 * torch.rand(count, generator=generator)
         coarse = torch.randn(count, 2, 5, 5, generator=generator) * magnitude.view(count, 1, 1, 1)
         coarse[~elastic] = 0
-        field = F.interpolate(coarse.to(device), size=(height, width), mode="bicubic", align_corners=True)
+        field = F.interpolate(coarse[moved].to(device), size=(height, width), mode="bicubic", align_corners=True)
         grid = grid + field.permute(0, 2, 3, 1) * 2 / torch.tensor([width, height], device=device)
-    return grid, affine | elastic
+    return grid, moved
 
 
 def _rotation_3d(count: int, spread: float, axis: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -109,7 +111,8 @@ def _warp_grid_3d(count: int, size: tuple[int, int, int], strong: bool, spacing:
     matrix[~affine] = torch.eye(3)
     shift[~affine] = 0
     theta = torch.cat([matrix.flip(1, 2), shift.flip(1)[:, :, None]], dim=2)  # affine_grid wants (x, y, z)
-    grid = F.affine_grid(theta.to(device), [count, 1, *size], align_corners=False)
+    moved = affine | elastic
+    grid = F.affine_grid(theta[moved].to(device), [int(moved.sum()), 1, *size], align_corners=False)
     if elastic.any():  # a coarse random field of 1-3 voxels (of the finest axis; none along a coarse axis)
         magnitude = 1 + 2 * torch.rand(count, generator=generator)
         field = torch.randn(count, 3, 5, 5, 5, generator=generator) * magnitude.view(count, 1, 1, 1, 1)
@@ -118,10 +121,27 @@ def _warp_grid_3d(count: int, size: tuple[int, int, int], strong: bool, spacing:
             reach[coarse] = 0
         field = field * reach.view(1, 3, 1, 1, 1)
         field[~elastic] = 0
-        field = F.interpolate(field.to(device), size=size, mode="trilinear", align_corners=True)
+        field = F.interpolate(field[moved].to(device), size=size, mode="trilinear", align_corners=True)
         scale = 2 / torch.tensor(size[::-1], dtype=torch.float32, device=device)
         grid = grid + field.flip(1).permute(0, 2, 3, 4, 1) * scale
-    return grid, affine | elastic
+    return grid, moved
+
+
+def _flip_and_turn(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor, turns: torch.Tensor,
+                   planes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample flipped on the axes ``flips (B, dims)`` marks, then turned ``turns (B, planes)`` times
+    90 degrees in each of ``planes``: one copy per sample and operation (not per batch)."""
+    out_images, out_masks = [], []
+    for image, mask, flip, turn in zip(images, masks, flips.tolist(), turns.tolist()):
+        axes = [axis + 1 for axis, chosen in enumerate(flip) if chosen]  # axes of (C, *spatial)
+        if axes:
+            image, mask = image.flip(axes), mask.flip(axes)
+        for plane, k in zip(planes, turn):
+            if k:
+                image, mask = torch.rot90(image, k, plane), torch.rot90(mask, k, plane)
+        out_images.append(image)
+        out_masks.append(mask)
+    return torch.stack(out_images), torch.stack(out_masks)
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, preset: str, generator: torch.Generator,
@@ -142,19 +162,13 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, preset: str, genera
     count, device = images.shape[0], images.device
     spatial = tuple(images.shape[2:])
     view = (-1,) + (1,) * (images.dim() - 1)
-    for dim in range(-len(spatial), 0):
-        chosen = _chance(count, 0.5, generator).to(device).view(view)
-        images = torch.where(chosen, images.flip(dim), images)
-        masks = torch.where(chosen, masks.flip(dim), masks)
-    for plane, allowed in turn_planes(spatial, spacing):
-        turns = torch.randint(1, 4, (count,), generator=generator) * _chance(count, 0.5, generator)
-        if allowed and turns.any():
-            images, masks = images.clone(), masks.clone()
-            for k in (1, 2, 3):
-                index = (turns == k).nonzero().flatten().to(device)
-                if len(index):
-                    images[index] = torch.rot90(images[index], k, plane)
-                    masks[index] = torch.rot90(masks[index], k, plane)
+    flips = torch.stack([_chance(count, 0.5, generator) for _ in spatial], dim=1)
+    planes = turn_planes(spatial, spacing)
+    turns = torch.stack([torch.randint(1, 4, (count,), generator=generator) * _chance(count, 0.5, generator)
+                         for _ in planes], dim=1)
+    turns[:, [not allowed for _, allowed in planes]] = 0
+    if flips.any() or turns.any():
+        images, masks = _flip_and_turn(images, masks, flips, turns, [plane for plane, _ in planes])
     if len(spatial) == 2:
         warp = _warp_grid(count, spatial, strong, generator, device)
     else:
@@ -163,9 +177,9 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, preset: str, genera
         grid, moved = warp
         index = moved.nonzero().flatten().to(device)
         images, masks = images.clone(), masks.clone()
-        images[index] = F.grid_sample(images[index], grid[index], mode="bilinear", padding_mode="reflection",
+        images[index] = F.grid_sample(images[index], grid, mode="bilinear", padding_mode="reflection",
                                       align_corners=False)
-        masks[index] = F.grid_sample(masks[index], grid[index], mode="nearest", padding_mode="reflection",
+        masks[index] = F.grid_sample(masks[index], grid, mode="nearest", padding_mode="reflection",
                                      align_corners=False)
 
     def per_sample(values: torch.Tensor, chosen: torch.Tensor, neutral: float) -> torch.Tensor:
@@ -202,8 +216,8 @@ class DeviceBatches:
     def __init__(self, samples: Sequence[Sample], patch_size: int | Sequence[int] | None, augment: str,
                  device: torch.device, *, foreground: float = 0.0, spacing: Sequence[float] | None = None) -> None:
         self.augment, self.device, self.foreground = augment, device, foreground
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.spatial_dims = samples[0].mask.ndim if samples else 2
+        self.spacing = spacing_of(spacing, self.spatial_dims)
         self.patch = patch_shape(patch_size, self.spatial_dims)
         self.images, self.masks, self.index, self.locations = [], [], [], []
         for i, sample in enumerate(samples):
