@@ -136,3 +136,29 @@ def test_plan_only_shows_the_3d_plan(tmp_path):
                  "--device", "cpu", "--spacing", "4,0.5,0.5")
     assert "--spatial-dims 2: voxel spacing 4, 0.5, 0.5: anisotropy 8 >= 3" in slices.stdout, slices.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_anisotropic_stacks_train_on_their_slices(tmp_path):
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.training import train
+
+    image, mask = blobs(3, (16, 32, 32))
+    images, masks = write_volumes(tmp_path, [(image, mask)], spacing=(4.0, 0.5, 0.5))
+    events = []
+    result = train(images=str(images), masks=str(masks), out=str(tmp_path / "run"), patch_size=32,
+                   **{**TINY, "batch_size": 8}, on_event=events.append)
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert any(t.startswith("training in 2D: voxel spacing 4, 0.5, 0.5: anisotropy 8 >= 3") for t in texts), texts
+    model = load_model(result.best)
+    assert model.spatial_dims == 2 and model.config["spatial_dims"] == 2 and model.spacing == [4.0, 0.5, 0.5]
+    assert 0 <= result.history[0]["val_dice"] <= 1  # validated on the whole stack, slice by slice
+    with pytest.raises(UserError, match="image stack is 16x32x32 .* mask is 15x32x32"):
+        train(arrays=[(image, mask[1:])], out=str(tmp_path / "bad"), spatial_dims=2, **TINY)
+
+
+def test_a_2d_model_does_not_fine_tune_on_volumes(tmp_path, tiny_model):
+    images, masks = write_volumes(tmp_path, [blobs(0)])
+    with pytest.raises(UserError, match="^the model to fine-tune is 2D but training here is 3D; pick a 3D model or "
+                                        "give --spatial-dims 2$"):
+        _until_patches(train_steps(images=str(images), masks=str(masks), out=str(tmp_path / "run"), spatial_dims=3,
+                                   initial_model=tiny_model, **TINY))
