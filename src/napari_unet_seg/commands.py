@@ -151,8 +151,9 @@ class _FirstPrinting:
 
 def _inputs(source: Path) -> list[Path]:
     from .pairing import list_images
+    from .zarr_io import is_zarr
 
-    if source.is_dir():
+    if source.is_dir() and not is_zarr(source):
         return list_images(source, "input")
     if not source.exists():
         raise UserError(f"--input {source}: no such file or folder; check the path")
@@ -191,6 +192,8 @@ def run_predict(args: Namespace) -> int:
     _warnings_to_console()
     model = load_model(args.model)
     files = _inputs(Path(args.input))
+    if _check_labels_group(args, files):
+        return _predict_labels_group(model, files[0], args)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: is a file; give a folder")
@@ -226,21 +229,75 @@ def run_predict(args: Namespace) -> int:
     return 0
 
 
+def _check_labels_group(args: Namespace, files: list[Path]) -> bool:
+    """Whether predict writes an OME-Zarr labels group (``--labels-group``) rather than mask files."""
+    from .zarr_io import is_zarr
+
+    if not args.labels_group:
+        if not args.output:
+            raise UserError("give --output DIR for the mask files (or --labels-group NAME with a .zarr --input)")
+        return False
+    if args.output:
+        raise UserError("--output and --labels-group: give one of them (mask files, or a labels group inside "
+                        "the .zarr input)")
+    if len(files) != 1 or not is_zarr(files[0]):
+        raise UserError(f"--labels-group {args.labels_group}: needs an OME-Zarr image (.zarr folder) as --input; "
+                        "for other images use --output DIR")
+    if args.uncertainty:
+        raise UserError("--uncertainty writes a TIFF per image: use it with --output DIR, not --labels-group")
+    return True
+
+
+def _predict_labels_group(model, path: Path, args: Namespace) -> int:
+    """Predict an OME-Zarr image into its labels group ``--labels-group``, filled slice by slice (2D models
+    on a stack) or at once, never holding the whole image."""
+    import numpy as np
+
+    from .image_io import read_image_layout
+    from .inference import predict
+    from .zarr_io import labels_writer
+
+    image, colour = read_image_layout(path)
+    spatial = tuple(image.shape[:image.ndim - int(colour)])
+    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour,
+                   on_event=ConsoleProgress())
+    dtype = np.uint8 if args.instances == "none" else np.int32
+    began = time.perf_counter()
+    with labels_writer(path, args.labels_group, spatial, dtype, overwrite=args.overwrite) as out:
+        _print_device(args.device)
+        if model.spatial_dims == 2 and len(spatial) == 3:
+            last = 0  # object ids stay unique across the stack
+            for z in range(spatial[0]):
+                plane = predict(model, image[z], **options)
+                if args.instances != "none":
+                    plane = np.where(plane > 0, plane + last, 0).astype(dtype)
+                    last = max(last, int(plane.max(initial=0)))
+                out[z] = plane
+        else:
+            out[...] = predict(model, image, **options)
+    print(f"[1/1] {path.name} -> {path / 'labels' / args.labels_group}  ({time.perf_counter() - began:.1f} s)")
+    return 0
+
+
 def _print_scores(scores: dict) -> None:
     objects = "object_f1" in scores
+    volumes = scores["count"] > 0 and scores.get("volumes", 0) == scores["count"]
+    unit, cells = ("volumes", "voxels") if volumes else ("images", "pixels")
     for row in scores["per_image"]:
-        print(f"  {row['name']:<32} Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  accuracy {row['accuracy']:.4f}"
-              + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
-    print(f"mean over {scores['count']} images ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
+        shape = f"{'x'.join(map(str, row['shape'])):>14}  " if volumes else ""
+        print(f"  {row['name']:<32} {shape}Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  "
+              f"accuracy {row['accuracy']:.4f}" + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
+    print(f"mean over {scores['count']} {unit} ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
           f"accuracy {scores['accuracy']:.4f}  precision {scores['precision']:.4f}  recall {scores['recall']:.4f}")
-    print(f"pooled over all pixels: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
+    print(f"pooled over all {cells}: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
           f"accuracy {scores['pooled_accuracy']:.4f}")
     print(f"thresholded Jaccard (IoU below 0.65 counts 0): {scores['thresholded_jaccard']:.4f}  "
           f"failed (Dice below 0.5): {scores['failed']} of {scores['count']} ({scores['failed_fraction']:.1%})")
     if objects:
-        print(f"objects at IoU 0.5: F1 {scores['object_f1']:.4f}  precision {scores['object_precision']:.4f}  "
-              f"recall {scores['object_recall']:.4f}  ({scores['objects_matched']} matched of "
-              f"{scores['objects_true']} true, {scores['objects_predicted']} predicted)")
+        print(f"objects at IoU 0.5{' (in 3D)' if volumes else ''}: F1 {scores['object_f1']:.4f}  "
+              f"precision {scores['object_precision']:.4f}  recall {scores['object_recall']:.4f}  "
+              f"({scores['objects_matched']} matched of {scores['objects_true']} true, "
+              f"{scores['objects_predicted']} predicted)")
 
 
 def run_evaluate(args: Namespace) -> int:

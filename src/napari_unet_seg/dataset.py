@@ -200,14 +200,21 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def build_augmentation(preset: str, patch_size: int):
+def build_augmentation(preset: str, patch_size: int | Sequence[int], spatial_dims: int = 2,
+                       spacing: Sequence[float] | None = None):
     """MONAI dictionary transforms for ``{"image", "mask"}`` channel-first arrays; None for ``none``.
 
     ``light``: flips, 90-degree rotations, a mild affine (rotation, shift, zoom, shear, as Keras'
     ImageDataGenerator) and intensity jitter. ``strong``: wider ranges, contrast, noise and elastic.
+    ``spatial_dims=3``: the same for volumes (``patch_size`` an int or one size per axis; ``spacing``
+    per axis, None: isotropic), as :func:`~napari_unet_seg.device_batches.augment_batch` makes them:
+    flips on every axis, turns in the planes of equal extent and spacing, rotation about the coarse
+    axis only when the voxels are anisotropic, ``Rand3DElasticd``.
     """
     if preset == "none":
         return None
+    if spatial_dims == 3:
+        return _augmentation_3d(preset, patch_size, spacing)
     from monai import transforms as T
 
     keys = ["image", "mask"]
@@ -234,23 +241,67 @@ def build_augmentation(preset: str, patch_size: int):
     return T.Compose(steps)
 
 
-class PatchDataset(torch.utils.data.Dataset):
-    """Random ``patch_size`` crops (zero-padded where an image is smaller), augmented.
+def _augmentation_3d(preset: str, patch_size: int | Sequence[int], spacing: Sequence[float] | None):
+    """The 3D transforms of :func:`build_augmentation`."""
+    from monai import transforms as T
 
-    One epoch draws about as many patches from each image as it has patch areas, so every pixel is
-    seen about once an epoch whatever the image size. With ``patch_size=None`` the whole (resized)
-    images are served.
+    from .crops import coarse_axis, patch_shape, turn_planes
+
+    keys, strong = ["image", "mask"], preset == "strong"
+    patch = patch_shape(patch_size, 3)
+    coarse = coarse_axis(spacing)
+    rotate = [math.pi / (6 if strong else 12) if coarse in (None, axis) else 0.0 for axis in range(3)]
+    # MONAI's 3D shear coefficients, in the order of its matrix entries (0,1) (0,2) (1,0) (1,2) (2,0) (2,1)
+    shear = [(0.15 if strong else 0.05) if coarse not in (a, b) else 0.0
+             for a in range(3) for b in range(3) if a != b]
+    steps = [T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    steps += [T.RandRotate90d(keys, prob=0.5, spatial_axes=(a + 3, b + 3))
+              for (a, b), allowed in turn_planes(patch, spacing) if allowed]
+    steps += [
+        T.RandAffined(keys, prob=0.5 if strong else 0.3, mode=("bilinear", "nearest"), padding_mode="reflection",
+                      rotate_range=rotate, shear_range=shear, scale_range=[0.2 if strong else 0.1] * 3,
+                      translate_range=[p * (0.1 if strong else 0.05) for p in patch]),
+        T.RandScaleIntensityd("image", factors=0.2 if strong else 0.1, prob=0.5),
+        T.RandShiftIntensityd("image", offsets=0.2 if strong else 0.1, prob=0.5),
+    ]
+    if strong:
+        # uniform(-1, 1) offsets smoothed by a gaussian of sigma voxels: this gain gives a field of about 1-3 voxels
+        sigma = max(2.0, min(patch) / 8)
+        gain = (2 * math.sqrt(math.pi) * sigma) ** 1.5 * math.sqrt(3)
+        steps += [
+            T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
+            T.RandGaussianNoised("image", std=0.03, prob=0.3),
+            T.Rand3DElasticd(keys, sigma_range=(sigma, sigma), magnitude_range=(gain, 3 * gain), prob=0.2,
+                             mode=("bilinear", "nearest"), padding_mode="reflection"),
+        ]
+    return T.Compose(steps)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random ``patch_size`` crops of 2D or 3D samples (zero-padded where a sample is smaller), augmented.
+
+    ``patch_size``: an int (every axis), one size per spatial axis, or None for the whole (resized)
+    images. One epoch draws about as many patches from each sample as it holds patch volumes, so every
+    voxel is seen about once an epoch whatever the sample size. Each crop is centred on a random
+    foreground voxel (as :class:`~napari_unet_seg.device_batches.DeviceBatches` does) with chance
+    ``foreground``.
     """
 
-    def __init__(self, samples: Sequence[Sample], patch_size: int | None, augmentation=None, seed: int = 0) -> None:
+    def __init__(self, samples: Sequence[Sample], patch_size: int | Sequence[int] | None, augmentation=None,
+                 seed: int = 0, *, foreground: float = 0.0) -> None:
+        from .crops import foreground_locations, patch_count, patch_shape
+
         self.samples = list(samples)
         self.patch_size = patch_size
+        self.patch = patch_shape(patch_size, self.samples[0].mask.ndim if self.samples else 2)
         self.augmentation = augmentation
+        self.foreground = foreground
         self.reseed(seed)
         self.index = []
         for i, s in enumerate(self.samples):
-            count = 1 if patch_size is None else max(1, round(s.mask.size / patch_size**2))
-            self.index += [i] * count
+            self.index += [i] * patch_count(s.mask.shape, self.patch)
+        use = foreground > 0 and self.patch is not None
+        self.locations = [foreground_locations(s.mask) if use else [] for s in self.samples]
 
     def reseed(self, seed: int) -> None:
         """Restart the crop and augmentation random streams from ``seed``."""
@@ -261,20 +312,26 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _crop(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        image, mask, size = sample.image, sample.mask, self.patch_size
-        if size is None:
-            return image, mask
-        pad_y, pad_x = max(0, size - mask.shape[0]), max(0, size - mask.shape[1])
-        if pad_y or pad_x:
-            image = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)))
-            mask = np.pad(mask, ((0, pad_y), (0, pad_x)))
-        y = self.rng.integers(0, mask.shape[0] - size + 1)
-        x = self.rng.integers(0, mask.shape[1] - size + 1)
-        return image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]
+    def _crop(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        from .crops import centred_corner, pad_to_patch
+
+        sample, patch = self.samples[self.index[item]], self.patch
+        if patch is None:
+            return sample.image, sample.mask
+        image, mask = pad_to_patch(sample.image, sample.mask, patch)
+        locations = self.locations[self.index[item]]
+        if self.foreground > 0 and self.rng.random() < self.foreground and locations:
+            found = locations[self.rng.integers(len(locations))]
+            voxel = found[self.rng.integers(len(found))].tolist()
+            corner = centred_corner(voxel, [self.rng.integers(-(p // 4), p // 4 + 1) for p in patch],
+                                    mask.shape, patch)
+        else:
+            corner = [self.rng.integers(0, s - p + 1) for s, p in zip(mask.shape, patch)]
+        window = tuple(slice(c, c + p) for c, p in zip(corner, patch))
+        return image[(slice(None), *window)], mask[window]
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self._crop(self.samples[self.index[item]])
+        image, mask = self._crop(item)
         image = np.ascontiguousarray(image, dtype=np.float32)
         mask = np.ascontiguousarray(mask[None], dtype=np.float32)
         if self.augmentation is not None:

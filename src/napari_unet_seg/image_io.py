@@ -47,7 +47,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image_layout(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
-    """``(array, colour)``: the image of :func:`read_image` and whether its last axis holds RGB(A)."""
+    """``(array, colour)``: the image of :func:`read_image` and whether its last axis holds RGB(A).
+
+    A ``.zarr`` folder gives its full-resolution level as a lazy dask array (:func:`.zarr_io.open_image`).
+    """
+    from .zarr_io import is_zarr, open_image
+
+    if is_zarr(path):
+        array, _, info = open_image(path)
+        return array, info.colour
     return _read(_checked_path(path), mask=False)
 
 
