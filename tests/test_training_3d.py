@@ -136,3 +136,68 @@ def test_plan_only_shows_the_3d_plan(tmp_path):
                  "--device", "cpu", "--spacing", "4,0.5,0.5")
     assert "--spatial-dims 2: voxel spacing 4, 0.5, 0.5: anisotropy 8 >= 3" in slices.stdout, slices.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_anisotropic_stacks_train_on_their_slices(tmp_path):
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.training import train
+
+    image, mask = blobs(3, (16, 32, 32))
+    images, masks = write_volumes(tmp_path, [(image, mask)], spacing=(4.0, 0.5, 0.5))
+    events = []
+    result = train(images=str(images), masks=str(masks), out=str(tmp_path / "run"), patch_size=32,
+                   **{**TINY, "batch_size": 8}, on_event=events.append)
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert any(t.startswith("training in 2D: voxel spacing 4, 0.5, 0.5: anisotropy 8 >= 3") for t in texts), texts
+    model = load_model(result.best)
+    assert model.spatial_dims == 2 and model.config["spatial_dims"] == 2 and model.spacing == [4.0, 0.5, 0.5]
+    assert 0 <= result.history[0]["val_dice"] <= 1  # validated on the whole stack, slice by slice
+    with pytest.raises(UserError, match="image stack is 16x32x32 .* mask is 15x32x32"):
+        train(arrays=[(image, mask[1:])], out=str(tmp_path / "bad"), spatial_dims=2, **TINY)
+
+
+def test_a_2d_model_does_not_fine_tune_on_volumes(tmp_path, tiny_model):
+    images, masks = write_volumes(tmp_path, [blobs(0)])
+    with pytest.raises(UserError, match="^the model to fine-tune is 2D but training here is 3D; pick a 3D model or "
+                                        "give --spatial-dims 2$"):
+        _until_patches(train_steps(images=str(images), masks=str(masks), out=str(tmp_path / "run"), spatial_dims=3,
+                                   initial_model=tiny_model, **TINY))
+
+
+def test_train_predict_evaluate_on_synthetic_volumes(tmp_path):
+    from napari_unet_seg.evaluation import evaluate
+    from napari_unet_seg.inference import predict
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.training import train
+
+    train_dir, val_dir, test_dir = (write_volumes(tmp_path / name, [blobs(seed + k) for k in range(count)],
+                                                  spacing=(1.0, 1.0, 1.0))
+                                    for name, seed, count in (("train", 0, 4), ("val", 9, 1), ("test", 20, 1)))
+    result = train(images=str(train_dir[0]), masks=str(train_dir[1]), val_images=str(val_dir[0]),
+                   val_masks=str(val_dir[1]), out=str(tmp_path / "run"), patch_size=48, lr=0.03, scheduler="none",
+                   **{**TINY, "epochs": 12, "width": 0.25})
+    model = load_model(result.best)
+    assert model.spatial_dims == 3 and model.spacing == [1.0, 1.0, 1.0]
+    assert model.config["spatial_dims"] == 3 and model.config["patch_shape"] == [16, 48, 48]
+    assert result.best_metrics["val_dice"] > 0.8, result.history
+    image, mask = blobs(20)
+    labels = predict(model, image, device="cpu")
+    assert labels.shape == image.shape
+    scores = evaluate(model, *test_dir, device="cpu")
+    assert scores["volumes"] == 1 and scores["dice"] > 0.8, scores
+    assert scores["dice"] == pytest.approx(2 * (labels & mask).sum() / (labels.sum() + mask.sum()), abs=1e-6)
+
+
+def test_a_3d_run_resumes_as_if_uninterrupted(tmp_path):
+    from napari_unet_seg.training import train
+
+    volumes = [blobs(k, (16, 32, 32)) for k in range(3)]
+    options = {**TINY, "spatial_dims": 3, "patch_size": 32, "augment": "light", "val_fraction": 0.3}
+    whole = train(arrays=volumes, out=str(tmp_path / "whole"), **{**options, "epochs": 2})
+    train(arrays=volumes, out=str(tmp_path / "part"), **{**options, "epochs": 1})
+    resumed = train(arrays=volumes, out=str(tmp_path / "part"), resume=True, epochs=2)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_dice"):
+        assert resumed.history[1][key] == pytest.approx(whole.history[1][key], rel=1e-5), key
+    with pytest.raises(UserError, match="--spatial-dims 2: the run in .* was trained with --spatial-dims 3"):
+        train(arrays=volumes, out=str(tmp_path / "part"), resume=True, epochs=3, spatial_dims=2)

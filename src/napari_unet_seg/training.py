@@ -225,7 +225,7 @@ PATCH_3D = {"cpu": 64, "gpu": 96}
 def _patch(config: TrainConfig, given: Sequence[str], device: torch.device, network, samples: list[Sample]):
     """The training patch: ``patch_size`` (None for whole resized images) in 2D; in 3D the patch shape of
     :func:`~napari_unet_seg.planning.patch_shape` (``patch_size`` defaulting to :data:`PATCH_3D`), checked
-    against the free memory. A 3D run stores the edge used as its ``patch_size``."""
+    against the free memory. A 3D run stores the edge used as its ``patch_size`` (the shape: see _setup)."""
     if config.spatial_dims == 2:
         return None if config.resize else config.patch_size
     if "patch_size" not in given and config.patch_size == TrainConfig.patch_size:
@@ -233,7 +233,6 @@ def _patch(config: TrainConfig, given: Sequence[str], device: torch.device, netw
     extents = np.min([s.mask.shape for s in samples], axis=0)
     shape = patch_shape(config.patch_size, config.spacing, network.multiples, extents)
     check_training_memory(config, shape=shape)
-    config.extra = {**config.extra, "patch_shape": list(shape)}
     return shape
 
 
@@ -248,7 +247,11 @@ def _batch_source(config: TrainConfig, samples: list[Sample], device: torch.devi
             return DeviceBatches(samples, patch, config.augment, device, foreground=0.33,
                                  spacing=config.spacing), None, None
         return DeviceBatches(samples, patch, config.augment, device), None, None
-    dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
+    if config.spatial_dims == 3:
+        augmentation = build_augmentation(config.augment, patch, spatial_dims=3, spacing=config.spacing)
+        dataset = PatchDataset(samples, patch, augmentation, config.seed, foreground=0.33)
+    else:
+        dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
     return None, dataset, distributed.sampler(dataset, config.seed * 100003)
 
 
@@ -463,7 +466,7 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
     model = _build_model(config, start, stored, channels, normalization)
     patch = _patch(config, given, device, model.network, train_set)
     if config.spatial_dims == 3:
-        model.config = config.to_dict()  # the patch used
+        model.config = {**config.to_dict(), "patch_shape": list(patch)}  # the patch used (predict's window)
         yield Message(f"3D patches of {'x'.join(map(str, patch))} voxels (Z x Y x X), spacing "
                       f"{', '.join(f'{v:g}' for v in config.spacing)}")
     run = TrainingRun(config, model, device)
