@@ -185,7 +185,7 @@ def _print_device(device: str) -> None:
 
 def run_predict(args: Namespace) -> int:
     from .image_io import read_image_layout, write_map, write_mask
-    from .inference import predict
+    from .inference import check_input, predict
     from .model_file import load_model
     from .outputs import check_distinct, same_file
 
@@ -201,6 +201,10 @@ def run_predict(args: Namespace) -> int:
     planned = []
     for path in files:
         image, colour = read_image_layout(path)
+        try:  # before any work, so that nothing is written for a folder with one file the model refuses
+            check_input(model, image, colour)
+        except UserError as error:
+            raise UserError(f"{path.name}: {error}") from None
         ndim = image.ndim - int(colour)
         plane = image.shape[ndim - 2:ndim]
         targets = _targets(output, path, ndim, model.num_classes - 1, args, plane[0] * plane[1])

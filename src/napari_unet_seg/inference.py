@@ -33,7 +33,7 @@ from .normalization import intensity_range, is_rgb, normalize, to_channels_first
 from .postprocessing import postprocess
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
-__all__ = ["Prediction", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
+__all__ = ["Prediction", "check_input", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
            "views", "FLIPS", "DIHEDRAL"]
 
 #: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)`` (turns in the last two axes, the
@@ -214,6 +214,12 @@ def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 
         raise UserError(f"volume of shape {shape} has {spatial[0]} slice; a 3D model needs at least 2 "
                         "(give more slices or use a 2D model)")
     return colour, spatial
+
+
+def check_input(model: SegmentationModel, array: Any, rgb: bool | None = None) -> None:
+    """Refuse, in one line, an input that ``model`` cannot segment (as :func:`predict_steps` would); only
+    ``array.shape`` is read."""
+    _layout(array, model.in_channels, rgb, model.spatial_dims)
 
 
 #: Context read around each block of a large plane (pixels), cut off again after prediction.

@@ -1,0 +1,54 @@
+"""``napari-unet-seg predict`` with a 3D model: 3D TIFF in, 3D TIFF mask out; 2D images refused up front."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cli_helpers import cli, one_line, snapshot
+
+
+@pytest.fixture(scope="module")
+def model_3d(tmp_path_factory):
+    import torch
+
+    from napari_unet_seg.model_file import SegmentationModel, save_model
+    from napari_unet_seg.models import build_network, network_kwargs
+    from napari_unet_seg.normalization import default_normalization
+
+    torch.manual_seed(0)
+    kwargs = network_kwargs("unet", 0.25, spatial_dims=3)
+    network = build_network("unet", 1, 1, **kwargs).eval()
+    model = SegmentationModel(network, {"name": "unet", "kwargs": kwargs}, 1, 2, default_normalization("percentile"),
+                              {"patch_size": 32, "spatial_dims": 3})
+    return save_model(tmp_path_factory.mktemp("model3d") / "unet3d.pt", model)
+
+
+def test_predict_writes_a_3d_mask_for_a_3d_tiff(tmp_path, model_3d):
+    import tifffile
+
+    from napari_unet_seg import predict
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    volume = np.random.default_rng(0).integers(0, 4000, (12, 40, 48), dtype=np.uint16)
+    tifffile.imwrite(inputs / "stack.tif", volume)
+    done = cli("predict", "--model", model_3d, "--input", inputs, "--output", out, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    written = tifffile.imread(out / "stack.tif")
+    assert written.shape == volume.shape
+    np.testing.assert_array_equal(written, predict(str(model_3d), volume, device="cpu"))
+
+
+def test_predict_refuses_a_2d_image_for_a_3d_model_and_writes_nothing(tmp_path, model_3d):
+    import imageio.v3 as iio
+    import tifffile
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "a_stack.tif", np.zeros((6, 32, 32), np.uint8), photometric="minisblack")  # first
+    iio.imwrite(inputs / "b_plane.png", np.zeros((32, 32), np.uint8))
+    before = snapshot(tmp_path)
+    done = cli("predict", "--model", model_3d, "--input", inputs, "--output", out, "--device", "cpu")
+    one_line(done, r"b_plane\.png: image of shape \(32, 32\) is a 2D image but the model is 3D")
+    assert snapshot(tmp_path) == before and not out.exists()
