@@ -250,7 +250,9 @@ def _three_volumes() -> dict:
 
 def test_evaluate_scores_volumes_one_by_one_and_pooled(tmp_path):
     images, masks = _write_volumes(tmp_path, _three_volumes())
-    scores = evaluate(_threshold_model(), images, masks, device="cpu")
+    model = _threshold_model()
+    scores = evaluate(model, images, masks, device="cpu")
+    assert model.seen == {4}  # a 2D model predicts the volumes slice by slice: batches (N, C, Y, X)
     assert scores["kind"] == "binary" and scores["count"] == 3 and scores["volumes"] == 3
     rows = {row["name"]: row for row in scores["per_image"]}
     assert rows["a.tif"]["shape"] == [4, 8, 8] and rows["b.tif"]["shape"] == [8, 8, 8]
