@@ -106,8 +106,17 @@ def test_labels_group_is_written_beside_the_image_and_read_by_ome_zarr(tmp_path,
     assert "image-label" in _attrs(path / "labels" / "cells")
     assert _attrs(path / "labels")["labels"] == ["cells"]
     _, spacing, info = open_image(path / "labels" / "cells")
-    assert spacing == (2.5, 0.5, 0.5) and info.axes == "zyx"
+    assert spacing == (2.5, 0.5, 0.5) and info.axes == "zyx" and info.levels == 2  # as many levels as the image
+    assert label.data[1].shape == open_image_level(path, 1).shape  # the image's level-1 shape, every 2nd voxel
+    np.testing.assert_array_equal(np.asarray(label.data[1]), expected[:, ::2, ::2])
+    level1 = _attrs(path / "labels" / "cells")["multiscales"][0]["datasets"][1]
+    assert level1["coordinateTransformations"][0]["scale"] == [2.5, 1.0, 1.0]
     np.testing.assert_array_equal(np.asarray(read_labels(path, "cells")), expected)
+
+
+def open_image_level(path: Path, index: int):
+    entry = _attrs(path)["multiscales"][0]["datasets"][index]
+    return zarr.open_array(str(path / entry["path"]), mode="r")
 
 
 def _attrs(path: Path) -> dict:
@@ -209,6 +218,7 @@ def test_cli_predict_labels_group_refusals_are_one_line_and_change_nothing(tmp_p
 
     tifffile.imwrite(tif, disc_stack)
     zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    zarr.create_array(str(tmp_path / "plain.zarr"), data=disc_stack)
     timed = write_ome(tmp_path / "timed.zarr", np.zeros((2, 1, 4, 32, 32), np.uint8), "tczyx", levels=1)
     before = snapshot(tmp_path)
     base = ["predict", "--model", str(tiny_model), "--device", "cpu"]
@@ -220,6 +230,8 @@ def test_cli_predict_labels_group_refusals_are_one_line_and_change_nothing(tmp_p
         (["--input", timed, "--output", tmp_path / "out"], "holds 2 time points"),
         (["--input", image], "give --output DIR"),
         (["--input", image, "--labels-group", "x", "--uncertainty"], "--uncertainty writes a TIFF"),
+        (["--input", tmp_path / "plain.zarr", "--labels-group", "x"], "a plain zarr array has no place"),
+        (["--input", image, "--labels-group", "x", "--output", tmp_path / "out"], "give one of them"),
     ]
     for extra, message in cases:
         capsys.readouterr()
@@ -254,3 +266,17 @@ def test_a_multiscale_layers_level_0_is_predicted_slice_by_slice_at_full_resolut
     assert labels.shape == disc_stack.shape
     np.testing.assert_array_equal(labels, predict(tiny_model, disc_stack, device="cpu"))
     assert source.reads and max(int(np.prod(shape)) for shape in source.reads) <= 32 * 64  # never the whole stack
+
+
+def test_instance_ids_of_a_labels_group_stay_unique_across_the_stack(tmp_path, tiny_model, disc_stack):
+    from napari_unet_seg.cli import main
+    from napari_unet_seg.inference import predict
+
+    path = write_ome(tmp_path / "image.zarr", disc_stack, "zyx", levels=1)
+    assert main(["predict", "--model", str(tiny_model), "--input", str(path), "--labels-group", "objects",
+                 "--instances", "components", "--device", "cpu"]) == 0
+    written = np.asarray(read_labels(path, "objects"))
+    assert written.dtype == np.int32
+    np.testing.assert_array_equal(written, predict(tiny_model, disc_stack, device="cpu", instances="components"))
+    per_slice = [set(np.unique(plane)) - {0} for plane in written]
+    assert all(per_slice) and len(set.union(*per_slice)) == sum(map(len, per_slice))  # no id in two slices

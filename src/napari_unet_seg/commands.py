@@ -129,7 +129,8 @@ def _planned_config(args: Namespace, fields: dict):
         raise UserError("give the training data: --images DIR and --masks DIR")
     measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
     chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
-                  val_fraction=0.0 if config.val_images else config.val_fraction)
+                  val_fraction=0.0 if config.val_images else config.val_fraction,
+                  spatial_dims=config.spatial_dims, spacing=config.spacing)
     chosen.apply(config, args.given if hasattr(args, "given") else ())
     return config, measured.lines() + chosen.lines()
 

@@ -3,7 +3,7 @@
 :func:`open_image` gives level 0 of an OME-Zarr image (or a plain zarr array) as a dask array: nothing is
 read until a part of it is indexed, so a volume larger than memory is predicted chunk by chunk.
 :func:`labels_writer` yields a chunked zarr array that becomes ``image.zarr/labels/<name>``, an OME-Zarr
-labels group (``image-label`` metadata, one multiscales level with the image's scale), once it is filled;
+labels group (``image-label`` metadata, multiscales with the image's scale and levels), once it is filled;
 the image's own arrays and metadata are never touched.
 """
 
@@ -234,7 +234,8 @@ def _label_axes(scale: dict, dataset: dict, ndim: int, spatial: int) -> tuple[li
 def labels_writer(image_path: str | os.PathLike, name: str, shape: tuple[int, ...], dtype: Any = np.uint8,
                   chunks: tuple[int, ...] | None = None, overwrite: bool = False) -> Iterator[Any]:
     """Yield a zarr array of ``shape`` (the image's spatial shape) to fill, block by block; when the
-    ``with`` block ends, it becomes the OME-Zarr labels group ``image.zarr/labels/<name>``.
+    ``with`` block ends, it becomes the OME-Zarr labels group ``image.zarr/labels/<name>``, with a pyramid
+    level (nearest) for each lower level of the image.
 
     It is written in a hidden folder beside the other labels and moved into place only once filled, so
     an error or Ctrl-C leaves the image as it was (an existing group of that name too). ``chunks``
@@ -267,8 +268,8 @@ def labels_writer(image_path: str | os.PathLike, name: str, shape: tuple[int, ..
         part = labels.create_group(staging)
         out = part.create_array("0", shape=tuple(shape), dtype=dtype, chunks=chunks, fill_value=0)
         yield out
-        write_multiscales_metadata(part, [{"path": "0", "coordinateTransformations": transforms}], fmt=fmt,
-                                   axes=axes, name=name)
+        datasets = _pyramid(part, out, group, scale, info.path, transforms)
+        write_multiscales_metadata(part, datasets, fmt=fmt, axes=axes, name=name)
         add_metadata(part, {"image-label": {"version": fmt.version, "source": {"image": "../../"}}}, fmt=fmt)
         _move_into_place(folder.parent / staging, folder)
         names = [n for n in _ome(labels).get("labels", []) if n != name]
@@ -281,9 +282,35 @@ def labels_writer(image_path: str | os.PathLike, name: str, shape: tuple[int, ..
         shutil.rmtree(folder.parent / staging, ignore_errors=True)
 
 
-def _spatial_chunks(array: Any, scale: dict, spatial: int) -> tuple[int, ...]:
+def _pyramid(part: Any, out: Any, group: Any, scale: dict, level0: str, transforms: list[dict]) -> list[dict]:
+    """The labels' datasets: level 0, then one level per lower level of the image, of that level's spatial
+    shape, taking every f-th voxel (nearest, as labels are downsampled), read and written chunk by chunk."""
+    import dask.array as da
+    import zarr
+
+    datasets = [{"path": "0", "coordinateTransformations": transforms}]
+    spatial = out.ndim
+    source = da.from_zarr(out)
+    for index, entry in enumerate(scale["datasets"][1:], start=1):
+        level = group.get(str(entry.get("path", "")))
+        if not isinstance(level, zarr.Array) or level.ndim != group[level0].ndim:
+            break
+        shape = _spatial_chunks(level, scale, spatial, level.shape)
+        factors = [max(1, round(a / b)) for a, b in zip(out.shape, shape)]
+        lower = source[tuple(slice(0, None, f) for f in factors)][tuple(slice(0, n) for n in shape)]
+        target = part.create_array(str(index), shape=lower.shape, dtype=out.dtype, fill_value=0,
+                                   chunks=tuple(min(c, n) for c, n in zip(out.chunks, lower.shape)))
+        da.store(lower.rechunk(target.chunks), target, lock=False)
+        datasets.append({"path": str(index), "coordinateTransformations": [
+            {"type": "scale", "scale": [v * f for v, f in zip(t["scale"], factors)]} if t["type"] == "scale" else t
+            for t in transforms]})
+    return datasets
+
+
+def _spatial_chunks(array: Any, scale: dict, spatial: int, sizes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The spatial entries of ``sizes`` (default: the array's chunks) along the image's axes."""
     kinds = [a["type"] for a in _axes(Path("image"), scale, array.ndim)]
-    return tuple(c for c, kind in zip(array.chunks, kinds) if kind == "space")[-spatial:]
+    return tuple(c for c, kind in zip(sizes or array.chunks, kinds) if kind == "space")[-spatial:]
 
 
 def _move_into_place(staging: Path, folder: Path) -> None:
