@@ -338,3 +338,14 @@ def test_cli_evaluate_prints_volumes_and_their_pooled_line(tmp_path, capsys):
     assert f"mean over 3 volumes (binary): Dice {scores['dice']:.4f}" in out
     assert f"pooled over all voxels: Dice {160 / 208:.4f}  IoU {80 / 128:.4f}" in out
 
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_evaluate_volumes_with_a_2d_and_a_3d_model(tmp_path, spatial_dims):
+    images, masks = _write_volumes(tmp_path, _three_volumes())
+    model = _threshold_model(spatial_dims)
+    scores = evaluate(model, images, masks, device="cpu")
+    # a 2D model sees slices (N, C, Y, X), a 3D model windows of the volume (N, C, Z, Y, X)
+    assert model.seen == {spatial_dims + 2}
+    assert scores["count"] == scores["volumes"] == 3
+    assert scores["pooled_dice"] == pytest.approx(160 / 208) and scores["failed"] == 1
