@@ -200,22 +200,25 @@ def test_evaluate_volumes_of_instance_ids(tiny_model, synthetic_dir, tmp_path):
     assert scores["objects_predicted"] == int(label(found).max())
 
 
-class _Threshold:
-    """A network that labels foreground where the (unnormalized) input is above 0.5, in 2D or 3D."""
+def _threshold_model(spatial_dims: int = 2):
+    """A model whose network labels foreground where the (unnormalized) input is above 0.5, in 2D or 3D;
+    ``model.seen`` collects the number of axes of every batch it is given (predict runs a copy of it)."""
+    import torch
+    from torch import nn
 
-    @staticmethod
-    def model(spatial_dims: int = 2):
-        import torch
-        from torch import nn
+    from napari_unet_seg.model_file import SegmentationModel
 
-        from napari_unet_seg.model_file import SegmentationModel
+    seen: set[int] = set()
 
-        class Threshold(nn.Module):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return 40 * (x - 0.5)
+    class Threshold(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.add(x.ndim)
+            return 40 * (x - 0.5)
 
-        return SegmentationModel(Threshold(), {"name": "unet", "kwargs": {"spatial_dims": spatial_dims}}, 1, 2,
-                                 {"method": "none"})
+    model = SegmentationModel(Threshold(), {"name": "unet", "kwargs": {"spatial_dims": spatial_dims}}, 1, 2,
+                              {"method": "none"})
+    model.seen = seen
+    return model
 
 
 def _write_volumes(folder, pairs: dict) -> tuple:
@@ -247,7 +250,9 @@ def _three_volumes() -> dict:
 
 def test_evaluate_scores_volumes_one_by_one_and_pooled(tmp_path):
     images, masks = _write_volumes(tmp_path, _three_volumes())
-    scores = evaluate(_Threshold.model(), images, masks, device="cpu")
+    model = _threshold_model()
+    scores = evaluate(model, images, masks, device="cpu")
+    assert model.seen == {4}  # a 2D model predicts the volumes slice by slice: batches (N, C, Y, X)
     assert scores["kind"] == "binary" and scores["count"] == 3 and scores["volumes"] == 3
     rows = {row["name"]: row for row in scores["per_image"]}
     assert rows["a.tif"]["shape"] == [4, 8, 8] and rows["b.tif"]["shape"] == [8, 8, 8]
@@ -275,7 +280,7 @@ def test_evaluate_volumes_of_instances_matches_objects_in_3d(tmp_path):
     import tifffile
 
     tifffile.imwrite(masks / "v.tif", truth, photometric="minisblack")  # the instance ids themselves
-    scores = evaluate(_Threshold.model(), images, masks, device="cpu")
+    scores = evaluate(_threshold_model(), images, masks, device="cpu")
     assert scores["kind"] == "instances" and scores["volumes"] == 1
     assert (scores["objects_true"], scores["objects_predicted"], scores["objects_matched"]) == (2, 3, 1)
     assert scores["object_precision"] == pytest.approx(1 / 3) and scores["object_recall"] == pytest.approx(1 / 2)
@@ -307,7 +312,7 @@ def test_evaluate_refuses_volumes_whose_mask_differs_in_any_axis(tmp_path, monke
     with pytest.raises(UserError, match=rf"v.tif: image is \({', '.join(map(str, image_shape))}\) but its mask "
                                         rf"is \({', '.join(map(str, mask_shape))}\); they must have the same "
                                         r"shape in every axis \(z, y, x\)"):
-        evaluate(_Threshold.model(), images, masks, device="cpu")
+        evaluate(_threshold_model(), images, masks, device="cpu")
     assert not predicted  # refused before any prediction
 
 
@@ -326,9 +331,21 @@ def test_cli_evaluate_prints_volumes_and_their_pooled_line(tmp_path, capsys):
     from napari_unet_seg.commands import _print_scores
 
     images, masks = _write_volumes(tmp_path, _three_volumes())
-    scores = evaluate(_Threshold.model(), images, masks, device="cpu")
+    scores = evaluate(_threshold_model(), images, masks, device="cpu")
     _print_scores(scores)
     out = capsys.readouterr().out
     assert "a.tif" in out and "4x8x8" in out and "8x8x8" in out
     assert f"mean over 3 volumes (binary): Dice {scores['dice']:.4f}" in out
     assert f"pooled over all voxels: Dice {160 / 208:.4f}  IoU {80 / 128:.4f}" in out
+
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_evaluate_volumes_with_a_2d_and_a_3d_model(tmp_path, spatial_dims):
+    images, masks = _write_volumes(tmp_path, _three_volumes())
+    model = _threshold_model(spatial_dims)
+    scores = evaluate(model, images, masks, device="cpu")
+    # a 2D model sees slices (N, C, Y, X), a 3D model windows of the volume (N, C, Z, Y, X)
+    assert model.seen == {spatial_dims + 2}
+    assert scores["count"] == scores["volumes"] == 3
+    assert scores["pooled_dice"] == pytest.approx(160 / 208) and scores["failed"] == 1

@@ -134,3 +134,24 @@ def test_qcanet_nuclei_are_found_as_3d_objects_not_per_slice(shared_data):
     assert volume["objects_true"] == 8 and volume["object_f1"] == 1.0
     slices = compare_labels(instance_labels(foreground, mode="components", spatial_dims=2), truth)
     assert slices["objects_predicted"] > 8 * 10 and slices["object_f1"] < 0.1
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 1.0, 1.0), None])
+def test_predict_splits_a_3d_models_volume_in_3d_with_its_spacing(spacing):
+    import torch
+    from torch import nn
+
+    from napari_unet_seg.inference import predict
+    from napari_unet_seg.model_file import SegmentationModel
+
+    class Threshold(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 40 * (x - 0.5)
+
+    config = {"spatial_dims": 3, "patch_size": 16, **({"spacing": list(spacing)} if spacing else {})}
+    model = SegmentationModel(Threshold(), {"name": "unet", "kwargs": {"spatial_dims": 3}}, 1, 2, {"method": "none"},
+                              config)
+    mask = _balls((10, 36, 60), ((15, 18, 18), (15, 18, 41)), 13, (3.0, 1.0, 1.0))  # flat in voxels
+    ids = predict(model, mask.astype(np.float32), device="cpu", instances="watershed", min_distance=2)
+    assert np.array_equal(ids, instance_labels(mask, mode="watershed", min_distance=2, spacing=spacing))
+    assert (len(np.unique(ids)) == 3) == (spacing is not None)  # in voxels the flat balls are over-split
