@@ -258,8 +258,8 @@ def _predict_labels_group(model, path: Path, args: Namespace) -> int:
 
     image, colour = read_image_layout(path)
     spatial = tuple(image.shape[:image.ndim - int(colour)])
-    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour,
-                   on_event=ConsoleProgress())
+    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour)
+    progress = ConsoleProgress()
     dtype = np.uint8 if args.instances == "none" else np.int32
     began = time.perf_counter()
     with labels_writer(path, args.labels_group, spatial, dtype, overwrite=args.overwrite) as out:
@@ -267,15 +267,21 @@ def _predict_labels_group(model, path: Path, args: Namespace) -> int:
         if model.spatial_dims == 2 and len(spatial) == 3:
             last = 0  # object ids stay unique across the stack
             for z in range(spatial[0]):
-                plane = predict(model, image[z], **options)
+                plane = predict(model, image[z], on_event=_slice_progress(progress, z, spatial[0]), **options)
                 if args.instances != "none":
                     plane = np.where(plane > 0, plane + last, 0).astype(dtype)
                     last = max(last, int(plane.max(initial=0)))
                 out[z] = plane
         else:
-            out[...] = predict(model, image, **options)
+            out[...] = predict(model, image, on_event=progress, **options)
     print(f"[1/1] {path.name} -> {path / 'labels' / args.labels_group}  ({time.perf_counter() - began:.1f} s)")
     return 0
+
+
+def _slice_progress(progress: ConsoleProgress, z: int, depth: int):
+    """``progress`` for slice ``z`` of ``depth`` predicted one at a time: its tiles counted in the whole stack's."""
+    return lambda event: progress(Tiles(z * event.total + event.done, depth * event.total)
+                                  if isinstance(event, Tiles) else event)
 
 
 def _print_scores(scores: dict) -> None:
