@@ -133,3 +133,41 @@ def test_compile_falls_back_to_eager_when_it_fails(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # warned once only
             torch.testing.assert_close(prepared(x), first, rtol=0, atol=0)
+
+
+def _norms_3d(network: nn.Module) -> list[nn.BatchNorm3d]:
+    return [m for m in network.modules() if isinstance(m, nn.BatchNorm3d)]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_folded_3d_network_equals_the_network(name):
+    torch.manual_seed(0)
+    network = build_network(name, 1, 2, **network_kwargs(name, width=0.125, spatial_dims=3)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for norm in _norms_3d(network):
+            norm.running_mean.normal_(0.0, 0.3, generator=generator)
+            norm.running_var.uniform_(0.2, 2.0, generator=generator)
+            norm.weight.uniform_(0.5, 1.5, generator=generator)
+    fused = inference_network(network, "cpu")
+    assert _norms_3d(network) and not _norms_3d(fused)
+    assert next(fused.parameters()).dim() == 5  # channels-last for volumes is NDHWC
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = network(x), fused(x.contiguous(memory_format=torch.channels_last_3d))
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_a_transposed_3d_convolution_and_its_norm_are_folded():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.ConvTranspose3d(2, 3, 2, stride=2), nn.BatchNorm3d(3), nn.ReLU()).eval()
+    with torch.no_grad():
+        network[1].running_mean.normal_(0.0, 0.3)
+        network[1].running_var.uniform_(0.2, 2.0)
+        network[1].bias.normal_(0.0, 0.3)
+    fused = inference_network(network, "cpu", channels_last=False)
+    assert isinstance(fused[0], nn.ConvTranspose3d) and isinstance(fused[1], nn.Identity)
+    x = torch.randn(2, 2, 4, 6, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), network(x), rtol=1e-5, atol=1e-6)

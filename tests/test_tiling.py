@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_seg.tiling import auto_tiling, blocks, window_count
+from napari_unet_seg.tiling import AUTO_TILE_3D, auto_tiling, block_shape, blocks, window_count
 
 
 @pytest.mark.parametrize("shape, device, expected", [
@@ -44,4 +44,39 @@ def test_blocks_tile_the_plane_exactly_with_bounded_context(shape, block, halo):
             assert i.start >= min(halo, o.start + i.start)
             assert o.stop - o.start - i.stop >= min(halo, shape[axis] - (o.start + i.stop))
             assert (o.stop - o.start) % 32 == 0 or o.stop - o.start == shape[axis]
+    assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("shape, minimum, multiple, expected", [
+    ((165, 384, 512), 64, 16, ((165, 160, 160), 1)),     # 165 fits the cap 192; 3 and 4 windows of 160 cover 384, 512
+    ((20, 40, 48), 32, 16, ((20, 40, 48), 184)),         # a small volume is one window, 184 to a batch
+    ((300, 100, 100), (16, 64, 64), (4, 16, 16), ((172, 100, 100), 4)),  # two windows of 172 (multiple of 4)
+])
+def test_auto_tiling_in_3d(shape, minimum, multiple, expected):
+    roi, batch = auto_tiling(shape, torch.device("cpu"), minimum=minimum, overlap=0.25, multiple=multiple)
+    assert (roi, batch) == expected
+    multiples = multiple if isinstance(multiple, tuple) else (multiple,) * 3
+    assert all(r % m == 0 or r == s for r, m, s in zip(roi, multiples, shape))
+    assert batch * np.prod(roi) <= AUTO_TILE_3D["cpu"][1]
+
+
+@pytest.mark.parametrize("shape, voxels", [((165, 384, 512), 2 ** 25), ((165, 384, 512), 2 ** 22),
+                                                  ((10, 1000, 30), 5000), ((512, 2048, 2048), 2 ** 25)])
+def test_block_shape_is_near_cubic_and_within_the_budget(shape, voxels):
+    edges = block_shape(shape, voxels)
+    assert np.prod(edges) <= voxels or edges == tuple(shape)
+    counts = [-(-s // e) for s, e in zip(shape, edges)]
+    assert all(-(-s // c) == e for s, c, e in zip(shape, counts, edges))  # equal parts
+    # only the longest part is cut again, so no cut axis ends much shorter than the longest
+    assert all(e >= max(edges) / 2 - 1 for e, c in zip(edges, counts) if c > 1)
+
+
+def test_blocks_tile_a_volume_exactly():
+    shape = (40, 70, 50)
+    covered = np.zeros(shape, np.int32)
+    for outer, inner in blocks(shape, (16, 32, 25), 4, (8, 16, 16)):
+        assert len(outer) == len(inner) == 3
+        covered[outer][inner] += 1
+        for axis, (o, step) in enumerate(zip(outer, (8, 16, 16))):
+            assert (o.stop - o.start) % step == 0 or o.stop - o.start == shape[axis]
     assert (covered == 1).all()

@@ -129,7 +129,8 @@ def _planned_config(args: Namespace, fields: dict):
         raise UserError("give the training data: --images DIR and --masks DIR")
     measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
     chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
-                  val_fraction=0.0 if config.val_images else config.val_fraction)
+                  val_fraction=0.0 if config.val_images else config.val_fraction,
+                  spatial_dims=config.spatial_dims, spacing=config.spacing)
     chosen.apply(config, args.given if hasattr(args, "given") else ())
     return config, measured.lines() + chosen.lines()
 
@@ -286,19 +287,23 @@ def _slice_progress(progress: ConsoleProgress, z: int, depth: int):
 
 def _print_scores(scores: dict) -> None:
     objects = "object_f1" in scores
+    volumes = scores["count"] > 0 and scores.get("volumes", 0) == scores["count"]
+    unit, cells = ("volumes", "voxels") if volumes else ("images", "pixels")
     for row in scores["per_image"]:
-        print(f"  {row['name']:<32} Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  accuracy {row['accuracy']:.4f}"
-              + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
-    print(f"mean over {scores['count']} images ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
+        shape = f"{'x'.join(map(str, row['shape'])):>14}  " if volumes else ""
+        print(f"  {row['name']:<32} {shape}Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  "
+              f"accuracy {row['accuracy']:.4f}" + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
+    print(f"mean over {scores['count']} {unit} ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
           f"accuracy {scores['accuracy']:.4f}  precision {scores['precision']:.4f}  recall {scores['recall']:.4f}")
-    print(f"pooled over all pixels: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
+    print(f"pooled over all {cells}: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
           f"accuracy {scores['pooled_accuracy']:.4f}")
     print(f"thresholded Jaccard (IoU below 0.65 counts 0): {scores['thresholded_jaccard']:.4f}  "
           f"failed (Dice below 0.5): {scores['failed']} of {scores['count']} ({scores['failed_fraction']:.1%})")
     if objects:
-        print(f"objects at IoU 0.5: F1 {scores['object_f1']:.4f}  precision {scores['object_precision']:.4f}  "
-              f"recall {scores['object_recall']:.4f}  ({scores['objects_matched']} matched of "
-              f"{scores['objects_true']} true, {scores['objects_predicted']} predicted)")
+        print(f"objects at IoU 0.5{' (in 3D)' if volumes else ''}: F1 {scores['object_f1']:.4f}  "
+              f"precision {scores['object_precision']:.4f}  recall {scores['object_recall']:.4f}  "
+              f"({scores['objects_matched']} matched of {scores['objects_true']} true, "
+              f"{scores['objects_predicted']} predicted)")
 
 
 def run_evaluate(args: Namespace) -> int:

@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["CompiledOrEager", "fold_batch_norms", "inference_network"]
+__all__ = ["CompiledOrEager", "channels_last_format", "fold_batch_norms", "inference_network"]
 
 
 def _is_sequential(module: nn.Module) -> bool:
@@ -91,11 +91,17 @@ class CompiledOrEager(nn.Module):
         return self.network(*args, **kwargs)
 
 
+def channels_last_format(network: nn.Module) -> torch.memory_format:
+    """``channels_last_3d`` for a network of volumes (5D convolution weights), else ``channels_last``."""
+    volumes = any(isinstance(m, _ConvNd) and m.weight.dim() == 5 for m in network.modules())
+    return torch.channels_last_3d if volumes else torch.channels_last
+
+
 def inference_network(network: nn.Module, device: torch.device | str | None = None, *,
                       channels_last: bool = True, compile: bool = False) -> nn.Module:
     """A copy of ``network`` for inference on ``device`` (default: where it is): eval mode, batch norm
     folded into the convolutions (:func:`fold_batch_norms`), no gradients, channels-last weights when
-    ``channels_last``; with ``compile``, wrapped in :class:`CompiledOrEager`. ``network`` itself is not changed.
+    ``channels_last`` (:func:`channels_last_format`: NDHWC for 3D networks); with ``compile``, wrapped in :class:`CompiledOrEager`. ``network`` itself is not changed.
 
     Example:
         >>> from napari_unet_seg.models import build_network, network_kwargs
@@ -106,6 +112,6 @@ def inference_network(network: nn.Module, device: torch.device | str | None = No
     """
     prepared = copy.deepcopy(network).eval().requires_grad_(False)
     fold_batch_norms(prepared)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = channels_last_format(prepared) if channels_last else torch.contiguous_format
     prepared = prepared.to(device, memory_format=memory_format)
     return CompiledOrEager(prepared, options={"freezing": True}) if compile else prepared

@@ -30,19 +30,31 @@ from .fusion import inference_network
 from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
+from .postprocessing import postprocess
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
 __all__ = ["Prediction", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
            "views", "FLIPS", "DIHEDRAL"]
 
-#: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)``. ``tta`` averages the four flips;
-#: ``uncertainty`` the eight rotations and flips (the symmetries of the square).
+#: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)`` (turns in the last two axes, the
+#: y-x plane). ``tta`` averages the four flips; ``uncertainty`` the eight rotations and flips (the
+#: symmetries of the square).
 FLIPS = ((0, ()), (0, (-1,)), (0, (-2,)), (0, (-2, -1)))
 DIHEDRAL = tuple((k, dims) for dims in ((), (-1,)) for k in range(4))
+#: Volumes: ``tta`` averages the eight flips of the three axes (every subset of z, y, x); ``uncertainty``
+#: the four quarter turns in the y-x plane, each as is and flipped in z, where the y and x spacings are
+#: equal (else, turns would show the network a plane it never saw: the eight flips).
+FLIPS_3D = tuple((0, dims) for dims in ((), (-1,), (-2,), (-3,), (-2, -1), (-3, -1), (-3, -2), (-3, -2, -1)))
+TURNS_3D = tuple((k, dims) for dims in ((), (-3,)) for k in range(4))
 
 
-def views(tta: bool = False, uncertainty: bool = False) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """The views predicted: the eight of :data:`DIHEDRAL` for uncertainty, the :data:`FLIPS` for tta, else one."""
+def views(tta: bool = False, uncertainty: bool = False, spatial_dims: int = 2, turns: bool = True
+          ) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The views predicted: the eight of :data:`DIHEDRAL` for uncertainty, the :data:`FLIPS` for tta, else
+    one; for volumes (``spatial_dims=3``) :data:`TURNS_3D` (:data:`FLIPS_3D` without ``turns``) and
+    :data:`FLIPS_3D`."""
+    if spatial_dims == 3:
+        return (TURNS_3D if turns else FLIPS_3D) if uncertainty else FLIPS_3D if tta else ((0, ()),)
     return DIHEDRAL if uncertainty else FLIPS if tta else ((0, ()),)
 
 
@@ -77,13 +89,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return torch.bfloat16 if native else None
 
 
-def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int | tuple[int, int],
+def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes: int, tile: int | tuple[int, ...],
                   overlap: float = 0.25, batch_size: int = 4, tta: bool = False, uncertainty: bool = False,
-                  precision: str = "auto", channels_last: bool = False,
+                  precision: str = "auto", channels_last: bool = False, turns: bool = True,
                   on_window: Callable[[int], None] | None = None, cancel: Any = None,
                   raw: bool = False, on_out_of_memory: Callable[[int], None] | None = None,
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities ``(K, Y, X)`` of one normalized image ``(C, Y, X)`` already on the device.
+    """Class probabilities ``(K, Y, X)`` of one normalized image ``(C, Y, X)`` already on the device
+    (``(K, Z, Y, X)`` of a volume ``(C, Z, Y, X)`` for a 3D network: ``tile`` then has three axes, views
+    are those of :func:`views` for volumes, ``turns`` whether they may turn the y-x plane).
 
     With ``raw=True`` the blended logits instead (validation computes its loss on them).
     ``K`` is 1 (foreground) for binary models, else ``num_classes``. Tiles of ``tile`` pixels overlap
@@ -103,7 +117,7 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
         if is_cancelled(cancel):
             raise JobCancelled()
         if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last_3d if batch.dim() == 5 else torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = network(batch)
         if on_window is not None:
@@ -113,8 +127,9 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
             return logits
         return torch.sigmoid(logits) if num_classes == 2 else torch.softmax(logits, dim=1)
 
-    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    chosen = views(tta, uncertainty)
+    axes = image.dim() - 1
+    tile = (tile,) * axes if isinstance(tile, int) else tuple(tile)
+    chosen = views(tta, uncertainty, axes, turns)
     total = mean = m2 = None
     x = image[None]
     with torch.inference_mode():
@@ -123,18 +138,19 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
             view = torch.rot90(view, k, (-2, -1)) if k else view
             # A quarter turn swaps the axes and the tile's; an image smaller than the tile is one window of
             # its own size (the network pads internally).
-            size = tile[::-1] if k % 2 else tile
-            roi = (min(size[0], view.shape[-2]), min(size[1], view.shape[-1]))
+            size = (*tile[:-2], tile[-1], tile[-2]) if k % 2 else tile
+            roi = tuple(min(edge, extent) for edge, extent in zip(size, view.shape[2:]))
+            weights = separable_gaussian(roi, device) if axes == 3 else None
             while True:
                 try:
                     out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
-                                                   overlap=overlap, mode="gaussian")
+                                                   overlap=overlap, mode="gaussian", roi_weight_map=weights)
                     break
                 except RuntimeError as error:
                     if not is_out_of_memory(error):
                         raise
                     if batch_size == 1:
-                        raise UserError(f"out of GPU memory even for one tile of {roi[0]}x{roi[1]} pixels; "
+                        raise UserError(f"out of GPU memory even for one tile of {'x'.join(map(str, roi))} pixels; "
                                         "use a smaller tile size or the CPU") from None
                 # Out of the except block, the failed attempt's tensors are released.
                 batch_size //= 2
@@ -158,6 +174,18 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
     return (total / len(chosen))[0]
 
 
+def separable_gaussian(roi: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The blending weights of a 3D tile: the product of MONAI's gaussian along each axis, each floored
+    as MONAI floors its map (at 1e-3). MONAI floors the product instead, so on a volume's faces, where
+    one tile alone covers an axis, the weights of the tiles along the other axes all sink to the floor
+    and are averaged alike, edges and all (up to 0.3 off the untiled probabilities with a 3x3x3 network);
+    here they still fall with the distance to each tile's centre."""
+    from monai.data.utils import compute_importance_map
+
+    weights = [compute_importance_map((edge,), mode="gaussian", sigma_scale=0.125, device=device) for edge in roi]
+    return (weights[0][:, None, None] * weights[1][None, :, None] * weights[2][None, None, :])[None, None]
+
+
 def labels_from_probabilities(probs: torch.Tensor, num_classes: int, threshold: float = 0.5) -> torch.Tensor:
     """uint8 class ids ``(Y, X)`` from ``(K, Y, X)`` probabilities (threshold for binary, argmax else)."""
     if num_classes == 2:
@@ -165,38 +193,9 @@ def labels_from_probabilities(probs: torch.Tensor, num_classes: int, threshold: 
     return probs.argmax(dim=0).to(torch.uint8)
 
 
-def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False) -> np.ndarray:
-    """Remove objects smaller than ``min_size`` pixels and fill holes, per class (2D labels)."""
-    if not min_size and not fill_holes:
-        return labels
-    from scipy.ndimage import binary_fill_holes
-    from skimage.morphology import remove_small_objects
-
-    out = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        region = labels == value
-        if min_size:
-            kept = remove_small_objects(region, max_size=min_size - 1) if _has_max_size() else \
-                remove_small_objects(region, min_size=min_size)
-            out[region & ~kept] = 0
-            region = kept
-        if fill_holes:
-            out[binary_fill_holes(region) & (out == 0)] = value
-    return out
-
-
-def _has_max_size() -> bool:
-    import inspect
-
-    from skimage.morphology import remove_small_objects
-
-    return "max_size" in inspect.signature(remove_small_objects).parameters
-
-
-def _layout(array: Any, in_channels: int, rgb: bool | None) -> tuple[bool, tuple[int, ...]]:
-    """(is colour, spatial shape) of an input array; refuses what is not 2D or a stack of 2D."""
+def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 2) -> tuple[bool, tuple[int, ...]]:
+    """(is colour, spatial shape) of an input array; refuses what is not 2D or a stack of 2D (for a 3D
+    model: what is not a volume of at least two slices)."""
     shape = tuple(array.shape)
     colour = is_rgb(np.empty(shape[-3:] if len(shape) >= 3 else shape, dtype=np.uint8)) if rgb is None else rgb
     spatial = shape[:-1] if colour else shape
@@ -208,6 +207,12 @@ def _layout(array: Any, in_channels: int, rgb: bool | None) -> tuple[bool, tuple
     if in_channels == 3 and not colour:
         raise UserError(f"image of shape {shape} is grayscale but the model expects colour (RGB) input; "
                         "use a model trained on grayscale images")
+    if spatial_dims == 3 and len(spatial) == 2:
+        raise UserError(f"image of shape {shape} is {'a colour' if colour else 'a'} 2D image but the model is 3D "
+                        "(it segments volumes (Z, Y, X)); give a volume or use a 2D model")
+    if spatial_dims == 3 and spatial[0] < 2:
+        raise UserError(f"volume of shape {shape} has {spatial[0]} slice; a 3D model needs at least 2 "
+                        "(give more slices or use a 2D model)")
     return colour, spatial
 
 
@@ -375,12 +380,22 @@ def _plan(model: SegmentationModel, plane_shape: tuple[int, int], device: torch.
     return regions, roi, batch_size, steps
 
 
+def _output(out: Any, shape: tuple[int, ...], dtype: type) -> Any:
+    """The labels array: zeros, or ``out`` once its shape and dtype are checked."""
+    if out is None:
+        return np.zeros(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+        raise UserError(f"out array of shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)} does not fit the "
+                        f"labels ({tuple(shape)}, {np.dtype(dtype)}); give one of that shape and dtype")
+    return out
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
                   batch_size: int | None = None, tta: bool = False, uncertainty: bool = False,
                   min_size: int = 0, fill_holes: bool = False, instances: str = "none", min_distance: int = 5,
                   return_probabilities: bool = False, rgb: bool | None = None, precision: str = "auto",
-                  cancel: Any = None) -> Generator[Tiles | Message, None, Prediction]:
+                  cancel: Any = None, out: Any = None) -> Generator[Tiles | Message, None, Prediction]:
     """Segment ``array``, yielding :class:`Tiles` progress (in tiles) per tile batch; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
@@ -394,21 +409,34 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     flips, labels their mean and returns the spread (std of the foreground probability; for multi-class
     the mean over classes of each class's std). ``instances`` (``components`` or ``watershed``, binary
     models) turns the labels into int32 object ids, unique across a stack (:mod:`.instances`).
+    ``out``: an array-like (numpy memmap, zarr array) of the labels' shape and dtype that the labels are
+    written into, block by block (``Prediction.labels`` is then ``out``).
+
+    A 3D model (``model.spatial_dims == 3``) predicts a volume ``(Z, Y, X)`` or ``(Z, Y, X, 3)`` as a
+    volume, block by block (:mod:`.volume_inference`).
     """
     model = load_model(model)
     _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
-    colour, spatial = _layout(array, model.in_channels, rgb)
+    colour, spatial = _layout(array, model.in_channels, rgb, model.spatial_dims)
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
+    labels = _output(out, spatial, np.uint8 if instances == "none" else np.int32)
     network, meter = _working_network(model, torch_device)
+    if model.spatial_dims == 3:
+        from .volume_inference import predict_volume_steps
+
+        return (yield from predict_volume_steps(
+            model, array, network, meter, labels, colour=colour, device=torch_device, tile=tile, overlap=overlap,
+            threshold=threshold, batch_size=batch_size, tta=tta, uncertainty=uncertainty, min_size=min_size,
+            fill_holes=fill_holes, instances=instances, min_distance=min_distance,
+            return_probabilities=return_probabilities, precision=precision, cancel=cancel))
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
     regions, roi, batch_size, windows = _plan(model, plane_shape, torch_device, tile, batch_size, overlap,
                                               len(views(tta, uncertainty)))
     slices = spatial[0] if stack else 1
     total = slices * sum(windows)
-    labels = np.zeros(spatial, dtype=np.uint8 if instances == "none" else np.int32)
     channels = 1 if model.num_classes == 2 else model.num_classes
     keep_probs = return_probabilities or instances == "watershed"
     probs_out = np.zeros(((channels,) if channels > 1 else ()) + spatial, np.float32) if keep_probs else None
