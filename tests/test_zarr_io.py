@@ -280,3 +280,42 @@ def test_instance_ids_of_a_labels_group_stay_unique_across_the_stack(tmp_path, t
     np.testing.assert_array_equal(written, predict(tiny_model, disc_stack, device="cpu", instances="components"))
     per_slice = [set(np.unique(plane)) - {0} for plane in written]
     assert all(per_slice) and len(set.union(*per_slice)) == sum(map(len, per_slice))  # no id in two slices
+
+
+@pytest.fixture(scope="module")
+def model_3d(tmp_path_factory) -> Path:
+    """A tiny random 3D U-Net saved as a model file (batch-norm statistics set so its output varies)."""
+    import torch
+
+    from napari_unet_seg.model_file import SegmentationModel, save_model
+    from napari_unet_seg.models import build_network, network_kwargs
+    from napari_unet_seg.normalization import default_normalization
+
+    torch.manual_seed(0)
+    kwargs = network_kwargs("unet", 0.125, spatial_dims=3)
+    network = build_network("unet", 1, 1, **kwargs).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_var.uniform_(0.5, 1.0, generator=generator)
+    model = SegmentationModel(network, {"name": "unet", "kwargs": kwargs}, 1, 2, default_normalization("percentile"),
+                              {"patch_size": 16, "spatial_dims": 3})
+    return save_model(tmp_path_factory.mktemp("unet3d") / "unet3d.pt", model)
+
+
+def test_a_3d_model_fills_the_labels_group_as_predict_labels_the_volume(tmp_path, model_3d):
+    from scipy.ndimage import gaussian_filter
+
+    from napari_unet_seg.cli import main
+    from napari_unet_seg.inference import predict
+
+    smooth = gaussian_filter(np.random.default_rng(1).random((16, 32, 48)), 2.0)
+    volume = ((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8)
+    path = write_ome(tmp_path / "volume.zarr", volume, "zyx", {"z": 1.0, "y": 1.0, "x": 1.0})
+    before = _image_files(path)
+    assert main(["predict", "--model", str(model_3d), "--input", str(path), "--labels-group", "blobs",
+                 "--device", "cpu"]) == 0
+    written = np.asarray(read_labels(path, "blobs"))
+    np.testing.assert_array_equal(written, predict(model_3d, volume, device="cpu"))
+    assert 0 < written.mean() < 1 and _image_files(path) == before

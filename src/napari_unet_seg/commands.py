@@ -253,8 +253,8 @@ def _check_labels_group(args: Namespace, files: list[Path]) -> bool:
 
 
 def _predict_labels_group(model, path: Path, args: Namespace) -> int:
-    """Predict an OME-Zarr image into its labels group ``--labels-group``, filled slice by slice (2D models
-    on a stack) or at once, never holding the whole image."""
+    """Predict an OME-Zarr image into its labels group ``--labels-group``, block by block (slice by slice
+    for 2D models on a stack), never holding the whole image or its labels."""
     import numpy as np
 
     from .image_io import read_image_layout
@@ -263,22 +263,12 @@ def _predict_labels_group(model, path: Path, args: Namespace) -> int:
 
     image, colour = read_image_layout(path)
     spatial = tuple(image.shape[:image.ndim - int(colour)])
-    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour,
-                   on_event=ConsoleProgress())
+    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour)
     dtype = np.uint8 if args.instances == "none" else np.int32
     began = time.perf_counter()
     with labels_writer(path, args.labels_group, spatial, dtype, overwrite=args.overwrite) as out:
         _print_device(args.device)
-        if model.spatial_dims == 2 and len(spatial) == 3:
-            last = 0  # object ids stay unique across the stack
-            for z in range(spatial[0]):
-                plane = predict(model, image[z], **options)
-                if args.instances != "none":
-                    plane = np.where(plane > 0, plane + last, 0).astype(dtype)
-                    last = max(last, int(plane.max(initial=0)))
-                out[z] = plane
-        else:
-            out[...] = predict(model, image, **options)
+        predict(model, image, out=out, on_event=ConsoleProgress(), **options)
     print(f"[1/1] {path.name} -> {path / 'labels' / args.labels_group}  ({time.perf_counter() - began:.1f} s)")
     return 0
 

@@ -135,23 +135,9 @@ def open_image(path: str | os.PathLike) -> tuple[Any, tuple[float, ...] | None, 
                         "is incomplete (copy it again)")
     axes = _axes(path, scale, array.ndim)
     sizes = _level_scale(scale, dataset, array.ndim)
-    data, kept = da.from_zarr(array), []
-    index: list[Any] = []
-    for i, axis in enumerate(axes):
-        kind, count = axis["type"], array.shape[i]
-        if kind == "time" and count > 1:
-            raise UserError(f"{path}: holds {count} time points; segment one at a time (save one time point "
-                            "as its own image)")
-        if kind == "channel" and count not in (1, 3):
-            raise UserError(f"{path}: has {count} channels; models take one gray channel or 3 (RGB): save the "
-                            "channel to segment as its own image")
-        if kind not in ("time", "channel", "space"):
-            raise UserError(f"{path}: axis {axis.get('name')!r} of type {kind!r} is not time, channel or space; "
-                            "save the image with t, c, z, y, x axes")
-        index.append(0 if kind in ("time", "channel") and count == 1 else slice(None))
-        if index[-1] != 0:
-            kept.append(i)
-    data = data[tuple(index)]
+    index = _selection(path, axes, array.shape)
+    data = da.from_zarr(array)[index]
+    kept = [i for i, part in enumerate(index) if isinstance(part, slice)]
     names = [axes[i]["type"] for i in kept]
     spatial = [i for i in kept if axes[i]["type"] == "space"]
     if len(spatial) not in (2, 3):
@@ -166,6 +152,25 @@ def open_image(path: str | os.PathLike) -> tuple[Any, tuple[float, ...] | None, 
                     chunks=tuple(array.chunks))
     spacing = None if sizes is None else tuple(sizes[i] for i in spatial)
     return data, spacing, info
+
+
+def _selection(path: Path, axes: list[dict], shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """The index into level 0 that drops its time and channel axes of size 1; refuses several time
+    points, channel counts other than 1 and 3, and axes of other types."""
+    index: list[Any] = []
+    for axis, count in zip(axes, shape):
+        kind = axis["type"]
+        if kind == "time" and count > 1:
+            raise UserError(f"{path}: holds {count} time points; segment one at a time (save one time point "
+                            "as its own image)")
+        if kind == "channel" and count not in (1, 3):
+            raise UserError(f"{path}: has {count} channels; models take one gray channel or 3 (RGB): save the "
+                            "channel to segment as its own image")
+        if kind not in ("time", "channel", "space"):
+            raise UserError(f"{path}: axis {axis.get('name')!r} of type {kind!r} is not time, channel or space; "
+                            "save the image with t, c, z, y, x axes")
+        index.append(0 if kind != "space" and count == 1 else slice(None))
+    return tuple(index)
 
 
 def _plain(path: Path, array: Any) -> tuple[Any, None, ZarrInfo]:
