@@ -167,3 +167,42 @@ def test_3d_test_image_errors(tmp_path):
         export_model(model, "torchscript", tmp_path / "m.pt", test_image=np.zeros((8, 40, 40), np.uint8))
     assert export.min_sizes(model) == [9, 17, 17] and export.min_size(model) == 17
     assert list(tmp_path.iterdir()) == []
+
+
+def test_3d_test_image_is_the_first_training_volume(tmp_path):
+    import tifffile
+
+    model = model_3d("unet")
+    (tmp_path / "images").mkdir()
+    volume = np.random.default_rng(2).integers(0, 255, (21, 40, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", volume)
+    model.config = {"images": str(tmp_path / "images")}
+    raw = export._test_image(model, None)
+    np.testing.assert_array_equal(raw, volume[None, :, :39, 13:76])  # centred, odd, at most 63 a side
+    colour = np.stack([volume, volume // 2, volume // 4], axis=-1)  # (Z, Y, X, 3) for a gray model: the mean
+    np.testing.assert_allclose(export._test_image(model, colour)[0], colour[:, :39, 13:76].mean(axis=-1), rtol=1e-6)
+
+
+class _Unstable(torch.nn.Module):
+    """``sin(1e4 x)`` on the first half of the rows, ``x`` on the rest: float32 is far from float64 there."""
+
+    def forward(self, x):
+        rows = x.shape[-2] // 2
+        return torch.cat([torch.sin(x[..., :rows, :] * 1e4), x[..., rows:, :]], dim=-2)
+
+
+def test_check_leaves_out_inputs_where_pytorch_itself_is_unstable():
+    from napari_unet_seg.model_file import SegmentationModel
+    from napari_unet_seg.normalization import default_normalization
+
+    model = SegmentationModel(_Unstable(), {"name": "test", "kwargs": {}}, 1, 2, default_normalization())
+    zeros = np.zeros((1, 1, 3, 3), np.float32)  # sin(0) = 0 in float32 and float64 alike: a steady input
+    shaky = np.random.default_rng(0).random((1, 1, 6, 5), dtype=np.float32)
+    exact = lambda b: _Unstable().double()(torch.from_numpy(b).double()).float().numpy()  # noqa: E731
+    messages = []
+    export._compare("Test", model, exact, [zeros, shaky], messages.append)
+    assert "on inputs 1x1x3x3; input 1x1x6x5 not used: PyTorch's float32 output is" in messages[0]
+    with pytest.raises(ExportError, match="PyTorch's own float32 and float64 outputs differ by .* try another test"):
+        export._compare("Test", model, exact, [shaky], None)
+    with pytest.raises(ExportError, match=r"differs from PyTorch's by 1 on a 1x1x3x3 input .*try another format"):
+        export._compare("Test", model, lambda b: b + 1.0, [zeros, shaky], None)  # a real difference: never excused

@@ -282,8 +282,13 @@ def _write_onnx(model: SegmentationModel, path: Path, inputs: list[np.ndarray], 
 
 def _compare(what: str, model: SegmentationModel, run: Callable[[np.ndarray], np.ndarray],
              checks: list[np.ndarray], on_message: Messages) -> None:
+    """Raise ExportError unless ``run`` gives PyTorch's output on every input of ``checks``.
+
+    An input on which PyTorch's float32 output itself is farther than the tolerance from its float64 output
+    (a near-tie of two values in a max-pooling window, which SegNet's unpooling turns into a moved value)
+    cannot judge the export; it is left out, and said so. At least one input must decide."""
     network = _cpu_copy(model)
-    worst = 0.0
+    worst, used, unstable = 0.0, [], []
     for batch in checks:
         with torch.inference_mode():
             expected = network(torch.from_numpy(batch)).numpy()
@@ -295,12 +300,31 @@ def _compare(what: str, model: SegmentationModel, run: Callable[[np.ndarray], np
         difference = float(np.max(np.abs(got - expected)))
         allowed = TOLERANCE * max(1.0, float(np.max(np.abs(expected))))
         if not difference <= allowed:  # also catches NaN
-            raise ExportError(f"{what} export of {model.name}: output differs from PyTorch's by {difference:.3g} "
-                              f"on a {shape} input (allowed {allowed:.3g}); nothing was written, try another format")
+            jitter = _float64_difference(network, batch, expected)
+            failure = (f"{what} export of {model.name}: output differs from PyTorch's by {difference:.3g} on a "
+                       f"{shape} input (allowed {allowed:.3g})")
+            if not jitter > allowed:
+                raise ExportError(f"{failure}; nothing was written, try another format")
+            unstable.append((shape, jitter, failure))
+            continue
         worst = max(worst, difference)
+        used.append(shape)
+    if not used:
+        shape, jitter, failure = unstable[0]
+        raise ExportError(f"{failure}, but PyTorch's own float32 and float64 outputs differ by {jitter:.3g} there, so "
+                          "no input could check it; nothing was written, try another test image")
     if on_message:
-        sizes = ", ".join("x".join(map(str, b.shape)) for b in checks)
-        on_message(f"{what} output matches PyTorch's (largest difference {worst:.2g}) on inputs {sizes}")
+        left_out = "".join(f"; input {shape} not used: PyTorch's float32 output is {jitter:.2g} from its float64 one "
+                           "there (a near-tie in max-pooling)" for shape, jitter, _ in unstable)
+        on_message(f"{what} output matches PyTorch's (largest difference {worst:.2g}) on inputs {', '.join(used)}"
+                   f"{left_out}")
+
+
+def _float64_difference(network: nn.Module, batch: np.ndarray, expected: np.ndarray) -> float:
+    """How far PyTorch's float32 output ``expected`` is from the same network's float64 output."""
+    with torch.inference_mode():
+        exact = copy.deepcopy(network).double()(torch.from_numpy(batch).double()).numpy()
+    return float(np.max(np.abs(expected - exact)))
 
 
 def _test_image(model: SegmentationModel, image: np.ndarray | None) -> np.ndarray:
