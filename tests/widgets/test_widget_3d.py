@@ -123,3 +123,40 @@ def test_add_a_volume_to_the_training_set_with_its_spacing(make_napari_viewer, t
     viewer.dims.set_point(0, 12.0)  # world coordinates: slice 6 at a z scale of 2
     image_path, mask_path = widget.add_to_training_set()
     assert image_path.name == "vol_z6.tif" and np.array_equal(tifffile.imread(image_path), image[6])
+
+
+def test_train_a_3d_model_from_layers_then_segment_the_volume_with_it(make_napari_viewer, tmp_path, wait_job):
+    from napari_unet_seg import predict
+    from napari_unet_seg.model_file import load_model
+
+    viewer = make_napari_viewer()
+    image, labels = _volume()
+    layer = viewer.add_image(image, name="vol", scale=(1.0, 0.5, 0.5), translate=(2.0, 0.0, -3.0))
+    viewer.add_labels(labels, name="truth", scale=(1.0, 0.5, 0.5), translate=(2.0, 0.0, -3.0))
+    segment = _dock(viewer, "Segment")
+    train = _dock(viewer, "Train")
+    values = {"source": "layers", "epochs": 1, "batch_size": 2, "patch_size": 16, "model_width": 0.125,
+              "val_fraction": 0.0, "device": "cpu", "augment": "none", "out": tmp_path / "run"}
+    for name, value in values.items():
+        getattr(train, name).value = value
+    train.image_layer.value, train.labels_layer.value = layer, viewer.layers["truth"]
+    assert train.spacing.value == "1, 0.5, 0.5"  # auto: near isotropic (anisotropy 2), 16 slices: 3D
+    job = train.start()
+    assert "in 3D volumes" in train.status.value
+    assert wait_job(job, timeout=120_000) == "done", train.status.value
+    best = tmp_path / "run" / "best.pt"
+    model = load_model(best)
+    assert model.spatial_dims == 3 and model.config["spacing"] == [1.0, 0.5, 0.5]
+    assert list(train.lines["train loss"].get_xdata()) == [1]  # the live curves as in 2D
+    # the new model is selected in Segment and marked 3D there
+    assert segment.model.value == str(best)
+    assert "(3D)" in segment.model.current_choice
+    # Segment predicts the volume as a volume; the labels lie on the image
+    segment.tile.value = 16
+    assert wait_job(segment.run(), timeout=60_000) == "done", segment.status.value
+    result = viewer.layers["vol labels"]
+    assert result.data.shape == image.shape
+    np.testing.assert_array_equal(result.data, predict(best, image, device="cpu", tile=16))
+    np.testing.assert_allclose(result.scale, layer.scale)
+    np.testing.assert_allclose(result.translate, layer.translate)
+    assert segment.progress.value == segment.progress.max >= 1

@@ -189,6 +189,10 @@ def test_resolve_dims_keeps_a_choice_and_sends_2d_images_to_2d():
     assert params.resolve_dims(3, (8, 16, 16), None) == (3, "chosen")
     assert params.resolve_dims(2, (8, 16, 16), [1, 1, 1]) == (2, "chosen")
     assert params.resolve_dims("auto", (16, 16), None)[0] == 2
+    # auto on a stack: the planner's rule (depth, then anisotropy of the spacing)
+    assert params.resolve_dims("auto", (16, 32, 32), [1, 1, 1])[0] == 3
+    assert params.resolve_dims("auto", (30, 64, 64), [50, 4, 4])[0] == 2
+    assert params.resolve_dims("auto", (4, 64, 64), [1, 1, 1])[0] == 2
 
 
 def test_layer_pairs_of_a_volume_in_3d():

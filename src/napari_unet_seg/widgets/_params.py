@@ -98,10 +98,8 @@ def resolve_dims(spatial_dims: str | int, shape: Sequence[int], spacing: Sequenc
         return int(spatial_dims), "chosen"
     if len(shape) != 3:
         return 2, "a 2D image"
-    try:
-        from ..planning import choose_spatial_dims
-    except ImportError:  # until the planner's rule lands on main: today's slices
-        return 2, "auto"
+    from ..planning import choose_spatial_dims
+
     return choose_spatial_dims([tuple(shape)], None if spacing is None else list(spacing))
 
 

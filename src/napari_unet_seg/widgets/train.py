@@ -105,6 +105,8 @@ class TrainWidget(Docked, Container):
                               tooltip="network architecture: U-Net variants (MONAI) or SegNet")
         self.model_width = FloatSpinBox(label="width", value=1.0, min=0.125, max=4.0, step=0.125,
                                         tooltip="channel multiplier of the network (0.25: small and fast)")
+        self.model_width.native.setDecimals(3)  # Qt's two decimals would round the least width to 0.13
+        self.model_width.min = 0.125
         self.classes = SpinBox(label="classes", value=2, min=2, max=255,
                                tooltip="2: binary (foreground / background); more: class ids 0..N-1")
         self.loss = ComboBox(label="loss", choices=LOSS_NAMES, value="dicece")
