@@ -201,3 +201,42 @@ def test_a_3d_run_resumes_as_if_uninterrupted(tmp_path):
         assert resumed.history[1][key] == pytest.approx(whole.history[1][key], rel=1e-5), key
     with pytest.raises(UserError, match="--spatial-dims 2: the run in .* was trained with --spatial-dims 3"):
         train(arrays=volumes, out=str(tmp_path / "part"), resume=True, epochs=3, spatial_dims=2)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_qcanet_nuclei_volume_trains_in_3d(tmp_path, shared_data):
+    """The anisotropic (1.75 x 0.8 x 0.8 um) nuclei volume: auto picks 3D, and a few epochs segment it."""
+    from napari_unet_seg.evaluation import evaluate
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.training import train
+
+    root = shared_data / "qcanet-embryo-nuclei"
+    if not root.exists():
+        pytest.skip("qcanet-embryo-nuclei is not in ../shared/data")
+    events = []
+    result = train(images=str(root / "images"), masks=str(root / "masks"), out=str(tmp_path / "run"), lr=0.03,
+                   scheduler="none", on_event=events.append, **{**TINY, "epochs": 8, "width": 0.25})
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert any("training in 3D" in t and "anisotropy 2.19 < 3" in t for t in texts), texts
+    model = load_model(result.best)
+    assert model.spacing == [1.75, 0.8, 0.8] and model.config["patch_shape"] == [32, 64, 64]
+    scores = evaluate(model, root / "images", root / "masks", device="cpu")  # its one volume trains and validates
+    assert scores["volumes"] == 1 and scores["dice"] > 0.7, (scores["dice"], result.history)
+
+
+def test_cli_trains_volumes_with_the_spacing_given(tmp_path):
+    from napari_unet_seg.model_file import load_model
+
+    images, masks = write_volumes(tmp_path, [blobs(0), blobs(1)], spacing=(1.0, 0.5, 0.5))
+    done = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "run", "--epochs", 1,
+               "--batch-size", 2, "--patch-size", 32, "--width", 0.125, "--device", "cpu", "--augment", "none",
+               "--spacing", "2,1,1", "--spatial-dims", "3")
+    assert done.returncode == 0, done.stderr
+    assert "--spatial-dims 3 (yours kept" in done.stderr and "3D patches of 16x32x32 voxels" in done.stderr
+    model = load_model(tmp_path / "run" / "best.pt")
+    assert model.spatial_dims == 3 and model.spacing == [2.0, 1.0, 1.0]  # given, not the files' 1, 0.5, 0.5
+    from napari_unet_seg.config import TrainConfig
+
+    again = TrainConfig.from_dict(model.config).as_command()  # the command that repeats the run
+    assert " --spatial-dims 3 " in again and " --spacing 2,1,1 " in f"{again} ", again

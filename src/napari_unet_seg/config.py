@@ -290,6 +290,8 @@ class TrainConfig:
             flag = _flag(name)
             if isinstance(value, bool):
                 words.append(flag if value else "--no-amp" if name == "amp" else "")
+            elif isinstance(value, (list, tuple)):  # --spacing Z,Y,X
+                words += [flag, ",".join(f"{v:g}" for v in value)]
             else:
                 words += [flag, str(value)]
         if "plan" in self.extra:  # the plan's choices are in the words: measuring again could differ

@@ -15,8 +15,8 @@ import sys
 
 from .errors import UserError
 
-__all__ = ["ACTIVATION_BYTES", "ACTIVATION_BYTES_3D", "training_bytes", "available_ram", "available_gpu", "check_training_memory",
-           "format_bytes"]
+__all__ = ["ACTIVATION_BYTES", "ACTIVATION_BYTES_3D", "training_bytes", "available_ram", "available_gpu",
+           "check_training_memory", "format_bytes"]
 
 #: Bytes of layer outputs per input pixel of one sample at width 1, in training mode: the sum over the
 #: leaf modules' outputs, measured with forward hooks (tests/test_config.py measures them again). Peak

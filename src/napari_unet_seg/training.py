@@ -164,6 +164,8 @@ def _choose_dims(config: TrainConfig, data: _Data, start: SegmentationModel | No
     if requested == "auto" and start is not None:
         requested = start.spatial_dims
     spacing = config.spacing if config.spacing is not None else data.spacing
+    if config.spacing is not None and len(config.spacing) == 2 and requested == 3:
+        raise UserError(f"--spacing {','.join(f'{v:g}' for v in config.spacing)}: volumes need three values, Z,Y,X")
     dims, spacing, warnings_, reason = resolve_spatial_dims(requested, shapes, spacing)
     if start is not None and start.spatial_dims != dims:
         raise UserError(f"the model to fine-tune is {start.spatial_dims}D but training here is {dims}D; pick a "
