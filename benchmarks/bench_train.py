@@ -9,11 +9,19 @@ target: >= 0.85, i.e. data loading is never the bottleneck).
     python benchmarks/bench_train.py                                  # synthetic folder, auto device
     python benchmarks/bench_train.py --images ../shared/data/isbi2012-em/images \\
         --masks ../shared/data/isbi2012-em/masks_membrane --augment strong --workers 4 --device cuda
+
+``--spatial-dims 3`` times the batch making alone for volumes: milliseconds per batch of ``--batch-size``
+crops of ``--patch-size``^3 (foreground oversampling 0.33) from synthetic volumes, made on the device
+(``DeviceBatches``) against ``PatchDataset`` + ``DataLoader`` (in-process, MONAI 3D dictionary transforms),
+for each augmentation preset, beside one training step of a 3D U-Net on a resident batch.
+
+    python benchmarks/bench_train.py --spatial-dims 3 --batch-size 2 --patch-size 64 --width 0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import tempfile
 import time
@@ -48,7 +56,7 @@ def folder_rate(args, images: str, masks: str, out: str, workers: int) -> tuple[
     return batches / timed, batches
 
 
-def resident_rate(args, channels: int, steps: int) -> float:
+def resident_rate(args, channels: int, steps: int, spatial_dims: int = 2) -> float:
     """Steps per second of the same network, loss and optimizer on one batch already on the device."""
     from napari_unet_seg.device import resolve_device
     from napari_unet_seg.losses import build_loss
@@ -56,14 +64,16 @@ def resident_rate(args, channels: int, steps: int) -> float:
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    network = build_network(args.model, channels, 1, **network_kwargs(args.model, width=args.width)).to(device)
+    kwargs = network_kwargs(args.model, width=args.width, spatial_dims=spatial_dims)
+    network = build_network(args.model, channels, 1, **kwargs).to(device)
     network.train()
     loss_fn = build_loss("dicece", 2).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    images = torch.rand(args.batch_size, channels, args.patch_size, args.patch_size, device=device)
-    masks = (torch.rand(args.batch_size, 1, args.patch_size, args.patch_size, device=device) > 0.5).float()
+    patch = (args.patch_size,) * spatial_dims
+    images = torch.rand(args.batch_size, channels, *patch, device=device)
+    masks = (torch.rand(args.batch_size, 1, *patch, device=device) > 0.5).float()
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -85,6 +95,65 @@ def resident_rate(args, channels: int, steps: int) -> float:
     return steps / (time.perf_counter() - began)
 
 
+def _volumes(count: int, shape: tuple[int, int, int], seed: int = 0):
+    """Synthetic samples: noisy volumes of bright balls (about 2 % foreground) and their masks."""
+    import numpy as np
+
+    from napari_unet_seg.dataset import Sample
+
+    rng = np.random.default_rng(seed)
+    grid = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    samples = []
+    for i in range(count):
+        mask = np.zeros(shape, bool)
+        for _ in range(6):
+            centre = [rng.uniform(8, s - 8) for s in shape]
+            mask |= sum((g - c) ** 2 for g, c in zip(grid, centre)) < rng.uniform(4, 8) ** 2
+        image = mask * 0.5 + rng.normal(0, 0.1, shape)
+        samples.append(Sample(f"volume {i}", image[None].astype(np.float16), mask.astype(np.uint8)))
+    return samples
+
+
+def _ms_per_batch(batches, count: int, device: torch.device) -> float:
+    """Milliseconds per batch of the endless iterator ``batches`` over ``count`` batches after a first one."""
+    next(batches)
+    _sync(device)
+    began = time.perf_counter()
+    for _ in range(count):
+        next(batches)
+    _sync(device)
+    return (time.perf_counter() - began) / count * 1000
+
+
+def batch_times_3d(args, device: torch.device) -> None:
+    """Print ms per 3D batch made on the device and by the DataLoader path, per preset, and a resident step."""
+    from napari_unet_seg.dataset import PatchDataset, build_augmentation
+    from napari_unet_seg.device_batches import DeviceBatches
+
+    samples = _volumes(4, (96, 128, 128))
+    patch, count = args.patch_size, 12
+    print(f"device: {device}; {torch.get_num_threads()} threads; batches of {args.batch_size} x {patch}^3 from "
+          f"4 volumes of 96x128x128, foreground 0.33")
+    for preset in ("none", "light", "strong"):
+        batches = DeviceBatches(samples, patch, preset, device, foreground=0.33)
+        dataset = PatchDataset(samples, patch, build_augmentation(preset, patch, spatial_dims=3), seed=0,
+                               foreground=0.33)
+
+        def on_device():
+            for seed in itertools.count():
+                yield from batches.epoch(args.batch_size, seed)
+
+        def from_loader():
+            while True:
+                for images, masks in torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True):
+                    yield images.to(device), masks.to(device)
+
+        host, made = (_ms_per_batch(source(), count, device) for source in (from_loader, on_device))
+        print(f"augment {preset:6s}  DataLoader + MONAI 3D: {host:8.1f} ms   on the device: {made:8.1f} ms   "
+              f"ratio {host / made:5.1f}")
+    print(f"resident 3D training step (unet width {args.width}): {1000 / resident_rate(args, 1, 4, 3):8.1f} ms")
+
+
 def main() -> None:
     import monai
 
@@ -102,7 +171,11 @@ def main() -> None:
     parser.add_argument("--augment", default="light")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader processes of the second variant")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
+                        help="3: time the 3D batch making (device vs DataLoader) instead")
     args = parser.parse_args()
+    if args.spatial_dims == 3:
+        return batch_times_3d(args, resolve_device(args.device))
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first one warms up)")
 

@@ -1,5 +1,5 @@
 """bioimage.io model packages: they validate, reproduce PyTorch through the pre- and postprocessing, and carry
-the model's metadata (authors, license, citations, channels)."""
+the model's metadata (authors, license, citations, channels); 3D packages have z, y, x axes with the spacing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from export_helpers import assert_close, odd_inputs
+from export_helpers import assert_close, model_3d, odd_inputs, odd_volumes
 
 from napari_unet_seg.bioimageio import export_bioimageio
 from napari_unet_seg.export import export_model
@@ -131,3 +131,94 @@ def test_export_warns_when_the_licence_is_freer_than_the_data(segnet_model, tmp_
     messages.clear()
     export_bioimageio(model, tmp_path / "q", weights=("torchscript",), check=False, on_message=messages.append)
     assert any("no author in the model file" in m and "--author" in m for m in messages)
+
+
+def _em3d_sample_crop(shape):
+    """The centre crop of the shipped EM volume of ``shape``: what a 3D package's test input must be."""
+    from napari_unet_seg.sample_data import em3d_sample_layers
+
+    (volume, _, _), _ = em3d_sample_layers()
+    corner = [(n - k) // 2 for n, k in zip(volume.shape, shape)]
+    return volume[tuple(slice(c, c + k) for c, k in zip(corner, shape))].astype(np.float32)
+
+
+def test_bioimageio_3d_package_has_zyx_axes_with_the_spacing(tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    import yaml
+
+    model = model_3d("unet", spacing=(10.0, 5.0, 5.0))  # z pooled once less: multiples 8, 16, 16
+    model.info = {"spacing_unit": "nm", "authors": ["Rosalind Franklin"]}
+    out = export_bioimageio(model, tmp_path / "pkg", weights=("torchscript",))
+    description = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    (tensor_in,), (tensor_out,) = rdf["inputs"], rdf["outputs"]
+    for tensor in (tensor_in, tensor_out):
+        assert [a.get("id", a["type"]) for a in tensor["axes"]] == ["batch", "channel", "z", "y", "x"]
+        assert [(a["scale"], a["unit"]) for a in tensor["axes"][2:]] == [(10.0, "nanometer"), (5.0, "nanometer"),
+                                                                         (5.0, "nanometer")]
+    assert [a["size"]["min"] for a in tensor_in["axes"][2:]] == [9, 17, 17]
+    assert tensor_in["preprocessing"][0]["kwargs"]["axes"] == ["channel", "z", "y", "x"]
+    assert "3d" in rdf["tags"] and "3D volumes" in rdf["description"]
+    assert rdf["config"]["napari_unet_seg"]["min_size"] == [9, 17, 17]
+    assert rdf["config"]["napari_unet_seg"]["spacing"] == [10.0, 5.0, 5.0]
+
+    # no training data here: the test input is the shipped EM volume, centre-cropped to odd sizes of at most 63
+    raw, expected = np.load(out / "test_input.npy"), np.load(out / "test_output.npy")
+    assert raw.shape == (1, 1, 63, 63, 63) and expected.shape == raw.shape
+    np.testing.assert_array_equal(raw[0, 0], _em3d_sample_crop(raw.shape[2:]))
+    low, high = np.percentile(raw, [1.0, 99.8])  # what a bioimage.io tool does: scale_range, weights, sigmoid
+    normalized = ((raw - low) / (high - low + 1e-6)).astype(np.float32)
+    with torch.inference_mode():
+        logits = torch.jit.load(str(out / "weights_torchscript.pt"))(torch.from_numpy(normalized)).numpy()
+    assert expected.std() > 1e-3
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), expected, atol=1e-3)
+    readme = (out / "README.md").read_text()
+    assert "`(batch, channel, z, y, x)`" in readme and "(10, 5, 5) nanometer" in readme
+
+
+def test_bioimageio_3d_without_known_spacing_or_unit_states_none():
+    from napari_unet_seg.bioimageio import _scales
+
+    model = model_3d("unet")
+    assert _scales(model) == {}  # no spacing in the model file: no scale is made up
+    model.config = {"spacing": [2.0, 1.0, 1.0]}
+    assert _scales(model) == {"z": {"scale": 2.0}, "y": {"scale": 1.0}, "x": {"scale": 1.0}}  # no unit known
+    model.info = {"spacing_unit": "µm"}
+    assert _scales(model)["z"] == {"scale": 2.0, "unit": "micrometer"}
+
+
+@pytest.mark.slow
+def test_bioimageio_3d_segnet_with_onnx_weights(tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = model_3d("segnet", spacing=(3.0, 1.0, 1.0))
+    volume = np.random.default_rng(0).integers(0, 255, (21, 37, 35), dtype=np.uint8)
+    out = export_bioimageio(model, tmp_path / "segnet3d.zip", test_image=volume)
+    description = spec.load_description(out, perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    with zipfile.ZipFile(out) as archive:
+        archive.extract("weights.onnx", tmp_path)
+    session = onnxruntime.InferenceSession(str(tmp_path / "weights.onnx"), providers=["CPUExecutionProvider"])
+    for x, reference in odd_volumes(model):
+        assert_close(session.run(None, {"input": x})[0], reference)
+
+
+@pytest.mark.slow
+def test_shipped_3d_model_exports_with_the_sample_volume_and_its_datas_terms(tmp_path):
+    spec = pytest.importorskip("bioimageio.spec")
+    import yaml
+
+    from napari_unet_seg.pretrained import shipped_models
+
+    if "mitochondria-em3d" not in shipped_models():
+        pytest.skip("pretrained/mitochondria-em3d.pt is not in this build yet")
+    out = export_bioimageio("mitochondria-em3d", tmp_path / "em3d", weights=("torchscript",))
+    description = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
+    assert not isinstance(description, spec.InvalidDescr), description.validation_summary.format()
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["license"] == "CC-BY-NC-4.0" and "10.1109/TMI.2011.2171705" in [c.get("doi") for c in rdf["cite"]]
+    assert [(a["id"], a["unit"]) for a in rdf["inputs"][0]["axes"][2:]] == [
+        ("z", "nanometer"), ("y", "nanometer"), ("x", "nanometer")]
+    raw = np.load(out / "test_input.npy")[0, 0]
+    np.testing.assert_array_equal(raw, _em3d_sample_crop(raw.shape))

@@ -101,3 +101,59 @@ def test_reseed_repeats_the_stream():
     first = [ds[i][0] for i in range(3)]
     ds.reseed(7)
     assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))
+
+
+def test_volumes_are_samples_normalized_as_a_whole():
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 200, (4, 16, 16)).astype(np.uint16)
+    volume[3] += 1000  # one bright slice: normalized with the others, not on its own
+    mask = np.zeros((4, 16, 16), np.uint8)
+    mask[1:3, 4:8, 4:8] = 255
+    samples, channels = samples_from_arrays([(volume, mask)], classes=2, normalization=NORM, spatial_dims=3)
+    (sample,) = samples
+    assert channels == 1 and sample.image.shape == (1, 4, 16, 16) and sample.image.dtype == np.float16
+    assert sample.mask.shape == (4, 16, 16) and sample.mask.sum() == 2 * 16
+    assert sample.image[0, 3].mean() > 0.9 > 0.2 > sample.image[0, :3].mean()
+    colour, channels = samples_from_arrays([(np.stack([volume] * 3, -1), mask)], classes=2, normalization=NORM,
+                                           spatial_dims=3)
+    assert channels == 3 and colour[0].image.shape == (3, 4, 16, 16)
+
+
+@pytest.mark.parametrize("image, mask, message", [
+    (np.zeros((4, 16, 16)), np.zeros((4, 16, 15)), r"image volume is 4x16x16 .* mask is 4x16x15"),
+    (np.zeros((4, 16, 16)), np.zeros((3, 16, 16)), r"image volume is 4x16x16 .* mask is 3x16x16"),
+    (np.zeros((16, 16)), np.zeros((16, 16)), r"\(16, 16\) is a 2D image, not a volume"),
+    (np.zeros((1, 16, 16)), np.zeros((1, 16, 16)), r"has 1 slice; 3D training needs at least 2"),
+    (np.zeros((4, 16, 16)), np.zeros((16, 16)), r"must be one volume \(Z, Y, X\), got shape \(16, 16\)"),
+])
+def test_bad_volumes_are_one_line(image, mask, message):
+    with pytest.raises(UserError, match=message) as error:
+        samples_from_arrays([(image, mask)], classes=2, normalization=NORM, spatial_dims=3, names=["v.tif"])
+    assert str(error.value).startswith("v.tif") and "\n" not in str(error.value)
+
+
+def test_stacks_train_as_slices_in_2d():
+    volume, mask = np.random.default_rng(1).random((3, 16, 16)), np.zeros((3, 16, 16), np.uint8)
+    mask[2, :4] = 1
+    with pytest.raises(UserError, match="split stacks"):  # as before, unless slices are asked for
+        samples_from_arrays([(volume, mask)], classes=2, normalization=NORM)
+    samples, _ = samples_from_arrays([(volume, mask), (volume[0], mask[0])], classes=2, normalization=NORM,
+                                     slices=True, names=["s", "p"])
+    assert [s.name for s in samples] == ["s[z=0]", "s[z=1]", "s[z=2]", "p"]
+    assert samples[0].image.shape == (1, 16, 16) and samples[2].mask.sum() == 64
+    with pytest.raises(UserError, match=r"s: image stack is 3x16x16 .* mask is 2x16x16"):
+        samples_from_arrays([(volume, mask[:2])], classes=2, normalization=NORM, slices=True, names=["s"])
+
+
+def test_volume_files_are_read_as_volumes(tmp_path):
+    import tifffile
+
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    volume = np.random.default_rng(2).integers(0, 255, (5, 16, 16)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "i" / "v.tif", volume)
+    tifffile.imwrite(tmp_path / "m" / "v.tif", (volume > 128).astype(np.uint8) * 255)
+    samples, _ = load_samples(pair_files(tmp_path / "i", tmp_path / "m"), classes=2, normalization=NORM,
+                              spatial_dims=3)
+    assert samples[0].image.shape == (1, 5, 16, 16)
+    assert np.array_equal(samples[0].mask, (volume > 128).astype(np.uint8))

@@ -198,3 +198,154 @@ def test_evaluate_volumes_of_instance_ids(tiny_model, synthetic_dir, tmp_path):
     assert scores["dice"] == pytest.approx(segmentation_metrics(found, truth > 0)["dice"])
     assert scores["objects_true"] == int(truth.max())
     assert scores["objects_predicted"] == int(label(found).max())
+
+
+def _threshold_model(spatial_dims: int = 2):
+    """A model whose network labels foreground where the (unnormalized) input is above 0.5, in 2D or 3D;
+    ``model.seen`` collects the number of axes of every batch it is given (predict runs a copy of it)."""
+    import torch
+    from torch import nn
+
+    from napari_unet_seg.model_file import SegmentationModel
+
+    seen: set[int] = set()
+
+    class Threshold(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.add(x.ndim)
+            return 40 * (x - 0.5)
+
+    model = SegmentationModel(Threshold(), {"name": "unet", "kwargs": {"spatial_dims": spatial_dims}}, 1, 2,
+                              {"method": "none"})
+    model.seen = seen
+    return model
+
+
+def _write_volumes(folder, pairs: dict) -> tuple:
+    import tifffile
+
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for name, (image, mask) in pairs.items():
+        tifffile.imwrite(images / name, image.astype(np.uint8), photometric="minisblack")
+        tifffile.imwrite(masks / name, mask.astype(np.uint8) * 255, photometric="minisblack")
+    return images, masks
+
+
+def _three_volumes() -> dict:
+    """Volumes whose found voxels are counted by hand (the model finds the image's 1s)."""
+    truth_a = np.zeros((4, 8, 8), bool)
+    truth_a[:2, :4, :4] = True  # 32 voxels
+    found_a = truth_a.copy()
+    found_a[2, :4, :4] = True  # 16 false positives: tp 32, fp 16 -> Dice 4/5, IoU 2/3
+    truth_b = np.zeros((8, 8, 8), bool)
+    truth_b[:4, :4, :4] = True  # 64 voxels
+    found_b = truth_b.copy()
+    found_b[3] = False  # one slab of 16 missed: tp 48, fn 16 -> Dice 6/7, IoU 3/4
+    truth_c = np.zeros((4, 8, 8), bool)
+    truth_c[1, :4, :4] = True  # 16 voxels, none found: Dice 0, a failure
+    return {"a.tif": (found_a, truth_a), "b.tif": (found_b, truth_b), "c.tif": (np.zeros_like(truth_c), truth_c)}
+
+
+def test_evaluate_scores_volumes_one_by_one_and_pooled(tmp_path):
+    images, masks = _write_volumes(tmp_path, _three_volumes())
+    model = _threshold_model()
+    scores = evaluate(model, images, masks, device="cpu")
+    assert model.seen == {4}  # a 2D model predicts the volumes slice by slice: batches (N, C, Y, X)
+    assert scores["kind"] == "binary" and scores["count"] == 3 and scores["volumes"] == 3
+    rows = {row["name"]: row for row in scores["per_image"]}
+    assert rows["a.tif"]["shape"] == [4, 8, 8] and rows["b.tif"]["shape"] == [8, 8, 8]
+    assert rows["a.tif"]["dice"] == pytest.approx(4 / 5) and rows["a.tif"]["iou"] == pytest.approx(2 / 3)
+    assert rows["b.tif"]["dice"] == pytest.approx(6 / 7) and rows["b.tif"]["iou"] == pytest.approx(3 / 4)
+    assert rows["c.tif"]["dice"] == 0.0 and rows["a.tif"]["accuracy"] == pytest.approx(240 / 256)
+    assert scores["dice"] == pytest.approx((4 / 5 + 6 / 7 + 0) / 3)
+    assert scores["iou"] == pytest.approx((2 / 3 + 3 / 4 + 0) / 3)
+    # pooled over the 256 + 512 + 256 voxels: tp 80, fp 16, fn 16 + 16
+    assert scores["pooled_dice"] == pytest.approx(160 / 208) and scores["pooled_iou"] == pytest.approx(80 / 128)
+    assert scores["pooled_accuracy"] == pytest.approx((1024 - 48) / 1024)
+    assert scores["failed"] == 1 and scores["failed_fraction"] == pytest.approx(1 / 3)
+
+
+def test_evaluate_volumes_of_instances_matches_objects_in_3d(tmp_path):
+    truth = np.zeros((6, 10, 10), np.uint8)
+    truth[0:4, 1:4, 1:4] = 1  # 36 voxels
+    truth[2:6, 5:9, 5:9] = 2  # 64 voxels, beside object 1 in slices 2 and 3 (diagonally, not touching)
+    found = np.zeros_like(truth, dtype=bool)
+    found[0:4, 1:4, 1:4] = True  # object 1 whole
+    found[2:3, 5:9, 5:9] = True  # one slice of object 2's four: IoU 16/64
+    found[5, 0, 0] = True  # a false object of one voxel
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    _write_volumes(tmp_path, {"v.tif": (found, truth > 0)})
+    import tifffile
+
+    tifffile.imwrite(masks / "v.tif", truth, photometric="minisblack")  # the instance ids themselves
+    scores = evaluate(_threshold_model(), images, masks, device="cpu")
+    assert scores["kind"] == "instances" and scores["volumes"] == 1
+    assert (scores["objects_true"], scores["objects_predicted"], scores["objects_matched"]) == (2, 3, 1)
+    assert scores["object_precision"] == pytest.approx(1 / 3) and scores["object_recall"] == pytest.approx(1 / 2)
+    assert scores["object_f1"] == pytest.approx(2 / 5)
+    assert scores["dice"] == pytest.approx(2 * 52 / (53 + 100))  # tp 36 + 16, fp 1, fn 48
+
+
+def test_compare_labels_of_volumes():
+    truth = np.zeros((3, 4, 4), np.uint16)
+    truth[:, :2, :2] = 7
+    truth[:, 2:, 2:] = 9
+    merged = (truth > 0).astype(np.uint8)
+    merged[:, 1:3, 1:3] = 1  # the two columns joined in every slice: one object of 24 + 12 voxels
+    scores = compare_labels(merged, truth)
+    assert scores["kind"] == "instances" and scores["objects_predicted"] == 1 and scores["objects_matched"] == 0
+    assert scores["dice"] == pytest.approx(2 * 24 / (24 + 30))
+    with pytest.raises(UserError, match=r"the labels \(3, 4, 4\) and the ground truth \(3, 4, 5\) differ in shape"):
+        compare_labels(merged, np.zeros((3, 4, 5)))
+
+
+@pytest.mark.parametrize("image_shape, mask_shape", [((4, 8, 8), (4, 8, 6)), ((4, 8, 8), (5, 8, 8)),
+                                                     ((4, 8, 8), (8, 8))])
+def test_evaluate_refuses_volumes_whose_mask_differs_in_any_axis(tmp_path, monkeypatch, image_shape, mask_shape):
+    from napari_unet_seg import inference
+
+    images, masks = _write_volumes(tmp_path, {"v.tif": (np.zeros(image_shape), np.zeros(mask_shape))})
+    predicted = []
+    monkeypatch.setattr(inference, "predict", lambda *args, **kwargs: predicted.append(args))
+    with pytest.raises(UserError, match=rf"v.tif: image is \({', '.join(map(str, image_shape))}\) but its mask "
+                                        rf"is \({', '.join(map(str, mask_shape))}\); they must have the same "
+                                        r"shape in every axis \(z, y, x\)"):
+        evaluate(_threshold_model(), images, masks, device="cpu")
+    assert not predicted  # refused before any prediction
+
+
+def test_cli_evaluate_exits_2_on_a_volume_whose_mask_differs(tmp_path, segnet_model):
+    from cli_helpers import cli, one_line, snapshot
+
+    _write_volumes(tmp_path, {"v.tif": (np.zeros((4, 16, 16)), np.zeros((4, 16, 12)))})
+    before = snapshot(tmp_path)
+    done = cli("evaluate", "--model", segnet_model, "--images", tmp_path / "images", "--masks", tmp_path / "masks",
+               "--json", tmp_path / "scores.json", "--device", "cpu")
+    one_line(done, r"v.tif: image is \(4, 16, 16\) but its mask is \(4, 16, 12\); they must have the same shape")
+    assert snapshot(tmp_path) == before  # no scores file written
+
+
+def test_cli_evaluate_prints_volumes_and_their_pooled_line(tmp_path, capsys):
+    from napari_unet_seg.commands import _print_scores
+
+    images, masks = _write_volumes(tmp_path, _three_volumes())
+    scores = evaluate(_threshold_model(), images, masks, device="cpu")
+    _print_scores(scores)
+    out = capsys.readouterr().out
+    assert "a.tif" in out and "4x8x8" in out and "8x8x8" in out
+    assert f"mean over 3 volumes (binary): Dice {scores['dice']:.4f}" in out
+    assert f"pooled over all voxels: Dice {160 / 208:.4f}  IoU {80 / 128:.4f}" in out
+
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_evaluate_volumes_with_a_2d_and_a_3d_model(tmp_path, spatial_dims):
+    images, masks = _write_volumes(tmp_path, _three_volumes())
+    model = _threshold_model(spatial_dims)
+    scores = evaluate(model, images, masks, device="cpu")
+    # a 2D model sees slices (N, C, Y, X), a 3D model windows of the volume (N, C, Z, Y, X)
+    assert model.seen == {spatial_dims + 2}
+    assert scores["count"] == scores["volumes"] == 3
+    assert scores["pooled_dice"] == pytest.approx(160 / 208) and scores["failed"] == 1

@@ -1,5 +1,5 @@
-"""Export to TorchScript and ONNX: files, outputs equal to PyTorch's at odd sizes; export_model's user errors
-(bioimage.io packages: tests/test_bioimageio.py)."""
+"""Export to TorchScript and ONNX: files, outputs equal to PyTorch's at odd sizes, in 2D and 3D (every model,
+anisotropic multiples); export_model's user errors (bioimage.io packages: tests/test_bioimageio.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from export_helpers import assert_close, odd_inputs
+from export_helpers import assert_close, model_3d, odd_inputs, odd_volumes, raw_volume
 
 from napari_unet_seg import export
 from napari_unet_seg.errors import UserError
 from napari_unet_seg.export import ExportError, export_model
 from napari_unet_seg.model_file import load_model
+from napari_unet_seg.models import MODEL_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
 
@@ -113,3 +114,95 @@ def test_cli_export(tiny_model, tmp_path):
     again = subprocess.run([*run, "--format", "torchscript", "--out", str(tmp_path / "m.pt")], capture_output=True,
                            text=True, env=env, timeout=600)
     assert again.returncode == 2 and "pass --overwrite" in again.stderr
+
+
+# --------------------------------------------------------------------------------------------- 3D
+
+#: (z, y, x) voxels three times as long along z: z is pooled once less (multiples 8, 16, 16; SegNet 16, 32, 32).
+ANISOTROPIC = (3.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(("name", "spacing"), [*((name, None) for name in MODEL_NAMES), ("unet", ANISOTROPIC),
+                                               ("segnet", ANISOTROPIC)])
+def test_torchscript_3d_matches_pytorch_at_odd_sizes(name, spacing, tmp_path):
+    model = model_3d(name, spacing)
+    steps = export.multiples(model)
+    assert (steps[0] < steps[1]) == (spacing is not None)  # the anisotropic networks pool z less
+    messages = []
+    out = export_model(model, "torchscript", tmp_path / "m.pt", test_image=raw_volume(model),
+                       on_message=messages.append)
+    assert any("TorchScript output matches" in m and "x".join(map(str, [1, 1, *raw_volume(model).shape])) in m
+               for m in messages)
+    scripted = torch.jit.load(str(out)).eval()
+    for x, expected in odd_volumes(model, batch=2):
+        assert_close(scripted(torch.from_numpy(x)).detach().numpy(), expected)
+    tiny = torch.rand(1, 1, 3, 5, 7)  # below every multiple: PadToMultiple's replicate padding is kept
+    assert_close(scripted(tiny).detach().numpy(), model.network(tiny).detach().numpy())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "spacing"), [*((name, None) for name in MODEL_NAMES), ("unet", ANISOTROPIC),
+                                               ("segnet", ANISOTROPIC)])
+def test_onnx_3d_dynamic_sizes(name, spacing, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = model_3d(name, spacing)
+    out = export_model(model, "onnx", tmp_path / "m.onnx", test_image=raw_volume(model))
+    graph = onnx.load(str(out))
+    for value in (graph.graph.input[0], graph.graph.output[0]):
+        assert [d.dim_param for d in value.type.tensor_type.shape.dim] == ["batch", "", "depth", "height", "width"]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for x, expected in odd_volumes(model, batch=3):
+        assert_close(session.run(None, {"input": x})[0], expected)
+    too_small = [m for m in export.multiples(model)]  # the multiple itself on every axis: refused, never different
+    with pytest.raises(Exception, match="Pad"):
+        session.run(None, {"input": np.zeros((1, 1, *too_small), np.float32)})
+
+
+def test_3d_test_image_errors(tmp_path):
+    model = model_3d("unet", ANISOTROPIC)
+    with pytest.raises(UserError, match=r"test image of shape \(40, 41\): this 3D model takes a volume \(Z, Y, X\)"):
+        export_model(model, "torchscript", tmp_path / "m.pt", test_image=np.zeros((40, 41), np.uint8))
+    with pytest.raises(UserError, match=r"needs at least \(9, 17, 17\) voxels \(z, y, x\) for this model"):
+        export_model(model, "torchscript", tmp_path / "m.pt", test_image=np.zeros((8, 40, 40), np.uint8))
+    assert export.min_sizes(model) == [9, 17, 17] and export.min_size(model) == 17
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_3d_test_image_is_the_first_training_volume(tmp_path):
+    import tifffile
+
+    model = model_3d("unet")
+    (tmp_path / "images").mkdir()
+    volume = np.random.default_rng(2).integers(0, 255, (21, 40, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", volume)
+    model.config = {"images": str(tmp_path / "images")}
+    raw = export._test_image(model, None)
+    np.testing.assert_array_equal(raw, volume[None, :, :39, 13:76])  # centred, odd, at most 63 a side
+    colour = np.stack([volume, volume // 2, volume // 4], axis=-1)  # (Z, Y, X, 3) for a gray model: the mean
+    np.testing.assert_allclose(export._test_image(model, colour)[0], colour[:, :39, 13:76].mean(axis=-1), rtol=1e-6)
+
+
+class _Unstable(torch.nn.Module):
+    """``sin(1e4 x)`` on the first half of the rows, ``x`` on the rest: float32 is far from float64 there."""
+
+    def forward(self, x):
+        rows = x.shape[-2] // 2
+        return torch.cat([torch.sin(x[..., :rows, :] * 1e4), x[..., rows:, :]], dim=-2)
+
+
+def test_check_leaves_out_inputs_where_pytorch_itself_is_unstable():
+    from napari_unet_seg.model_file import SegmentationModel
+    from napari_unet_seg.normalization import default_normalization
+
+    model = SegmentationModel(_Unstable(), {"name": "test", "kwargs": {}}, 1, 2, default_normalization())
+    zeros = np.zeros((1, 1, 3, 3), np.float32)  # sin(0) = 0 in float32 and float64 alike: a steady input
+    shaky = np.random.default_rng(0).random((1, 1, 6, 5), dtype=np.float32)
+    exact = lambda b: _Unstable().double()(torch.from_numpy(b).double()).float().numpy()  # noqa: E731
+    messages = []
+    export._compare("Test", model, exact, [zeros, shaky], messages.append)
+    assert "on inputs 1x1x3x3; input 1x1x6x5 not used: PyTorch's float32 output is" in messages[0]
+    with pytest.raises(ExportError, match="PyTorch's own float32 and float64 outputs differ by .* try another test"):
+        export._compare("Test", model, exact, [shaky], None)
+    with pytest.raises(ExportError, match=r"differs from PyTorch's by 1 on a 1x1x3x3 input .*try another format"):
+        export._compare("Test", model, lambda b: b + 1.0, [zeros, shaky], None)  # a real difference: never excused

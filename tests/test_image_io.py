@@ -142,3 +142,19 @@ def test_tiff_roundtrip_any_16bit_float_or_rgb_image(tmp_path_factory, data):
     out = read_image(path)
     assert out.dtype == data.dtype and out.shape == data.shape
     assert np.array_equal(out, data, equal_nan=data.dtype.kind == "f")
+
+
+def test_spacing_from_imagej_and_ome_tiff(tmp_path):
+    from napari_unet_seg.image_io import read_spacing
+
+    volume = np.zeros((4, 8, 8), np.uint8)
+    tifffile.imwrite(tmp_path / "ij.tif", volume, imagej=True, resolution=(1 / 4, 1 / 4),
+                     metadata={"spacing": 50, "unit": "nm", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "o.ome.tif", volume, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 1.75, "PhysicalSizeY": 0.8, "PhysicalSizeX": 0.8})
+    tifffile.imwrite(tmp_path / "plain.tif", volume, photometric="minisblack")
+    iio.imwrite(tmp_path / "a.png", volume[0])
+    assert read_spacing(tmp_path / "ij.tif") == [0.05, 0.004, 0.004]  # micrometres
+    assert read_spacing(tmp_path / "o.ome.tif") == [1.75, 0.8, 0.8]
+    assert read_spacing(tmp_path / "plain.tif") == [1.0, 1.0]  # no Z step stated
+    assert read_spacing(tmp_path / "a.png") is None

@@ -116,3 +116,28 @@ def test_dataset_metrics_pool_object_counts():
     assert summary["object_precision"] == pytest.approx(3 / 4)
     assert summary["object_recall"] == pytest.approx(3 / 6)
     assert summary["object_f1"] == pytest.approx(6 / 10)
+
+
+def test_boolean_volumes_count_as_the_integer_labels_do():
+    rng = np.random.default_rng(0)
+    pred, truth = rng.random((2, 5, 6, 7)) > 0.6
+    expected = confusion_matrix(pred.astype(np.uint8), truth.astype(np.uint8), 2)
+    assert confusion_matrix(pred, truth, 2).tolist() == expected.tolist()
+    assert int(expected.sum()) == 5 * 6 * 7 and expected[1, 1] == np.count_nonzero(pred & truth)
+    with pytest.raises(ValueError, match="differ in size"):
+        confusion_matrix(pred, truth[:4], 2)
+
+
+def test_objects_in_3d_match_by_their_voxels_not_their_slices():
+    truth = np.zeros((4, 4, 6), int)
+    truth[:, 1:3, 0:2] = 1  # a column through 4 slices: 16 voxels
+    truth[0:2, 1:3, 3:5] = 2  # 8 voxels in slices 0 and 1
+    pred = np.zeros_like(truth)
+    pred[0:2, 1:3, 0:2] = 4  # half of column 1: every slice it is in is right, but 3D IoU 8/16 = 0.5
+    pred[0:2, 1:3, 3:5] = 6
+    pred[0, 1, 5] = 6  # one voxel beside object 2: IoU 8/9
+    counts = object_counts(pred, truth)
+    assert counts == {"objects_true": 2, "objects_predicted": 2, "objects_matched": 1}
+    assert object_scores(counts)["object_f1"] == pytest.approx(1 / 2)
+    # slice 0 alone (2D): both objects match
+    assert object_counts(pred[0], truth[0])["objects_matched"] == 2

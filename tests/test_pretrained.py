@@ -62,12 +62,13 @@ def test_cli_predicts_with_a_shipped_model_by_name(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "terms", "sample"), [("em-membranes", "ISBI 2012", "em"),
-                                                       ("dermoscopy-lesions", "CC BY-NC 4.0", "dermoscopy")])
+                                                       ("dermoscopy-lesions", "CC BY-NC 4.0", "dermoscopy"),
+                                                       ("mitochondria-em3d", "Lucchi", "em3d")])
 def test_shipped_models_carry_their_datas_terms_and_citations(name, terms, sample):
     from napari_unet_seg.model_file import read_metadata
     from napari_unet_seg.pretrained import TERMS
 
-    info = read_metadata(shipped_models()[name])["info"]
+    info = read_metadata(_installed(name))["info"]
     assert {k: info[k] for k in TERMS[name]} == TERMS[name]  # the file and the table agree
     assert info["license"] == "CC-BY-NC-4.0" and terms in info["data_license"] and info["sample"] == sample
     assert info["cite"] and all(c["text"] and c["doi"] for c in info["cite"])
@@ -85,3 +86,65 @@ def test_cli_info_states_terms_and_citations():
     assert "data terms: CC BY-NC 4.0 (International Skin Imaging Collaboration" in out.stdout
     assert "licence: CC-BY-NC-4.0 (exports default to it)" in out.stdout
     assert "cite: Codella et al. (2019)" in out.stdout and "doi:10.1038/sdata.2018.161" in out.stdout
+
+
+def _installed(name):
+    """Skip the file-based checks of a registered model whose file this build does not ship yet (only
+    ``mitochondria-em3d``: the other two must ship)."""
+    if name == "mitochondria-em3d" and name not in shipped_models():
+        pytest.skip("pretrained/mitochondria-em3d.pt is not in this build yet")
+    return shipped_models()[name]
+
+
+def test_mitochondria_em3d_is_registered_with_its_datas_terms():
+    from napari_unet_seg.pretrained import TERMS
+
+    assert display_name("mitochondria-em3d") == "EM mitochondria (3D U-Net)"
+    terms = TERMS["mitochondria-em3d"]
+    assert terms["license"] == "CC-BY-NC-4.0" and terms["sample"] == "em3d" and terms["spacing_unit"] == "nm"
+    assert "non-commercial research" in terms["data_license"] and "Lucchi" in terms["data_license"]
+    readme = (sample_folders("em3d")[0].parents[1] / "README.md").read_text()
+    assert all(c["text"] and f"doi:{c['doi']}" in readme for c in terms["cite"])
+
+
+def test_a_registered_model_missing_from_the_build_is_named_in_one_line(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from napari_unet_seg import pretrained
+    from napari_unet_seg.errors import UserError
+
+    monkeypatch.setattr(pretrained, "_folder", lambda: tmp_path)  # a build without any model file
+    message = "shipped model mitochondria-em3d (EM mitochondria (3D U-Net)) is not installed in this build"
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_model("mitochondria-em3d")
+    assert pretrained.pretrained_path("no-such-model") is None  # an unregistered name is just not shipped
+    if "mitochondria-em3d" in shipped_models():
+        return  # the CLI check below needs a build without the file
+    monkeypatch.undo()
+    out = subprocess.run([sys.executable, "-m", "napari_unet_seg", "info", "mitochondria-em3d"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].endswith(
+        "is not installed in this build; install a release that ships it, or pass a model file")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_mitochondria_em3d_ships_small_and_segments_the_sample_volume():
+    from napari_unet_seg.image_io import read_mask
+    from napari_unet_seg.model_file import read_metadata
+    from napari_unet_seg.pretrained import TERMS
+    from napari_unet_seg.sample_data import em3d_sample_layers
+
+    path = _installed("mitochondria-em3d")
+    assert path.stat().st_size < 20e6
+    info = read_metadata(path)["info"]
+    assert {k: info[k] for k in TERMS["mitochondria-em3d"]} == TERMS["mitochondria-em3d"]
+    model = load_model("mitochondria-em3d")
+    assert model.spatial_dims == 3 and model.config["command"].startswith("napari-unet-seg train ")
+    (volume, _, _), _ = em3d_sample_layers()
+    labels = predict("mitochondria-em3d", volume, device="cpu")
+    images, masks = sample_folders("em3d")
+    truth = read_mask(next(masks.iterdir())) > 0
+    assert labels.shape == truth.shape
+    assert segmentation_metrics(labels, truth)["dice"] > 0.85

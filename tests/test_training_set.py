@@ -68,7 +68,9 @@ def test_add_pair_keeps_colour_and_many_ids(tmp_path):
 @pytest.mark.parametrize(("image", "labels", "message"), [
     (np.zeros((12, 10)), _labels((10, 12)), "do not match the image"),
     (np.zeros((12, 10, 3)), _labels((12, 11)), "do not match the image"),
-    (np.zeros((3, 12, 10)), np.stack([_labels()] * 3), "one 2D image at a time"),
+    (np.zeros((2, 3, 12, 10)), np.zeros((2, 3, 12, 10), np.uint8), "one 2D image or one volume"),
+    (np.zeros((3, 12, 10)), np.stack([_labels()] * 2), "do not match the image"),
+    (np.zeros((1, 12, 10)), _labels()[None], "at least 2 slices"),
     (np.zeros((12, 10)), np.zeros((12, 10), np.uint8), "paint or correct the labels first"),
     (np.zeros((12, 10)), _labels().astype(np.float32), "integer ids"),
     (np.zeros((12, 10)), -_labels().astype(np.int32), "negative"),
@@ -76,6 +78,61 @@ def test_add_pair_keeps_colour_and_many_ids(tmp_path):
 def test_add_pair_refuses_what_cannot_be_a_pair(tmp_path, image, labels, message):
     with pytest.raises(UserError, match=message):
         add_pair(image, labels, tmp_path / "images", tmp_path / "masks")
+    assert not (tmp_path / "images").exists() and not (tmp_path / "masks").exists()
+
+
+def _volume_pair(dtype=np.uint16):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 200, (5, 12, 10)).astype(dtype)
+    labels = np.zeros((5, 12, 10), np.uint8)
+    labels[1:4, 2:6, 3:7] = 1
+    labels[3, 8:, :2] = 2
+    return image, labels
+
+
+def _stated_spacing(path):
+    """``[Z, Y, X]`` as the TIFF states it (ImageJ spacing and resolution, or OME physical sizes)."""
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome:
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+            return [pixels[f"PhysicalSize{a}"] for a in "ZYX"]
+        y, x = (tif.pages[0].tags[k].value for k in ("YResolution", "XResolution"))
+        return [tif.imagej_metadata["spacing"], y[1] / y[0], x[1] / x[0]]
+
+
+def test_add_pair_writes_a_volume_pair_with_its_spacing(tmp_path):
+    image, labels = _volume_pair()
+    image_path, mask_path = add_pair(image, labels, tmp_path / "images", tmp_path / "masks", "vol",
+                                     spacing=(2, .5, .25))
+    assert (image_path.name, mask_path.name) == ("vol.tif", "vol.tif")
+    assert np.array_equal(tifffile.imread(image_path), image) and tifffile.imread(image_path).dtype == np.uint16
+    assert np.array_equal(tifffile.imread(mask_path), labels)
+    for path in (image_path, mask_path):
+        assert _stated_spacing(path) == pytest.approx([2, .5, .25]), path.name
+        assert tifffile.TiffFile(path).imagej_metadata["unit"] == "micron"
+    pairs = pair_files(tmp_path / "images", tmp_path / "masks")
+    assert [(p.image, p.mask) for p in pairs] == [(image_path, mask_path)]
+    # a type ImageJ does not hold keeps its spacing in OME metadata; a colour volume stays colour
+    floats, _ = _volume_pair(np.float64)
+    image_path, mask_path = add_pair(floats, labels, tmp_path / "images", tmp_path / "masks", "vol",
+                                     spacing=(3, 1, 1))
+    assert image_path.name == "vol-2.tif" and np.array_equal(tifffile.imread(image_path), floats)
+    assert _stated_spacing(image_path) == pytest.approx([3, 1, 1])
+    assert _stated_spacing(mask_path) == pytest.approx([3, 1, 1])
+    rgb = np.random.default_rng(3).integers(0, 255, (5, 12, 10, 3), dtype=np.uint8)
+    image_path, _ = add_pair(rgb, labels, tmp_path / "images", tmp_path / "masks", "rgb", spacing=(1, 1, 1))
+    assert np.array_equal(tifffile.imread(image_path), rgb)
+    # without a spacing the volumes state none
+    image_path, mask_path = add_pair(image, labels, tmp_path / "images", tmp_path / "masks", "plain")
+    assert not tifffile.TiffFile(image_path).is_imagej and not tifffile.TiffFile(image_path).is_ome
+    assert np.array_equal(tifffile.imread(mask_path), labels)
+
+
+def test_add_pair_refuses_a_bad_spacing_and_writes_nothing(tmp_path):
+    image, labels = _volume_pair()
+    for spacing, message in (((1, 1), "3 positive numbers"), ((0, 1, 1), "3 positive numbers")):
+        with pytest.raises(UserError, match=message):
+            add_pair(image, labels, tmp_path / "images", tmp_path / "masks", spacing=spacing)
     assert not (tmp_path / "images").exists() and not (tmp_path / "masks").exists()
 
 

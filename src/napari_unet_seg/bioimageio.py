@@ -3,7 +3,9 @@
 The package holds the TorchScript and/or ONNX weights written (and checked against PyTorch) by
 :mod:`~napari_unet_seg.export`, raw test tensors and sample images, a cover and a README, and an ``rdf.yaml``
 that states the minimum size and describes the normalization (``scale_range``) and the sigmoid or softmax as
-pre- and postprocessing, so bioimage.io tools take raw images and return probabilities. The package is
+pre- and postprocessing, so bioimage.io tools take raw images and return probabilities. A 3D model's tensors
+have the axes batch, channel, z, y, x, with the model's voxel spacing as the space axes' scale (and unit, when
+the model file names it). The package is
 assembled in a staging folder beside the target, validated with ``bioimageio.spec`` and only then moved into
 place: a failed export leaves nothing behind. :func:`~napari_unet_seg.export.export_model` with format
 ``bioimageio`` calls :func:`export_bioimageio`.
@@ -26,7 +28,7 @@ import torch
 
 from .errors import UserError
 from .export import (ONNX_OPSET, TOLERANCE, ExportError, Messages, _check_inputs, _cpu_copy, _file_target, _load,
-                     _quiet, _require, _test_image, _write_onnx, _write_torchscript, min_size)
+                     _quiet, _require, _test_image, _write_onnx, _write_torchscript, min_sizes)
 from .image_io import atomic_write
 from .model_file import SegmentationModel
 from .normalization import normalize
@@ -43,6 +45,10 @@ _ARCHITECTURES = {  # label, citation text, DOI
 }
 _MONAI = ("Cardoso et al.: MONAI, an open-source framework for deep learning in healthcare (2022)",
           "10.48550/arXiv.2211.02701")
+#: bioimage.io's names of the spacing units a model file may state (``info`` or ``config`` ``spacing_unit``).
+_UNITS = {"nm": "nanometer", "nanometer": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
+          "micron": "micrometer", "micrometer": "micrometer", "mm": "millimeter", "millimeter": "millimeter",
+          "pm": "picometer", "angstrom": "angstrom", "Å": "angstrom"}
 
 
 # --------------------------------------------------------------------------------------------- the package
@@ -57,7 +63,7 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
     The package holds ``rdf.yaml`` (format 0.5), the ``weights`` (TorchScript and/or ONNX, each checked),
     raw test input and expected output (``.npy``), sample images (``.tif``), ``cover.png`` and ``README.md``.
     Test tensors and cover come from ``test_image``, else the first training image, else the shipped sample of
-    the model's training data (``info["sample"]``), else synthetic discs. Authors, licence and citations come
+    the model's training data (``info["sample"]``), else synthetic discs (3D models: the shipped EM volume). Authors, licence and citations come
     from the model file's ``info`` (the licence else CC-BY-4.0).
     """
     _require("bioimageio.spec", what="exporting a bioimage.io package")
@@ -131,14 +137,18 @@ def _write_test_data(model: SegmentationModel, folder: Path, raw: np.ndarray) ->
     probabilities = (torch.sigmoid(logits) if model.num_classes == 2 else torch.softmax(logits, dim=1)).numpy()
     np.save(folder / "test_input.npy", raw[None])
     np.save(folder / "test_output.npy", probabilities.astype(np.float32))
+    compression = "zlib" if raw.ndim == 4 else None  # volumes: a smaller package
     for name, array in (("sample_input.tif", raw), ("sample_output.tif", probabilities[0])):
-        tifffile.imwrite(folder / name, array[0] if array.shape[0] == 1 else array, photometric="minisblack")
+        tifffile.imwrite(folder / name, array[0] if array.shape[0] == 1 else array, photometric="minisblack",
+                         compression=compression)
     return probabilities[0]
 
 
 def _write_cover(path: Path, raw: np.ndarray, probabilities: np.ndarray, num_classes: int) -> None:
     from matplotlib.figure import Figure
 
+    if raw.ndim == 4:  # a volume: its middle section
+        raw, probabilities = raw[:, raw.shape[1] // 2], probabilities[:, probabilities.shape[1] // 2]
     figure = Figure(figsize=(8, 4), dpi=80)
     left, right = figure.subplots(1, 2)
     shown = raw[0] if raw.shape[0] == 1 else np.moveaxis(raw, 0, -1)
@@ -166,15 +176,18 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
     label, cite_text, doi = _ARCHITECTURES.get(arch, (arch, arch, None))
     binary = model.num_classes == 2
     task = "binary segmentation" if binary else f"{model.num_classes}-class segmentation"
-    least = min_size(model)
-    space = [{"type": "space", "id": axis, "size": {"min": least, "step": 1}} for axis in ("y", "x")]
+    least = min_sizes(model)
+    names = ("y", "x") if model.spatial_dims == 2 else ("z", "y", "x")
+    scales = _scales(model)
+    space = [{"type": "space", "id": axis, "size": {"min": m, "step": 1}, **scales.get(axis, {})}
+             for axis, m in zip(names, least)]
     channels = ["gray"] if model.in_channels == 1 else ["red", "green", "blue"]
     outputs = ["foreground"] if binary else [f"class{k}" for k in range(model.num_classes)]
     norm = model.normalization
     preprocessing = []
     if norm.get("method", "percentile") != "none":
         low, high = (norm.get("low", 1.0), norm.get("high", 99.8)) if norm.get("method") != "minmax" else (0.0, 100.0)
-        preprocessing.append({"id": "scale_range", "kwargs": {"axes": ["channel", "y", "x"], "min_percentile": low,
+        preprocessing.append({"id": "scale_range", "kwargs": {"axes": ["channel", *names], "min_percentile": low,
                                                               "max_percentile": high}})
     given = authors or model.info.get("authors") or ["napari-unet-seg user"]
     cites = [{"text": cite_text, "doi": doi}] if doi else []
@@ -196,12 +209,13 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
         "type": "model",
         "name": _safe_name(name),
         "description": model.info.get("description") or
-        f"{label} for {task} of {'grayscale' if model.in_channels == 1 else 'RGB'} 2D images, trained with "
+        f"{label} for {task} of {'grayscale' if model.in_channels == 1 else 'RGB'} "
+        f"{'2D images' if model.spatial_dims == 2 else '3D volumes'}, trained with "
         f"napari-unet-seg {__version__}{dice}",
         "authors": [a if isinstance(a, dict) else {"name": str(a)} for a in given],
         "cite": cites,
         "license": license,
-        "tags": ["napari-unet-seg", arch.replace("_", "-"), "segmentation", "2d", "pytorch"],
+        "tags": ["napari-unet-seg", arch.replace("_", "-"), "segmentation", f"{model.spatial_dims}d", "pytorch"],
         "documentation": {"source": "README.md"},  # its hash is added once it is written
         "covers": [_file(folder, "cover.png")],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -218,7 +232,8 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
             "id": "probabilities",
             "description": "foreground probability" if binary else "class probabilities (softmax over channels)",
             "axes": [{"type": "batch"}, {"type": "channel", "channel_names": outputs},
-                     *({"type": "space", "id": a, "size": {"tensor_id": "input", "axis_id": a}} for a in ("y", "x"))],
+                     *({"type": "space", "id": a, "size": {"tensor_id": "input", "axis_id": a}, **scales.get(a, {})}
+                       for a in names)],
             "test_tensor": _file(folder, "test_output.npy"),
             "sample_tensor": _file(folder, "sample_output.tif"),
             "data": {"type": "float32", "range": [0.0, 1.0]},
@@ -227,9 +242,22 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
         "weights": weights,
         "config": {"napari_unet_seg": {
             "version": __version__, "architecture": model.architecture, "normalization": norm,
-            "num_classes": model.num_classes, "metrics": metrics, "min_size": least,
+            "num_classes": model.num_classes, "metrics": metrics,
+            **({"min_size": least[0]} if model.spatial_dims == 2 and len(set(least)) == 1 else
+               {"min_size": least, "spatial_dims": model.spatial_dims, "spacing": model.spacing}),
             "logits_to_probabilities": "sigmoid" if binary else "softmax"}},
     }
+
+
+def _scales(model: SegmentationModel) -> dict[str, dict[str, Any]]:
+    """``{axis: {"scale": s[, "unit": u]}}`` from a 3D model's voxel spacing; empty when it is not known (and for
+    2D models, whose packages stay as they were)."""
+    spacing = model.spacing
+    if model.spatial_dims != 3 or not spacing or len(spacing) != 3:
+        return {}
+    named = model.info.get("spacing_unit") or model.config.get("spacing_unit")
+    unit = _UNITS.get(str(named).strip()) if named else None
+    return {axis: {"scale": float(s), **({"unit": unit} if unit else {})} for axis, s in zip(("z", "y", "x"), spacing)}
 
 
 def _readme(model: SegmentationModel, rdf: dict[str, Any], checks: list[np.ndarray]) -> str:
@@ -240,6 +268,16 @@ def _readme(model: SegmentationModel, rdf: dict[str, Any], checks: list[np.ndarr
     metrics = ", ".join(f"{k} {v}" for k, v in config["metrics"].items()) or "not recorded"
     checked = ", ".join("x".join(map(str, b.shape)) for b in checks) or "(none: exported without the check)"
     channels = ", ".join(rdf["outputs"][0]["axes"][1]["channel_names"])
+    space = rdf["inputs"][0]["axes"][2:]
+    axes = [a["id"] for a in space]
+    if len(space) == 2:
+        sizes = f"any height and width of at least {config['min_size']} pixels"
+    else:
+        least = ", ".join(f"{a['id']} {a['size']['min']}" for a in space)
+        spacing = ", ".join(f"{a['scale']:g}" for a in space) if "scale" in space[0] else ""
+        unit = space[0].get("unit", "in the training data's unit") if spacing else ""
+        sizes = (f"any depth, height and width of at least {least} voxels" +
+                 (f"; trained at voxel spacing (z, y, x) = ({spacing}) {unit}" if spacing else ""))
     return f"""# {rdf['name']}
 
 {rdf['description']}.
@@ -248,8 +286,8 @@ Exported by napari-unet-seg {config['version']} from `{model.path.name if model.
 
 ## Inputs and outputs
 
-- **input** `(batch, channel, y, x)`, channels: {', '.join(rdf['inputs'][0]['axes'][1]['channel_names'])};
-  any height and width of at least {config['min_size']} pixels.
+- **input** `(batch, channel, {', '.join(axes)})`, channels: {', '.join(rdf['inputs'][0]['axes'][1]['channel_names'])};
+  {sizes}.
 - **preprocessing**: {norm}, as in training.
 - **weights** (TorchScript / ONNX) take the normalized image and return logits; the **postprocessing**
   (`{config['logits_to_probabilities']}`) makes them the output `probabilities` in [0, 1], channels: {channels}.

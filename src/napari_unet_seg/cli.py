@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .config import (AUGMENTS, EXPORT_FORMATS, INSTANCES, LOSSES, MODELS, NORMALIZATIONS, OPTIMIZERS,
-                     SCHEDULERS, TrainConfig)
+                     SCHEDULERS, SPATIAL_DIMS, TrainConfig)
 from .errors import ReportedElsewhere, UserError
 
 __all__ = ["build_parser", "given_options", "main", "TRAIN_ONLY"]
@@ -41,6 +41,11 @@ def _add_train(sub) -> None:
     data.add_argument("--augment", choices=AUGMENTS, default=_DEFAULT.augment)
     data.add_argument("--normalization", choices=NORMALIZATIONS, default=_DEFAULT.normalization)
     data.add_argument("--skip-unpaired", action="store_true", help="skip files without partner (with a warning)")
+    data.add_argument("--spatial-dims", choices=SPATIAL_DIMS, default=_DEFAULT.spatial_dims,
+                      help="2: slice by slice (stacks train on their slices), 3: volumes, auto: chosen from the "
+                      "stacks' depth and voxel spacing (see docs/cli.md)")
+    data.add_argument("--spacing", metavar="Z,Y,X", help="voxel spacing of the volumes (overrides what the TIFF "
+                      "files state), e.g. 50,4,4")
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--model", choices=MODELS, default=_DEFAULT.model)
     model.add_argument("--width", type=float, default=_DEFAULT.width, help="channel width multiplier of the network")
@@ -103,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     p = sub.add_parser("predict", help="segment images with a model; one mask file per image")
     p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
-    p.add_argument("--input", required=True, help="image file or folder")
-    p.add_argument("--output", required=True, help="folder for the masks (PNG; TIFF for stacks)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output")
+    p.add_argument("--input", required=True, help="image file or folder, or an OME-Zarr image (.zarr folder)")
+    p.add_argument("--output", help="folder for the masks (PNG; TIFF for stacks)")
+    p.add_argument("--labels-group", help="with a .zarr --input: write the labels into it as the OME-Zarr labels "
+                   "group NAME (chunk by chunk, instead of --output)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output (or the "
+                   "labels group)")
     _add_predict_options(p)
     p.add_argument("--instances", choices=INSTANCES, default="none",
                    help="number the objects (binary models): connected components, or watershed to split "

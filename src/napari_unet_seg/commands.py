@@ -129,7 +129,8 @@ def _planned_config(args: Namespace, fields: dict):
         raise UserError("give the training data: --images DIR and --masks DIR")
     measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
     chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
-                  val_fraction=0.0 if config.val_images else config.val_fraction)
+                  val_fraction=0.0 if config.val_images else config.val_fraction,
+                  spatial_dims=config.spatial_dims, spacing=config.spacing)
     chosen.apply(config, args.given if hasattr(args, "given") else ())
     return config, measured.lines() + chosen.lines()
 
@@ -150,8 +151,9 @@ class _FirstPrinting:
 
 def _inputs(source: Path) -> list[Path]:
     from .pairing import list_images
+    from .zarr_io import is_zarr
 
-    if source.is_dir():
+    if source.is_dir() and not is_zarr(source):
         return list_images(source, "input")
     if not source.exists():
         raise UserError(f"--input {source}: no such file or folder; check the path")
@@ -190,6 +192,8 @@ def run_predict(args: Namespace) -> int:
     _warnings_to_console()
     model = load_model(args.model)
     files = _inputs(Path(args.input))
+    if _check_labels_group(args, files):
+        return _predict_labels_group(model, files[0], args)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: is a file; give a folder")
@@ -229,21 +233,65 @@ def run_predict(args: Namespace) -> int:
     return 0
 
 
+def _check_labels_group(args: Namespace, files: list[Path]) -> bool:
+    """Whether predict writes an OME-Zarr labels group (``--labels-group``) rather than mask files."""
+    from .zarr_io import is_zarr
+
+    if not args.labels_group:
+        if not args.output:
+            raise UserError("give --output DIR for the mask files (or --labels-group NAME with a .zarr --input)")
+        return False
+    if args.output:
+        raise UserError("--output and --labels-group: give one of them (mask files, or a labels group inside "
+                        "the .zarr input)")
+    if len(files) != 1 or not is_zarr(files[0]):
+        raise UserError(f"--labels-group {args.labels_group}: needs an OME-Zarr image (.zarr folder) as --input; "
+                        "for other images use --output DIR")
+    if args.uncertainty:
+        raise UserError("--uncertainty writes a TIFF per image: use it with --output DIR, not --labels-group")
+    return True
+
+
+def _predict_labels_group(model, path: Path, args: Namespace) -> int:
+    """Predict an OME-Zarr image into its labels group ``--labels-group``, block by block (slice by slice
+    for 2D models on a stack), never holding the whole image or its labels."""
+    import numpy as np
+
+    from .image_io import read_image_layout
+    from .inference import predict
+    from .zarr_io import labels_writer
+
+    image, colour = read_image_layout(path)
+    spatial = tuple(image.shape[:image.ndim - int(colour)])
+    options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance, rgb=colour)
+    dtype = np.uint8 if args.instances == "none" else np.int32
+    began = time.perf_counter()
+    with labels_writer(path, args.labels_group, spatial, dtype, overwrite=args.overwrite) as out:
+        _print_device(args.device)
+        predict(model, image, out=out, on_event=ConsoleProgress(), **options)
+    print(f"[1/1] {path.name} -> {path / 'labels' / args.labels_group}  ({time.perf_counter() - began:.1f} s)")
+    return 0
+
+
 def _print_scores(scores: dict) -> None:
     objects = "object_f1" in scores
+    volumes = scores["count"] > 0 and scores.get("volumes", 0) == scores["count"]
+    unit, cells = ("volumes", "voxels") if volumes else ("images", "pixels")
     for row in scores["per_image"]:
-        print(f"  {row['name']:<32} Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  accuracy {row['accuracy']:.4f}"
-              + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
-    print(f"mean over {scores['count']} images ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
+        shape = f"{'x'.join(map(str, row['shape'])):>14}  " if volumes else ""
+        print(f"  {row['name']:<32} {shape}Dice {row['dice']:.4f}  IoU {row['iou']:.4f}  "
+              f"accuracy {row['accuracy']:.4f}" + (f"  object F1 {row['object_f1']:.4f}" if objects else ""))
+    print(f"mean over {scores['count']} {unit} ({scores['kind']}): Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  "
           f"accuracy {scores['accuracy']:.4f}  precision {scores['precision']:.4f}  recall {scores['recall']:.4f}")
-    print(f"pooled over all pixels: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
+    print(f"pooled over all {cells}: Dice {scores['pooled_dice']:.4f}  IoU {scores['pooled_iou']:.4f}  "
           f"accuracy {scores['pooled_accuracy']:.4f}")
     print(f"thresholded Jaccard (IoU below 0.65 counts 0): {scores['thresholded_jaccard']:.4f}  "
           f"failed (Dice below 0.5): {scores['failed']} of {scores['count']} ({scores['failed_fraction']:.1%})")
     if objects:
-        print(f"objects at IoU 0.5: F1 {scores['object_f1']:.4f}  precision {scores['object_precision']:.4f}  "
-              f"recall {scores['object_recall']:.4f}  ({scores['objects_matched']} matched of "
-              f"{scores['objects_true']} true, {scores['objects_predicted']} predicted)")
+        print(f"objects at IoU 0.5{' (in 3D)' if volumes else ''}: F1 {scores['object_f1']:.4f}  "
+              f"precision {scores['object_precision']:.4f}  recall {scores['object_recall']:.4f}  "
+              f"({scores['objects_matched']} matched of {scores['objects_true']} true, "
+              f"{scores['objects_predicted']} predicted)")
 
 
 def run_evaluate(args: Namespace) -> int:

@@ -7,6 +7,11 @@ What is compared (``kind``) follows from the model or the caller, then from the 
   foreground (any id > 0) against background, plus object precision/recall/F1 at IoU > 0.5; the
   prediction's objects are its ids when it holds more than one, else its connected components;
 - else ``binary``: any value > 0 is foreground (0/1, 0/255, 0/65535 and bool masks alike).
+
+A volume ``(Z, Y, X)`` (a multi-page TIFF, its mask a stack of the same shape) is scored as one: one row
+per volume, its objects matched in 3D (connected components 26-connected, as :mod:`.instances` numbers
+them), whether the model predicted it as a volume (3D model) or slice by slice (2D model). The pooled
+figures count every pixel (voxel) of every image (volume) together.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ def compare_labels(prediction: np.ndarray, truth: np.ndarray, num_classes: int |
     """
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
-        raise UserError(f"the labels ({prediction.shape}) and the ground truth ({truth.shape}) differ in shape; "
+        raise UserError(f"the labels {prediction.shape} and the ground truth {truth.shape} differ in shape; "
                         "pick layers of the same size")
     kind = comparison_kind(truth, num_classes)
     return _score(prediction, truth, kind, num_classes, objects=kind == "instances")[0]
@@ -103,13 +108,22 @@ def _truth(mask: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     return classes if num_classes > 2 else (mask[..., 0] if is_rgb(mask) else mask)
 
 
-def _prediction(model: SegmentationModel, path: Path, options: dict) -> np.ndarray:
-    """The model's labels of one image file, read as the layout its file states; an image whose colour does
-    not match the model's is refused (gray images stored as RGB, with three equal channels, count as gray)."""
+def _spatial_shape(image: np.ndarray, colour: bool) -> tuple[int, ...]:
+    return tuple(image.shape[:-1] if colour else image.shape)
+
+
+def _prediction(model: SegmentationModel, path: Path, truth_shape: tuple[int, ...], options: dict) -> np.ndarray:
+    """The model's labels of one image file, read as the layout its file states; an image whose shape is not
+    its mask's, or whose colour does not match the model's, is refused before predicting (gray images stored
+    as RGB, with three equal channels, count as gray)."""
     from .inference import predict
 
     image, colour = read_image_layout(path)
     name = path.name
+    shape, truth_shape = _spatial_shape(image, colour), tuple(truth_shape)
+    if shape != truth_shape:
+        raise UserError(f"{name}: image is {shape} but its mask is {truth_shape}; they must have the same shape "
+                        f"in every axis ({_axes(max(len(shape), len(truth_shape)))})")
     rgb = image[..., :3] if colour and is_rgb(image) else None
     if rgb is not None and model.in_channels == 1 and not (rgb == rgb[..., :1]).all():
         raise UserError(f"{name}: is a colour (RGB) image but the model was trained on grayscale images; "
@@ -120,34 +134,37 @@ def _prediction(model: SegmentationModel, path: Path, options: dict) -> np.ndarr
         raise UserError(f"{name}: {error}") from None
 
 
+def _axes(ndim: int) -> str:
+    return "z, y, x" if ndim == 3 else "y, x" if ndim == 2 else f"{ndim} axes"
+
+
 def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike,
                    masks: str | os.PathLike, *, skip_unpaired: bool = False,
                    **predict_options: Any) -> Generator[Tiles, None, dict]:
     """Predict every image of the folder pairs and score it; yields one :class:`Tiles` per image.
 
-    A stack ``(Z, Y, X)`` (multi-page TIFF) with a mask stack of the same shape is one image: scored as a
-    volume, its objects matched in 3D."""
+    A volume ``(Z, Y, X)`` (multi-page TIFF) with a mask volume of the same shape is one row, scored in 3D;
+    every row holds its ``shape``."""
     model = load_model(model)
     pairs = pair_files(images, masks, skip_unpaired=skip_unpaired)
     per_image = []
     confusion = np.zeros((max(model.num_classes, 2),) * 2, dtype=np.int64)
     for index, pair in enumerate(pairs, start=1):
         truth = _truth(read_mask(pair.mask), model.num_classes, pair.mask.name)
-        labels = _prediction(model, pair.image, predict_options)
-        if labels.shape != truth.shape:
-            raise UserError(f"{pair.image.name}: image is {labels.shape} but its mask is {truth.shape}; "
-                            "they must have the same size")
+        labels = _prediction(model, pair.image, truth.shape, predict_options)
         # objects of binary masks too: kept when the folder turns out to hold instance masks
         scores, counts = _score(labels, truth, comparison_kind(truth, model.num_classes), model.num_classes,
                                 objects=True)
-        per_image.append({"name": pair.image.name, **scores})
+        per_image.append({"name": pair.image.name, "shape": list(truth.shape), **scores})
         confusion += counts
         yield Tiles(index, len(pairs))
     kind = "multiclass" if model.num_classes > 2 else \
         ("instances" if any(row["kind"] == "instances" for row in per_image) else "binary")
     if kind == "binary":
         per_image = [_without_objects(row) for row in per_image]
-    return {"kind": kind, **dataset_metrics(per_image, confusion), "count": len(per_image), "per_image": per_image}
+    volumes = sum(len(row["shape"]) == 3 for row in per_image)
+    return {"kind": kind, **dataset_metrics(per_image, confusion), "count": len(per_image), "volumes": volumes,
+            "per_image": per_image}
 
 
 def evaluate(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike, masks: str | os.PathLike,
@@ -159,7 +176,8 @@ def evaluate(model: SegmentationModel | str | os.PathLike, images: str | os.Path
     ``pooled_dice``, ``pooled_iou``, ``pooled_accuracy`` (all pixels together); ``thresholded_jaccard``
     (ISIC 2018); ``failed`` and ``failed_fraction`` (images with Dice below 0.5); for instance masks the
     pooled object counts and ``object_precision``, ``object_recall``, ``object_f1`` at IoU 0.5;
-    ``count`` and ``per_image`` (one dict per image, with ``name``). ``options`` go to
+    ``count``, ``volumes`` (how many of the images are volumes ``(Z, Y, X)``) and ``per_image`` (one dict
+    per image or volume, with ``name`` and ``shape``). ``options`` go to
     :func:`~napari_unet_seg.inference.predict` (``device``, ``tile``, ...).
     """
     return drain(evaluate_steps(model, images, masks, **options), on_event)

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_layout", "read_mask", "clean_mask", "write_mask",
-           "write_map", "mask_suffix", "atomic_write", "is_image_file"]
+           "write_map", "mask_suffix", "atomic_write", "is_image_file", "read_spacing"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -47,7 +47,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image_layout(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
-    """``(array, colour)``: the image of :func:`read_image` and whether its last axis holds RGB(A)."""
+    """``(array, colour)``: the image of :func:`read_image` and whether its last axis holds RGB(A).
+
+    A ``.zarr`` folder gives its full-resolution level as a lazy dask array (:func:`.zarr_io.open_image`).
+    """
+    from .zarr_io import is_zarr, open_image
+
+    if is_zarr(path):
+        array, _, info = open_image(path)
+        return array, info.colour
     return _read(_checked_path(path), mask=False)
 
 
@@ -224,6 +232,69 @@ def _decide(path: Path, array: np.ndarray, axes: str, *, colour: bool, alpha: bo
         return array, True
     raise UserError(f"{path}: shape {array.shape} has {count} channels, neither gray nor RGB; save it as a gray "
                     "(Y, X) or an RGB (Y, X, 3) image")
+
+
+#: Micrometres per unit of the spacing units TIFF files state (ImageJ ``unit``, OME ``PhysicalSize*Unit``).
+_MICRONS = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+            "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0}
+
+
+def read_spacing(path: str | os.PathLike) -> list[float] | None:
+    """The pixel or voxel spacing a TIFF states, slowest axis first (``[Z, Y, X]``, or ``[Y, X]`` without a Z
+    step), in micrometres when the unit is known (else as stored); None for other files or no statement.
+
+    Read from OME-TIFF ``PhysicalSizeZ/Y/X`` (with their units), else ImageJ ``spacing`` (Z) and ``unit``
+    with the ``XResolution``/``YResolution`` tags (pixels per unit; ``ResolutionUnit`` inch or cm).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome:
+                spacing = _ome_spacing(tif.ome_metadata)
+                if spacing:
+                    return spacing
+            tags = tif.pages[0].tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            steps = [v[1] / v[0] for v in (tags[k].value for k in ("YResolution", "XResolution")) if v[0]]
+            if len(steps) != 2:
+                return None
+            imagej = tif.imagej_metadata or {}
+            resolution_unit = {2: "inch", 3: "cm"}.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags
+                                                       else 2)
+            unit = str(imagej.get("unit", "")).strip().lower() or resolution_unit
+            z = [float(imagej["spacing"])] if imagej.get("spacing") else []
+            return _in_microns(z + steps, unit)
+    except Exception:  # noqa: BLE001 - a spacing that cannot be read is an unknown one
+        return None
+
+
+def _in_microns(values: list[float], unit: str | None) -> list[float]:
+    factor = _MICRONS.get(unit or "", 1.0)
+    return [float(f"{v * factor:.6g}") for v in values]
+
+
+def _ome_spacing(xml: str | None) -> list[float] | None:
+    """``[Z, Y, X]`` (or ``[Y, X]``) micrometres from the first OME ``Pixels`` element."""
+    import xml.etree.ElementTree as ElementTree
+
+    if not xml:
+        return None
+    pixels = next((e for e in ElementTree.fromstring(xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    values = []
+    for axis in "ZYX":
+        size = pixels.get(f"PhysicalSize{axis}")
+        if size is not None:
+            values.append(_in_microns([float(size)], pixels.get(f"PhysicalSize{axis}Unit", "µm").lower())[0])
+        elif axis != "Z":
+            return None
+    return values
 
 
 # --------------------------------------------------------------------------------------- PNG, JPEG, BMP

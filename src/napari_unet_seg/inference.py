@@ -30,6 +30,7 @@ from .fusion import inference_network
 from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
+from .postprocessing import postprocess
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
 __all__ = ["Prediction", "check_input", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
@@ -191,36 +192,6 @@ def labels_from_probabilities(probs: torch.Tensor, num_classes: int, threshold: 
     if num_classes == 2:
         return (probs[0] > threshold).to(torch.uint8)
     return probs.argmax(dim=0).to(torch.uint8)
-
-
-def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False) -> np.ndarray:
-    """Remove objects smaller than ``min_size`` pixels and fill holes, per class (2D labels)."""
-    if not min_size and not fill_holes:
-        return labels
-    from scipy.ndimage import binary_fill_holes
-    from skimage.morphology import remove_small_objects
-
-    out = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        region = labels == value
-        if min_size:
-            kept = remove_small_objects(region, max_size=min_size - 1) if _has_max_size() else \
-                remove_small_objects(region, min_size=min_size)
-            out[region & ~kept] = 0
-            region = kept
-        if fill_holes:
-            out[binary_fill_holes(region) & (out == 0)] = value
-    return out
-
-
-def _has_max_size() -> bool:
-    import inspect
-
-    from skimage.morphology import remove_small_objects
-
-    return "max_size" in inspect.signature(remove_small_objects).parameters
 
 
 def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 2) -> tuple[bool, tuple[int, ...]]:

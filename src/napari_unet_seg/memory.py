@@ -15,28 +15,31 @@ import sys
 
 from .errors import UserError
 
-__all__ = ["ACTIVATION_BYTES", "training_bytes", "available_ram", "available_gpu", "check_training_memory",
+__all__ = ["ACTIVATION_BYTES", "ACTIVATION_BYTES_3D", "training_bytes", "available_ram", "available_gpu", "check_training_memory",
            "format_bytes"]
 
 #: Bytes of layer outputs per input pixel of one sample at width 1, in training mode: the sum over the
 #: leaf modules' outputs, measured with forward hooks (tests/test_config.py measures them again). Peak
 #: memory of a CPU training step (forward, backward, AdamW; RGB, 256 px, batch 4) measured 0.83x to 1.3x of these.
 ACTIVATION_BYTES = {"unet": 582, "basic_unet": 3210, "attention_unet": 2272, "segnet": 6636}
+#: The same per input voxel of the 3D networks (isotropic spacing, a 32³ input; tests/test_memory.py).
+ACTIVATION_BYTES_3D = {"unet": 240, "basic_unet": 2562, "attention_unet": 1610, "segnet": 35452}
 #: Per pixel of one sample besides the network: RGB float32 input and its normalized copy, an int64 mask.
 _BATCH_BYTES = 3 * 4 * 2 + 8
 #: Shares of the free memory a job may plan to use.
 _RAM_SHARE, _GPU_SHARE = 0.8, 0.9
 
 
-def _activation_bytes(model: str, width: float) -> float:
-    return 1.3 * ACTIVATION_BYTES.get(model, max(ACTIVATION_BYTES.values())) * max(width, 0.25)
+def _activation_bytes(model: str, width: float, dims: int = 2) -> float:
+    table = ACTIVATION_BYTES_3D if dims == 3 else ACTIVATION_BYTES
+    return 1.3 * table.get(model, max(table.values())) * max(width, 0.25)
 
 
-def training_bytes(model: str, width: float, size: int, batch_size: int) -> tuple[int, int]:
-    """``(batch, network)``: the estimated bytes of one batch of ``size x size`` samples and of the
-    network's activations for it."""
-    pixels = batch_size * size * size
-    return int(pixels * _BATCH_BYTES), int(pixels * _activation_bytes(model, width))
+def training_bytes(model: str, width: float, size: int, batch_size: int, shape=None) -> tuple[int, int]:
+    """``(batch, network)``: the estimated bytes of one batch of ``size x size`` samples (or of patches of
+    ``shape``, e.g. 3D ``(Z, Y, X)``: counted per voxel as per pixel) and of the network's activations for it."""
+    pixels = batch_size * (math.prod(shape) if shape else size * size)
+    return int(pixels * _BATCH_BYTES), int(pixels * _activation_bytes(model, width, len(shape) if shape else 2))
 
 
 def available_ram() -> int | None:
@@ -78,9 +81,10 @@ def format_bytes(count: float) -> str:
     return ""
 
 
-def _fitting_size(per_pixel: float, batch_size: int, budget: float) -> int:
-    """The largest multiple of 16 whose batch of ``batch_size`` takes at most ``budget`` bytes (0: none)."""
-    return int(math.sqrt(max(budget, 0) / (per_pixel * batch_size)) // 16 * 16)
+def _fitting_size(per_pixel: float, batch_size: int, budget: float, dims: int = 2) -> int:
+    """The largest multiple of 16 whose batch of ``batch_size`` squares (``dims`` 3: cubes) takes at most
+    ``budget`` bytes (0: none)."""
+    return int((max(budget, 0) / (per_pixel * batch_size)) ** (1 / dims) // 16 * 16)
 
 
 def _on_cpu(device: str) -> bool | None:
@@ -91,12 +95,15 @@ def _on_cpu(device: str) -> bool | None:
     return None if torch is None else not torch.cuda.is_available()
 
 
-def check_training_memory(config, ram: int | None = None, gpu: int | None = None) -> None:
+def check_training_memory(config, ram: int | None = None, gpu: int | None = None, shape=None) -> None:
     """Refuse a patch/resize size and batch whose estimate exceeds the free memory, in one line with the
-    estimate and a size that fits. ``ram``/``gpu``: free bytes (default: measured now)."""
+    estimate and a size that fits. ``ram``/``gpu``: free bytes (default: measured now); ``shape``: the
+    patch shape when it is not ``patch_size`` squared (3D patches)."""
     size = config.resize or config.patch_size
     flag = "--resize" if config.resize else "--patch-size"
-    batch, network = training_bytes(config.model, config.width, size, config.batch_size)
+    shape = None if config.resize else shape
+    batch, network = training_bytes(config.model, config.width, size, config.batch_size, shape)
+    pixels = math.prod(shape) if shape else size**2
     on_cpu = _on_cpu(config.device) if gpu is None else False
     ram = available_ram() if ram is None else ram
     gpu = available_gpu(config.device) if gpu is None and on_cpu is False else gpu
@@ -110,9 +117,11 @@ def check_training_memory(config, ram: int | None = None, gpu: int | None = None
         share = _GPU_SHARE if what == "GPU memory" else _RAM_SHARE
         if free is None or need <= share * free:
             continue
-        fits = _fitting_size(need / (config.batch_size * size**2), config.batch_size, share * free)
+        fits = _fitting_size(need / (config.batch_size * pixels), config.batch_size, share * free,
+                             len(shape) if shape else 2)
         hint = (f"use {flag} {fits} or less, or a smaller --batch-size" if fits >= 16
                 else "use a much smaller size and --batch-size 1")
-        raise UserError(f"{flag} {size} with --batch-size {config.batch_size} needs about {format_bytes(need)} "
+        patch = f"{flag} {size}" + (f" ({'x'.join(map(str, shape))} voxels)" if shape else "")
+        raise UserError(f"{patch} with --batch-size {config.batch_size} needs about {format_bytes(need)} "
                         f"of {what} ({parts}, estimated for {config.model} width {config.width:g}) but "
                         f"{format_bytes(free)} are free; {hint}")

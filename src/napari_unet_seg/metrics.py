@@ -24,8 +24,15 @@ FAILED_DICE = 0.5
 
 
 def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(num_classes, num_classes)`` counts, rows = truth, columns = prediction."""
-    prediction = np.asarray(prediction).astype(np.int64, copy=False).ravel()
+    """``(num_classes, num_classes)`` counts, rows = truth, columns = prediction, of images or volumes alike.
+
+    Two boolean arrays (foreground masks) are counted without an integer copy of either, so the memory a
+    large volume needs stays that of one more boolean array.
+    """
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if num_classes == 2 and prediction.dtype == truth.dtype == bool and prediction.shape == truth.shape:
+        return _binary_confusion(prediction, truth)
+    prediction = prediction.astype(np.int64, copy=False).ravel()
     truth = np.asarray(truth).astype(np.int64, copy=False).ravel()
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction and truth differ in size: {prediction.size} vs {truth.size}")
@@ -33,6 +40,12 @@ def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int
                             or max(prediction.max(), truth.max()) >= num_classes):
         raise ValueError(f"labels outside 0..{num_classes - 1}")
     return np.bincount(truth * num_classes + prediction, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _binary_confusion(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    tp = np.count_nonzero(np.logical_and(prediction, truth))
+    fp, fn = np.count_nonzero(prediction) - tp, np.count_nonzero(truth) - tp
+    return np.array([[truth.size - tp - fp - fn, fp], [fn, tp]], dtype=np.int64)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -25,12 +25,13 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "PLANNED"]
+__all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "PLANNED", "MIN_DEPTH", "ANISOTROPY",
+           "choose_spatial_dims", "resolve_spatial_dims", "common_spacing", "patch_shape"]
 
 #: The most pairs a fingerprint reads (drawn with a fixed seed when a folder holds more).
 SAMPLE = 32
 #: The settings a plan may fill (the :class:`~napari_unet_seg.config.TrainConfig` fields).
-PLANNED = ("resize", "patch_size", "batch_size", "epochs", "normalization")
+PLANNED = ("spatial_dims", "spacing", "resize", "patch_size", "batch_size", "epochs", "normalization")
 #: CPU-seconds per megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs
 #: of 140 images in 20 minutes on the 2-core CPU (issue 17). GPUs: an assumption (not measured here).
 SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6), "cuda": 0.04, "mps": 0.2}
@@ -65,6 +66,7 @@ class Fingerprint:
     depth: list[int] | None = None
     empty: int = 0
     full: int = 0
+    stacks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +135,8 @@ class Plan:
 
 
 def _value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" for v in value)
     return "none" if value is None else str(value)
 
 
@@ -140,6 +144,85 @@ def _join(values, most: int = 4) -> str:
     values = list(values or [])
     text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:most])
     return text + (", ..." if len(values) > most else "")
+
+
+# --------------------------------------------------------------------------------------- 2D or 3D
+
+#: The fewest slices a stack needs for 3D training: an isotropic 3D U-Net pools each axis 4 times, so its
+#: patches are multiples of 16 voxels along every axis; a thinner stack would be mostly padding.
+MIN_DEPTH = 16
+#: Stacks whose coarsest spacing is this many times the finest (or more) train as 2D slices: nnU-Net's
+#: threshold for its anisotropic handling (ISBI 2012: 50 nm sections, 4 nm pixels = 12.5 -> 2D;
+#: Lucchi FIB-SEM: 5 nm isotropic -> 3D; QCANet embryo: 1.75 / 0.8 um = 2.2 -> 3D).
+ANISOTROPY = 3.0
+
+
+def choose_spatial_dims(shapes, spacing) -> tuple[int, str]:
+    """``(2 or 3, reason)``: whether data of spatial ``shapes`` (``(Y, X)`` or ``(Z, Y, X)`` each) and voxel
+    ``spacing`` (``[Z, Y, X]``, or None when unknown) train best as 2D slices or as 3D volumes.
+
+    Raises:
+        UserError: stacks whose spacing is unknown (the rule cannot tell).
+    """
+    shapes = [tuple(s) for s in shapes]
+    if not shapes or any(len(s) == 2 for s in shapes):
+        return 2, "2D images" if all(len(s) == 2 for s in shapes) else "some images are 2D: trained as 2D slices"
+    depth = min(s[0] for s in shapes)
+    if depth < MIN_DEPTH:
+        return 2, f"stacks of {depth} slices are thinner than the {MIN_DEPTH} a 3D patch needs: 2D slices"
+    if spacing is None or len(spacing) != 3:
+        raise UserError(f"the stacks ({'x'.join(map(str, shapes[0]))} ...) state no voxel spacing (Z step), so "
+                        "2D or 3D cannot be chosen; give --spacing Z,Y,X or --spatial-dims 2 or 3")
+    ratio = max(spacing) / min(spacing)
+    text = f"voxel spacing {_join(spacing)}: anisotropy {ratio:.3g}"
+    if ratio >= ANISOTROPY:
+        return 2, f"{text} >= {ANISOTROPY:g} (nnU-Net's threshold; ISBI 2012 is 12.5): 2D slices"
+    return 3, f"stacks of {depth}+ slices, {text} < {ANISOTROPY:g}: 3D volumes"
+
+
+def resolve_spatial_dims(requested, shapes, spacing) -> tuple[int, list[float] | None, list[str], str]:
+    """``(dims, spacing, warnings, reason)`` for training: ``requested`` is ``auto``, 2 or 3 (see
+    :func:`choose_spatial_dims`); with 3 and no known spacing, isotropic voxels are assumed (a warning)."""
+    warnings_ = []
+    if requested == "auto":
+        dims, reason = choose_spatial_dims(shapes, spacing)
+    else:
+        dims, reason = int(requested), f"--spatial-dims {requested} given"
+    if dims == 3:
+        if spacing is None or len(spacing) != 3:
+            warnings_.append("the volumes state no voxel spacing (Z step): isotropic voxels assumed; give "
+                             "--spacing Z,Y,X if they are not")
+            spacing = [1.0, 1.0, 1.0]
+        spacing = [float(v) for v in spacing]
+    return dims, spacing, warnings_, reason
+
+
+def common_spacing(spacings, names) -> list[float] | None:
+    """The one spacing the training files state (None when none does).
+
+    Raises:
+        UserError: two files state different spacings.
+    """
+    known = [(name, list(s)) for name, s in zip(names, spacings) if s is not None]
+    for name, value in known[1:]:
+        if not np.allclose(value, known[0][1], rtol=1e-3) or len(value) != len(known[0][1]):
+            raise UserError(f"{name}: voxel spacing {_join(value)} differs from {_join(known[0][1])} of "
+                            f"{known[0][0]}; resample the files to one spacing, or give --spacing Z,Y,X to "
+                            "train on them as they are")
+    return known[0][1] if known else None
+
+
+def patch_shape(patch_size: int, spacing, multiples, extents) -> tuple[int, ...]:
+    """The 3D patch of ``patch_size`` voxels along the finest axis, in physical units: each axis spans
+    ``patch_size * min(spacing) / spacing``, rounded up to the network's multiple for that axis and at
+    most the smallest volume's ``extents`` (rounded down to that multiple, at least one multiple)."""
+    finest = min(spacing)
+    multiples = list(multiples) * (len(spacing) if len(multiples) == 1 else 1)
+    shape = []
+    for step, multiple, extent in zip(spacing, multiples, extents):
+        edge = -(-round(patch_size * finest / step) // multiple) * multiple
+        shape.append(int(min(edge, max(multiple, extent // multiple * multiple))))
+    return tuple(shape)
 
 
 # ------------------------------------------------------------------------------------------ fingerprint
@@ -171,23 +254,10 @@ def _sample(items: list, seed: int) -> list:
 
 
 def _spacing(path: Path) -> list[float] | None:
-    """The pixel (voxel) spacing a TIFF states (ImageJ ``spacing`` for Z, resolution tags for Y/X)."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
-    import tifffile
+    """The pixel (voxel) spacing a TIFF states (:func:`~napari_unet_seg.image_io.read_spacing`)."""
+    from .image_io import read_spacing
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            tags = page.tags
-            if "XResolution" not in tags or "YResolution" not in tags:
-                return None
-            x, y = (tags[k].value for k in ("XResolution", "YResolution"))
-            steps = [v[1] / v[0] for v in (y, x) if v[0]]
-            z = (tif.imagej_metadata or {}).get("spacing")
-            return ([float(z)] if z else []) + steps if len(steps) == 2 else None
-    except Exception:  # noqa: BLE001 - spacing is informative only
-        return None
+    return read_spacing(path)
 
 
 def _objects(mask: np.ndarray) -> tuple[int, float | None, float | None]:
@@ -226,6 +296,9 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         values.update(np.unique(mask).tolist())
         objects.append(_objects(mask))
         spacing = spacing or step
+    stacks = sum(i.ndim - int(c) == 3 for i, c, _, _ in sampled)
+    if stacks:  # volumes: one voxel spacing for all (the first file's otherwise)
+        spacing = common_spacing([s for *_, s in sampled], [f"pair {k + 1}" for k in range(len(sampled))])
     measured = [o for o in objects if o[1] is not None]
     sides = np.array(shapes)
     return Fingerprint(
@@ -238,7 +311,7 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         extent=float(np.median([o[1] for o in measured])) if measured else None,
         fill=float(np.median([o[2] for o in measured])) if measured else None, spacing=spacing,
         depth=[int(min(depths)), int(np.median(depths)), int(max(depths))] if depths else None,
-        empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares))
+        empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares), stacks=stacks)
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -353,10 +426,87 @@ def _notes(fp: Fingerprint) -> dict[str, str]:
     return notes
 
 
+#: The 3D patch edge (voxels along the finest axis) and batch a plan starts from, per device kind: nnU-Net's
+#: 3D configurations use batch 2; the edge is what a CPU trains in seconds per batch.
+_EDGE_3D, _BATCH_3D = {"cpu": 64, "cuda": 96, "mps": 64}, {"cpu": 2, "cuda": 4, "mps": 2}
+#: 3D convolutions cost about 3x a 2D one per voxel (27 taps against 9): the seconds per megavoxel.
+_COST_3D = 3.0
+
+
+def _fitting_3d(edge: int, batch: int, spacing, extents, device: str, model: str, width: float
+                ) -> tuple[int, int, tuple[int, ...], str]:
+    """The largest 3D ``(edge, batch, patch shape)`` at most the given ones that the memory check lets through."""
+    from .config import TrainConfig
+    from .memory import check_training_memory
+    from .models import build_network, network_kwargs
+
+    multiples = build_network(model, 1, 1, **network_kwargs(model, width, spatial_dims=3, spacing=spacing)).multiples
+    while True:
+        shape = patch_shape(edge, spacing, multiples, extents)
+        trial = TrainConfig(patch_size=edge, batch_size=batch, device=device, model=model, width=width)
+        try:
+            check_training_memory(trial, shape=shape)
+            return edge, batch, shape, ""
+        except UserError:
+            if batch > 1:
+                batch //= 2
+            elif edge > 32:
+                edge -= 16
+            else:
+                return edge, batch, shape, " (even this may not fit the free memory)"
+
+
+def _plan_3d(fp: Fingerprint, kind: str, device: str, budget: float, model: str, width: float, train_count: int,
+             spacing: list[float]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``patch_size``, ``batch_size`` and ``epochs`` of 3D training, with their reasons."""
+    extents = [fp.depth[0], fp.sizes[0][0], fp.sizes[1][0]]
+    wanted = min(_BATCH_3D[kind], 2 * train_count)
+    edge, batch, shape, note = _fitting_3d(_EDGE_3D[kind], wanted, spacing, extents, device, model, width)
+    voxels = train_count * fp.depth[1] * fp.sizes[0][1] * fp.sizes[1][1]
+    seconds = _COST_3D * SECONDS_PER_MEGAPIXEL[kind] * voxels / 1e6
+    epochs = int(min(300, max(10, budget * 60 / max(seconds, 1e-9))))
+    return {"resize": None, "patch_size": edge, "batch_size": batch, "epochs": epochs}, {
+        "resize": "volumes are trained at full resolution, on 3D patches",
+        "patch_size": (f"{_EDGE_3D[kind]} voxels on {kind} along the finest axis, in physical units per axis: patches "
+                       f"of {'x'.join(map(str, shape))} (Z x Y x X) voxels, as far as memory allows"),
+        "batch_size": f"{_BATCH_3D[kind]} 3D patches on {kind} (nnU-Net's batch), halved until the memory "
+                      f"estimate fits{note}",
+        "epochs": (f"about {budget:g} min at ~{seconds:.0f} s an epoch on {kind} ({train_count} volumes of "
+                   f"~{voxels / train_count / 1e6:.1f} M voxels, every voxel about once an epoch; assumed speed: "
+                   f"{_COST_3D:g}x the 2D one per voxel), kept in 10..300")}
+
+
 def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: str = "unet", width: float = 1.0,
-         val_fraction: float = 0.1) -> Plan:
-    """Settings for training on the data ``fp`` measured, on ``device``, in about ``budget`` minutes."""
+         val_fraction: float = 0.1, spatial_dims: str | int = "auto", spacing: list[float] | None = None) -> Plan:
+    """Settings for training on the data ``fp`` measured, on ``device``, in about ``budget`` minutes.
+
+    ``spatial_dims`` (``auto``, 2 or 3) and ``spacing`` (None: the files') as given; stacks add the
+    choice of 2D or 3D (:func:`resolve_spatial_dims`) to the settings.
+    """
     kind = _device_kind(device)
+    if fp.stacks or spatial_dims != "auto":
+        shapes = ([(fp.depth[0], fp.sizes[0][0], fp.sizes[1][0])] * fp.stacks if fp.stacks else []) \
+            + [(fp.sizes[0][0], fp.sizes[1][0])] * (fp.sampled - fp.stacks)
+        dims, spacing, notes, why = resolve_spatial_dims(spatial_dims, shapes, spacing or fp.spacing)
+        if dims == 3:
+            if fp.stacks < fp.sampled:
+                raise UserError(f"--spatial-dims 3: {fp.sampled - fp.stacks} of the {fp.sampled} sampled images "
+                                "are 2D, not volumes; give stacks (Z, Y, X) or use --spatial-dims 2")
+            held = min(fp.count - 1, max(1, round(fp.count * val_fraction))) if val_fraction and fp.count > 1 else 0
+            train_count = fp.count - held
+            settings, reasons = _plan_3d(fp, kind, device, budget, model, width, train_count, spacing)
+            settings = {"spatial_dims": 3, "spacing": spacing, **settings, "normalization": "percentile"}
+            reasons.update(spatial_dims=why, spacing=_spacing_reason(spacing, fp.spacing, notes),
+                           normalization=f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): "
+                                         "per-volume 1-99.8 percentiles")
+            return Plan(settings, {**reasons, **_notes(fp)}, {}, fingerprint=fp.to_dict())
+        if fp.stacks:  # 2D slices of stacks: every slice counts as one image
+            fp = Fingerprint(**{**fp.to_dict(), "count": fp.count * fp.depth[1]})
+        fp = Fingerprint(**{**fp.to_dict(), "stacks": 0})
+        chosen = plan(fp, device=device, budget=budget, model=model, width=width, val_fraction=val_fraction)
+        chosen.settings = {"spatial_dims": 2, **chosen.settings}
+        chosen.reasons["spatial_dims"] = why
+        return chosen
     train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
     settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
     settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, settings["patch_size"])
@@ -365,3 +515,9 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
                                 "1-99.8 percentiles, robust to outliers and to exposure between images")
     proposals, why = _proposals(fp, whole)
     return Plan(settings, {**reasons, **why, **_notes(fp)}, proposals, fingerprint=fp.to_dict())
+
+
+def _spacing_reason(spacing, stated, notes) -> str:
+    if notes:
+        return notes[0]
+    return "as the files state it" if stated and list(stated) == list(spacing) else "as given"

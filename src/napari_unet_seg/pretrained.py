@@ -1,4 +1,5 @@
-"""Models that ship with the package, by name (``load_model("em-membranes")``, ``"dermoscopy-lesions"``)."""
+"""Models that ship with the package, by name (``load_model("em-membranes")``, ``"dermoscopy-lesions"``,
+``"mitochondria-em3d"``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["DISPLAY_NAMES", "TERMS", "terms_lines", "display_name", "pretrained_path", "shipped_models", "shipped_model_for"]
+from .errors import UserError
 
-#: How shipped models are listed in the widgets (file stem -> name).
-DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)", "dermoscopy-lesions": "Dermoscopy lesions (U-Net)"}
+__all__ = ["DISPLAY_NAMES", "TERMS", "LUCCHI_TERMS", "LUCCHI_CITES", "terms_lines", "display_name", "pretrained_path",
+           "shipped_models", "shipped_model_for"]
+
+#: How shipped models are listed in the widgets (file stem -> name); every registered name, installed or not.
+DISPLAY_NAMES = {"em-membranes": "EM membranes (U-Net)", "dermoscopy-lesions": "Dermoscopy lesions (U-Net)",
+                 "mitochondria-em3d": "EM mitochondria (3D U-Net)"}
 
 _ISBI = ("ISBI 2012 EM segmentation challenge terms: the training volume may be used freely to build and test "
          "non-commercial image-segmentation software; publications must cite Cardona et al. 2010 and 2012")
@@ -29,12 +34,20 @@ _ISIC_CITES = [
              "dermatoscopic images of common pigmented skin lesions. Scientific Data 5: 180161",
      "doi": "10.1038/sdata.2018.161"},
 ]
+LUCCHI_TERMS = ("EPFL CVLab Electron Microscopy Dataset (Lucchi et al. 2012, mouse hippocampus CA1 FIB-SEM, "
+                "about 5 nm voxels): non-commercial research and benchmarking use, with citation of Lucchi et al. 2012")
+LUCCHI_CITES = [
+    {"text": "Lucchi, Smith, Achanta, Knott, Fua (2012) Supervoxel-Based Segmentation of Mitochondria in EM Image "
+             "Stacks with Learned Shape Features. IEEE Transactions on Medical Imaging 31(2): 474-486",
+     "doi": "10.1109/TMI.2011.2171705"},
+]
 
 #: The terms that follow each shipped model from its training data, stored in its metadata (``info``) and
 #: carried into ``info``, the docs and every export. ``license`` (an SPDX id) is the weights' licence, which
 #: exports default to: CC BY-NC 4.0 for both, the standard licence that keeps the data's conditions
 #: (attribution, non-commercial use); ``data_license`` states the data's own terms; ``sample`` names the
-#: shipped sample set (``sample_data/``) drawn from the same data, used for export test tensors and covers.
+#: shipped sample set (``sample_data/``) drawn from the same data, used for export test tensors and covers;
+#: ``spacing_unit`` the unit of the voxel spacing (``config["spacing"]``) of a 3D model, for its exports.
 TERMS = {
     "em-membranes": {"license": "CC-BY-NC-4.0", "data_license": _ISBI, "cite": _ISBI_CITES, "sample": "em",
                      "authors": ["napari-unet-seg developers"]},
@@ -42,6 +55,8 @@ TERMS = {
                            "data_license": "CC BY-NC 4.0 (International Skin Imaging Collaboration, ISIC 2018 "
                                            "Task 1): attribution, non-commercial use only",
                            "authors": ["napari-unet-seg developers"]},
+    "mitochondria-em3d": {"license": "CC-BY-NC-4.0", "data_license": LUCCHI_TERMS, "cite": LUCCHI_CITES,
+                          "sample": "em3d", "spacing_unit": "nm", "authors": ["napari-unet-seg developers"]},
 }
 
 
@@ -56,8 +71,16 @@ def shipped_models() -> dict[str, Path]:
 
 
 def pretrained_path(name: str) -> Path | None:
-    """The file of shipped model ``name``, or None."""
-    return shipped_models().get(name)
+    """The file of shipped model ``name``, or None for a name that is not registered.
+
+    Raises:
+        UserError: ``name`` is registered (:data:`DISPLAY_NAMES`) but its file is not in this build.
+    """
+    path = shipped_models().get(name)
+    if path is None and name in DISPLAY_NAMES:
+        raise UserError(f"shipped model {name} ({DISPLAY_NAMES[name]}) is not installed in this build; install a "
+                        f"release that ships it, or pass a model file")
+    return path
 
 
 def display_name(name: str) -> str:

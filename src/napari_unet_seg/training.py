@@ -30,18 +30,20 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .dataset import (PatchDataset, Sample, build_augmentation, load_samples, mask_to_classes, samples_from_arrays,
-                      split_indices)
+from .dataset import (PatchDataset, Sample, build_augmentation, is_volume, load_samples, mask_to_classes,
+                      prepare_groups, read_pairs, samples_from_arrays, split_indices)
 from .device_batches import DeviceBatches, fits_on_device
 from .device import describe_device, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain
-from .image_io import read_image
+from .memory import check_training_memory
+from .image_io import read_image, read_spacing
 from .metrics import segmentation_metrics
 from .model_file import SegmentationModel, _out_channels, load_model, read_metadata
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
 from .pairing import pair_files
+from .planning import common_spacing, patch_shape, resolve_spatial_dims
 from .reporting import plot_curves, write_history
 from .run_lock import RUN_FILES, clean_stale_files, run_lock
 from .training_run import TrainingRun, check_resume_settings, read_run_state
@@ -92,6 +94,7 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
 def _prepare_run(values: dict, resume: bool, given: Sequence[str]) -> tuple[TrainConfig, Path]:
     """The job's checked settings and its (created) run folder; under torchrun rank 0 alone runs this."""
     if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
+        given = [k for k in given if not (k == "spatial_dims" and values[k] == "auto")]  # auto: as stored
         out = Path(values.get("out", TrainConfig.out))
         if not (out / "last.pt").exists():
             raise UserError(f"--out {out}: holds no run to resume (no last.pt); check the folder or drop --resume")
@@ -108,14 +111,14 @@ def _prepare_run(values: dict, resume: bool, given: Sequence[str]) -> tuple[Trai
     return config, _prepare_run_dir(config, resume)
 
 
-def _val_pairs(items, classes: int, channels: int) -> list[ValPair]:
+def _val_pairs(items, classes: int, channels: int, spatial_dims: int | None = 2) -> list[ValPair]:
     """``(name, image, mask)`` as read, made into :class:`ValPair` (gray images repeated for colour models)."""
     pairs = []
     for name, image, mask in items:
         image = np.asarray(image)
-        if channels == 3 and image.ndim == 2:
+        if channels == 3 and (image.ndim == 2 or (spatial_dims != 2 and image.ndim == 3 and is_volume(image))):
             image = np.repeat(image[..., None], 3, axis=-1)
-        pairs.append(ValPair(name, image, mask_to_classes(mask, classes, f"{name} (mask)")))
+        pairs.append(ValPair(name, image, mask_to_classes(mask, classes, f"{name} (mask)", spatial_dims)))
     return pairs
 
 
@@ -123,20 +126,65 @@ def _read_pairs(pairs) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(p.image.name, read_image(p.image), read_image(p.mask)) for p in pairs]
 
 
-def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays
-               ) -> tuple[list[Sample], list[ValPair], int, list[Message]]:
-    messages = []
-    common = {"classes": config.classes, "normalization": normalization, "resize": config.resize}
+@dataclass
+class _Data:
+    """The decoded training data: ``(name, image, mask)`` per pair, the spacing the files state, and how
+    to read the pairs again as ``evaluate`` reads them (for validation)."""
+
+    decoded: list
+    spacing: list[float] | None
+    raw: Any
+    messages: list = field(default_factory=list)
+
+
+def _decode(config: TrainConfig, arrays) -> _Data:
     if arrays is not None:
-        samples, channels = samples_from_arrays(arrays, **common)
-        raw = lambda indices: [(f"array {i}", *arrays[i]) for i in indices]  # noqa: E731
-    else:
-        if not config.images or not config.masks:
-            raise UserError("give the training data: --images DIR and --masks DIR")
-        pairs = pair_files(config.images, config.masks, skip_unpaired=config.skip_unpaired)
-        messages.append(Message(f"found {len(pairs)} image/mask pairs in {config.images}"))
-        samples, channels = load_samples(pairs, **common)
-        raw = lambda indices: _read_pairs([pairs[i] for i in indices])  # noqa: E731
+        decoded = [(f"array {i}", np.asarray(im), np.asarray(m)) for i, (im, m) in enumerate(arrays)]
+        return _Data(decoded, None, lambda indices: [(f"array {i}", *arrays[i]) for i in indices])
+    if not config.images or not config.masks:
+        raise UserError("give the training data: --images DIR and --masks DIR")
+    pairs = pair_files(config.images, config.masks, skip_unpaired=config.skip_unpaired)
+    decoded = read_pairs(pairs)
+    spacing = None
+    if any(is_volume(image) for _, image, _ in decoded):  # the files' voxel spacing (one for all)
+        spacing = common_spacing([read_spacing(p.image) for p in pairs], [p.image.name for p in pairs])
+    return _Data(decoded, spacing, lambda indices: _read_pairs([pairs[i] for i in indices]),
+                 [Message(f"found {len(pairs)} image/mask pairs in {config.images}")])
+
+
+def _spatial_shape(image: np.ndarray) -> tuple[int, ...]:
+    return image.shape[:3] if is_volume(image) else image.shape[:2]
+
+
+def _choose_dims(config: TrainConfig, data: _Data, start: SegmentationModel | None) -> bool:
+    """Set ``config.spatial_dims`` and ``config.spacing`` to the ones used (telling why in ``data.messages``);
+    return whether stacks train as 2D slices."""
+    shapes = [_spatial_shape(image) for _, image, _ in data.decoded]
+    requested = config.spatial_dims
+    if requested == "auto" and start is not None:
+        requested = start.spatial_dims
+    spacing = config.spacing if config.spacing is not None else data.spacing
+    dims, spacing, warnings_, reason = resolve_spatial_dims(requested, shapes, spacing)
+    if start is not None and start.spatial_dims != dims:
+        raise UserError(f"the model to fine-tune is {start.spatial_dims}D but training here is {dims}D; pick a "
+                        f"{dims}D model or give --spatial-dims {start.spatial_dims}")
+    if dims == 3 or any(len(s) == 3 for s in shapes):
+        data.messages.append(Message(f"training in {dims}D: {reason}"))
+    data.messages += [Message(text, "warning") for text in warnings_]
+    config.spatial_dims, config.spacing = dims, spacing
+    return dims == 2 and any(len(s) == 3 for s in shapes)
+
+
+def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays, start: SegmentationModel | None = None
+               ) -> tuple[list[Sample], list[ValPair], int, list[Message]]:
+    data = _decode(config, arrays)
+    messages = data.messages
+    slices = _choose_dims(config, data, start)
+    dims = config.spatial_dims
+    common = {"classes": config.classes, "normalization": normalization, "resize": config.resize,
+              "spatial_dims": dims, "slices": slices}
+    groups, channels = prepare_groups(data.decoded, **common)
+    samples = [s for group in groups for s in group]
     if val_arrays is not None:
         samples_from_arrays(val_arrays, in_channels=channels, **common)  # the same checks as training pairs
         train, val = samples, [(f"validation array {i}", *p) for i, p in enumerate(val_arrays)]
@@ -144,23 +192,24 @@ def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays
         val_files = pair_files(config.val_images, config.val_masks, skip_unpaired=config.skip_unpaired)
         load_samples(val_files, in_channels=channels, **common)
         train, val = samples, _read_pairs(val_files)
-    else:
-        train_idx, val_idx = split_indices(len(samples), config.val_fraction, config.seed)
-        train = [samples[i] for i in train_idx]
+    else:  # split by file: the slices of one stack stay on one side
+        train_idx, val_idx = split_indices(len(groups), config.val_fraction, config.seed)
+        train = [s for i in train_idx for s in groups[i]]
         if not val_idx:
             messages.append(Message("no validation set (--val-fraction 0): best.pt is chosen on the training "
                                     "images", "warning"))
             val_idx = train_idx
         elif val_idx == train_idx:
             messages.append(Message("only one pair: it serves for training and validation", "warning"))
-        val = raw(val_idx)
+        val = data.raw(val_idx)
     if all(not s.mask.any() for s in samples):
         messages.append(Message("every mask is all background: there is nothing to learn; check the masks "
                                 "folder (foreground must be > 0)", "warning"))
-    if config.resize is None and all(max(s.mask.shape) < config.patch_size for s in samples):
+    if dims == 2 and config.resize is None and all(max(s.mask.shape) < config.patch_size for s in samples):
         messages.append(Message(f"--patch-size {config.patch_size} is larger than every image; patches are "
                                 "zero-padded (a smaller --patch-size trains faster)", "warning"))
-    return train, _val_pairs(val, config.classes, channels), channels, messages
+    val = _val_pairs(val, config.classes, channels, 3 if dims == 3 else None if slices else 2)
+    return train, val, channels, messages
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -169,15 +218,40 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.reseed(info.seed % 2**32)
 
 
-def _batch_source(config: TrainConfig, samples: list[Sample], device: torch.device
+#: The 3D patch edge (voxels along the finest axis) when none is given: CPU, and CUDA or MPS.
+PATCH_3D = {"cpu": 64, "gpu": 96}
+
+
+def _patch(config: TrainConfig, given: Sequence[str], device: torch.device, network, samples: list[Sample]):
+    """The training patch: ``patch_size`` (None for whole resized images) in 2D; in 3D the patch shape of
+    :func:`~napari_unet_seg.planning.patch_shape` (``patch_size`` defaulting to :data:`PATCH_3D`), checked
+    against the free memory. A 3D run stores the edge used as its ``patch_size`` (the shape: see _setup)."""
+    if config.spatial_dims == 2:
+        return None if config.resize else config.patch_size
+    if "patch_size" not in given and config.patch_size == TrainConfig.patch_size:
+        config.patch_size = PATCH_3D["cpu" if device.type == "cpu" else "gpu"]
+    extents = np.min([s.mask.shape for s in samples], axis=0)
+    shape = patch_shape(config.patch_size, config.spacing, network.multiples, extents)
+    check_training_memory(config, shape=shape)
+    return shape
+
+
+def _batch_source(config: TrainConfig, samples: list[Sample], device: torch.device, patch
                   ) -> tuple[DeviceBatches | None, PatchDataset | None, Any]:
     """``(device batches, None, None)``: batches cut and augmented on the device from the cached images;
     or ``(None, dataset, sampler)`` for a DataLoader (MONAI transforms per patch) when ``--workers`` asks
-    for worker processes or the images would take too much GPU memory (sampler: None when alone)."""
-    patch = None if config.resize else config.patch_size
+    for worker processes or the images would take too much GPU memory (sampler: None when alone).
+    ``patch``: from :func:`_patch`."""
     if config.workers == 0 and fits_on_device(samples, device):
+        if config.spatial_dims == 3:  # 3D: foreground oversampling, augmentation in physical units
+            return DeviceBatches(samples, patch, config.augment, device, foreground=0.33,
+                                 spacing=config.spacing), None, None
         return DeviceBatches(samples, patch, config.augment, device), None, None
-    dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
+    if config.spatial_dims == 3:
+        augmentation = build_augmentation(config.augment, patch, spatial_dims=3, spacing=config.spacing)
+        dataset = PatchDataset(samples, patch, augmentation, config.seed, foreground=0.33)
+    else:
+        dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
     return None, dataset, distributed.sampler(dataset, config.seed * 100003)
 
 
@@ -276,8 +350,9 @@ def _build_model(config: TrainConfig, start: SegmentationModel | None, stored: S
                  channels: int, normalization: dict) -> SegmentationModel:
     """The run's model: the starting model's architecture and weights, a resumed run's architecture, or new."""
     base = start or stored
+    three = {"spatial_dims": 3, "spacing": config.spacing} if config.spatial_dims == 3 else {}
     arch = base.architecture if base else {"name": config.model,
-                                           "kwargs": network_kwargs(config.model, width=config.width)}
+                                           "kwargs": network_kwargs(config.model, width=config.width, **three)}
     info = stored.info if stored else {"parent": _parent(start)} if start else {}
     torch.manual_seed(config.seed)
     network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
@@ -374,8 +449,8 @@ def _write_epoch(run: TrainingRun, run_dir: Path, improved: bool) -> Generator[C
     return False
 
 
-def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arrays, val_arrays, cancel
-           ) -> Generator[Message, None, tuple[TrainingRun, list[ValPair], Any]]:
+def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arrays, val_arrays, cancel,
+           given: Sequence[str] = ()) -> Generator[Message, None, tuple[TrainingRun, list[ValPair], Any]]:
     """The run object (resumed, or from random or starting weights), its validation pairs and batch source."""
     device = distributed.local_device(config.device)
     start = load_model(initial_model) if initial_model is not None else None
@@ -384,11 +459,17 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
         yield from _adopt_start(config, start)
     normalization = start.normalization if start else stored.normalization if stored else default_normalization(
         config.normalization)
-    train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays)
+    train_set, val_set, channels, messages = _load_data(config, normalization, arrays, val_arrays, start)
     yield from messages
     _check_channels(channels, start, stored, run_dir)
     yield Message(f"training on {describe_device(device)}")
-    run = TrainingRun(config, _build_model(config, start, stored, channels, normalization), device)
+    model = _build_model(config, start, stored, channels, normalization)
+    patch = _patch(config, given, device, model.network, train_set)
+    if config.spatial_dims == 3:
+        model.config = {**config.to_dict(), "patch_shape": list(patch)}  # the patch used (predict's window)
+        yield Message(f"3D patches of {'x'.join(map(str, patch))} voxels (Z x Y x X), spacing "
+                      f"{', '.join(f'{v:g}' for v in config.spacing)}")
+    run = TrainingRun(config, model, device)
     val_set = val_set[distributed.rank()::distributed.world_size()]
     if resume:
         run.load_state_dict(read_run_state(run_dir / "last.pt"))
@@ -398,7 +479,7 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
         run.start_dice = (yield from validate_steps(run.model, val_set, run.loss_fn, device=device,
                                                     cancel=cancel))["val_dice"]
         yield Message(f"starting model {start.name}: val Dice {run.start_dice:.4f} on the validation images")
-    source = _batch_source(config, train_set, device)
+    source = _batch_source(config, train_set, device, patch)
     run.batch_size = yield from _batch_size(config, source)
     if device.type == "cuda":  # patches of one shape: let cuDNN time and keep its fastest kernels
         torch.backends.cudnn.benchmark = True
@@ -477,7 +558,8 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     with run_lock(run_dir) if distributed.is_main() else nullcontext():
         if distributed.is_main():
             clean_stale_files(run_dir, RUN_FILES)
-        run, val_set, source = yield from _setup(config, run_dir, resume, initial_model, arrays, val_arrays, cancel)
+        run, val_set, source = yield from _setup(config, run_dir, resume, initial_model, arrays, val_arrays, cancel,
+                                                 given)
         status = yield from _run_epochs(run, run_dir, val_set, source, cancel)
         distributed.barrier()  # the files are written before any process reports them
     result, messages = _result(run, run_dir, status)

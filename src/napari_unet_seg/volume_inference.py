@@ -131,9 +131,11 @@ def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn
         del probs, spread
         done += count
     if min_size or fill_holes or instances != "none":  # these need the whole labels in memory
-        whole = postprocess(np.asarray(labels[...]), min_size=min_size, fill_holes=fill_holes)
-        if instances != "none":
-            whole = instance_labels(whole, probs_out, mode=instances, min_distance=min_distance)
+        whole = postprocess(np.asarray(labels[...]), min_size=min_size, fill_holes=fill_holes, spatial_dims=3)
+        if instances != "none":  # the watershed's distance in physical units when the voxel spacing is known
+            spacing = model.spacing if model.spacing and len(model.spacing) == 3 else None
+            whole = instance_labels(whole, probs_out, mode=instances, min_distance=min_distance, spatial_dims=3,
+                                    spacing=spacing)
         labels[...] = whole
     return Prediction(labels, probs_out if return_probabilities else None, spread_out)
 

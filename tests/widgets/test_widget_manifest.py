@@ -19,7 +19,9 @@ def test_manifest_contributions_resolve():
     for python_name in commands.values():
         module, name = python_name.split(":")
         assert callable(getattr(import_module(module), name))
-    em, dermoscopy = manifest.contributions.sample_data
+    em, dermoscopy, em3d = manifest.contributions.sample_data
+    assert commands[em3d.command] == "napari_unet_seg.sample_data:em3d_sample_layers"
+    assert em3d.display_name == "EM mitochondria volume (FIB-SEM, 3D)"
     assert commands[em.command] == "napari_unet_seg.sample_data:em_sample_layers"
     assert "ISBI 2012" in em.display_name
     assert commands[dermoscopy.command] == "napari_unet_seg.sample_data:dermoscopy_sample_layers"

@@ -167,3 +167,51 @@ def test_train_config_refuses_the_images_folder_as_masks_folder(tmp_path):
 
     with pytest.raises(UserError, match="images folder and masks folder are both"):
         train_config(out=tmp_path / "run", images=tmp_path, masks=str(tmp_path) + "/")
+
+
+def test_dimensions_and_spacing_reach_the_config(tmp_path):
+    assert [params.dims_value(c) for c in params.DIMENSIONS] == ["auto", 2, 3]
+    assert [params.dims_choice(v) for v in ("auto", 2, 3)] == list(params.DIMENSIONS)
+    config = params.train_config(out=tmp_path / "run", from_layers=True, spatial_dims=3, spacing="2, 0.5,0.5")
+    assert (config.spatial_dims, config.spacing) == (3, [2.0, 0.5, 0.5])
+    default = params.train_config(out=tmp_path / "run", from_layers=True)
+    assert (default.spatial_dims, default.spacing) == ("auto", None)
+    with pytest.raises(UserError, match="--spacing"):
+        params.train_config(out=tmp_path / "run", from_layers=True, spacing="2, x, 1")
+
+
+def test_scale_text_is_the_spacing_of_volumes_only():
+    assert params.scale_text((5.0, 0.25, 0.25), 3) == "5, 0.25, 0.25"
+    assert params.scale_text((1.0, 1.0), 2) == ""
+
+
+def test_resolve_dims_keeps_a_choice_and_sends_2d_images_to_2d():
+    assert params.resolve_dims(3, (8, 16, 16), None) == (3, "chosen")
+    assert params.resolve_dims(2, (8, 16, 16), [1, 1, 1]) == (2, "chosen")
+    assert params.resolve_dims("auto", (16, 16), None)[0] == 2
+    # auto on a stack: the planner's rule (depth, then anisotropy of the spacing)
+    assert params.resolve_dims("auto", (16, 32, 32), [1, 1, 1])[0] == 3
+    assert params.resolve_dims("auto", (30, 64, 64), [50, 4, 4])[0] == 2
+    assert params.resolve_dims("auto", (4, 64, 64), [1, 1, 1])[0] == 2
+
+
+def test_layer_pairs_of_a_volume_in_3d():
+    volume, labels = np.zeros((4, 6, 8)), np.zeros((4, 6, 8), np.uint8)
+    labels[1, 2, 3] = 1
+    ((image, mask),) = params.layer_pairs(volume, labels, spatial_dims=3)
+    assert image.shape == mask.shape == (4, 6, 8)  # whole: unpainted slices are background
+    rgb = np.zeros((4, 6, 8, 3))
+    assert params.layer_pairs(rgb, labels, rgb=True, spatial_dims=3)[0][0].shape == (4, 6, 8, 3)
+    with pytest.raises(UserError, match="layer 'flat' .* is 2D: choose dimensions '2D slices'"):
+        params.layer_pairs(np.zeros((6, 8)), labels[1], image_name="flat", spatial_dims=3)
+    with pytest.raises(UserError, match=r"layer 'lab' \(5, 6, 8\) does not match layer 'img' \(4, 6, 8\)"):
+        params.layer_pairs(volume, np.ones((5, 6, 8), np.uint8), image_name="img", labels_name="lab",
+                           spatial_dims=3)
+
+
+def test_model_choices_mark_3d_models():
+    shipped = {"em-membranes": Path("/pkg/em-membranes.pt"), "cube": Path("/pkg/cube.pt")}
+    dims = {"em-membranes": 2, "cube": 3, "/runs/v/best.pt": 3, "/runs/f/best.pt": 2}
+    choices = params.model_choices(shipped, ["/runs/v/best.pt", "/runs/f/best.pt", "/runs/x.pt"], dims.get)
+    assert [label for label, _ in choices] == ["EM membranes (U-Net)", "cube (3D)", "v/best.pt (3D)", "f/best.pt",
+                                              "runs/x.pt"]

@@ -20,7 +20,8 @@ FLAG_LABELS: dict[str, str | None] = {
     "--epochs": "epochs", "--lr": "learning rate", "--loss": "loss", "--model": "model",
     "--optimizer": "optimizer", "--augment": "augmentation", "--tile": "tile size", "--overlap": "overlap",
     "--threshold": "threshold", "--min-size": "min object size", "--instances": "instances",
-    "--min-distance": "min distance", "--tta": "test-time augmentation", "--uncertainty": "add uncertainty layer",
+    "--min-distance": "min distance", "--spatial-dims": "dimensions", "--spacing": "voxel spacing",
+    "--tta": "test-time augmentation", "--uncertainty": "add uncertainty layer",
     "--skip-unpaired": None, "--resume": None, "--resize": None, "--workers": None, "--weight-decay": None,
     "--early-stop": None, "--val-images": None, "--val-masks": None,
 }

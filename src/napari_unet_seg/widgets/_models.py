@@ -1,7 +1,8 @@
 """One model list per napari viewer, for as long as it runs, shared by Segment, Train and Evaluate.
 
 Every model trained, fine-tuned, opened from a file or shipped is in the viewer's list
-(:class:`ModelRegistry`), so widgets opened later show it too; the newest is marked. A
+(:class:`ModelRegistry`), so widgets opened later show it too; the newest is marked, 3D models are
+marked ``(3D)`` (:func:`model_dims`). A
 :class:`ModelPicker` is a drop-down of that list plus a file picker that adds to it.
 :func:`announce_model` adds a new model and selects it in the pickers that follow new models
 (Segment, Evaluate); Train's "start from" never switches by itself: fine-tuning is a choice.
@@ -19,7 +20,9 @@ from ..errors import UserError
 from ..pretrained import shipped_models
 from ._params import model_choices
 
-__all__ = ["ModelPicker", "ModelRegistry", "NEW_MODEL", "NEWEST", "announce_model", "registry", "same_viewer"]
+__all__ = ["ModelPicker", "ModelRegistry", "NEW_MODEL", "NEWEST", "announce_model", "model_channels", "model_dims",
+           "registry",
+           "same_viewer"]
 
 #: The value of the "new model" choice of a picker made with ``new_model=True`` (random weights).
 NEW_MODEL = "(new model)"
@@ -27,6 +30,39 @@ NEW_MODEL = "(new model)"
 NEWEST = "  [newest]"
 
 _PICKERS: weakref.WeakSet[ModelPicker] = weakref.WeakSet()
+_METADATA: dict[tuple, dict | None] = {}
+
+
+def _metadata(value: str | os.PathLike) -> dict | None:
+    """A model's metadata, read once per file version (path, size, modification time); None if unreadable."""
+    from ..model_file import read_metadata, resolve_model_path
+
+    path = resolve_model_path(value)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _METADATA:
+        try:
+            _METADATA[key] = read_metadata(path)
+        except (UserError, ValueError, TypeError, KeyError):
+            _METADATA[key] = None
+    return _METADATA[key]
+
+
+def model_dims(value: str | os.PathLike) -> int | None:
+    """``spatial_dims`` (2 or 3) of a shipped model or model file, None when it cannot be read."""
+    meta = _metadata(value)
+    if not isinstance(meta, dict):
+        return None
+    return int((meta.get("architecture") or {}).get("kwargs", {}).get("spatial_dims", 2))
+
+
+def model_channels(value: str | os.PathLike) -> int | None:
+    """Input channels (1 gray, 3 colour) of a shipped model or model file, None when it cannot be read."""
+    meta = _metadata(value)
+    return int(meta["in_channels"]) if isinstance(meta, dict) and "in_channels" in meta else None
 
 
 def _unwrap(viewer: Any) -> Any:
@@ -101,7 +137,7 @@ class ModelPicker:
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         choices = [(label + (NEWEST if value == self.models.newest else ""), value)
-                   for label, value in model_choices(shipped_models(), self.models.files)]
+                   for label, value in model_choices(shipped_models(), self.models.files, model_dims)]
         return [("new model (random weights)", NEW_MODEL), *choices] if self.new_model else choices
 
     def _on_file(self, value: Any) -> None:

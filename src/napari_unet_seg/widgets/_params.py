@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from ..errors import UserError
 
 __all__ = [
     "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
-    "segment_options",
+    "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
+    "not_a_volume",
     "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
     "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
@@ -69,15 +70,65 @@ def segment_options(*, device: str = "auto", tile: int = 0, overlap: float = 0.2
             "min_distance": int(min_distance), "uncertainty": bool(uncertainty)}
 
 
+#: The Train widget's "dimensions" choices, and the ``spatial_dims`` each one means.
+DIMENSIONS = {"auto": "auto", "2D slices": 2, "3D volumes": 3}
+
+
+def dims_value(choice: str) -> str | int:
+    """``spatial_dims`` (``auto``, 2 or 3) of a "dimensions" choice."""
+    return DIMENSIONS[choice]
+
+
+def dims_choice(spatial_dims: str | int) -> str:
+    """The "dimensions" choice of ``spatial_dims`` (``auto``, 2 or 3)."""
+    return next(choice for choice, value in DIMENSIONS.items() if str(value) == str(spatial_dims))
+
+
+def scale_text(scale: Sequence[float], spatial_ndim: int) -> str:
+    """The voxel spacing a layer's ``scale`` gives, as text (``"2, 0.5, 0.5"``); empty for 2D layers."""
+    if spatial_ndim != 3:
+        return ""
+    return ", ".join(f"{float(v):g}" for v in tuple(scale)[-3:])
+
+
+def resolve_dims(spatial_dims: str | int, shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, str]:
+    """``(2 or 3, why)``: the dimensions to train a layer of spatial ``shape`` in (``auto`` decided by
+    :func:`~napari_unet_seg.planning.choose_spatial_dims` from its depth and voxel spacing)."""
+    if spatial_dims != "auto":
+        return int(spatial_dims), "chosen"
+    if len(shape) != 3:
+        return 2, "a 2D image"
+    from ..planning import choose_spatial_dims
+
+    return choose_spatial_dims([tuple(shape)], None if spacing is None else list(spacing))
+
+
+def not_a_volume(name: str, shape: Sequence[int]) -> str:
+    """The message refusing 3D training on the 2D layer ``name``."""
+    return (f"layer {name!r} {tuple(shape)} is 2D: choose dimensions '2D slices', or a volume (Z, Y, X) layer to "
+            "train in 3D")
+
+
+def check_layer_shapes(image_shape: Sequence[int], labels_shape: Sequence[int], *, rgb: bool, image_name: str,
+                       labels_name: str) -> None:
+    """Refuse a Labels layer whose shape differs from the Image layer's in any (spatial) axis."""
+    spatial = tuple(image_shape[:-1] if rgb else image_shape)
+    if tuple(labels_shape) != spatial:
+        raise UserError(f"layer {labels_name!r} {tuple(labels_shape)} does not match layer {image_name!r} "
+                        f"{spatial}; pick a Labels layer painted on that image")
+
+
 def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | None = None,
                  masks: str | os.PathLike | None = None, from_layers: bool = False, model: str = "unet",
                  width: float = 1.0, classes: int = 2, loss: str = "dicece", optimizer: str = "adamw",
                  lr: float = 1e-3, epochs: int = 50, batch_size: int = 8, patch_size: int = 256,
                  val_fraction: float = 0.1, augment: str = "light", device: str = "auto",
-                 overwrite: bool = False) -> TrainConfig:
+                 overwrite: bool = False, spatial_dims: str | int = "auto",
+                 spacing: str | Sequence[float] | None = None) -> TrainConfig:
     """The validated :class:`TrainConfig` of the Train widget's values.
 
     With ``from_layers`` the folders are ignored (the data come from layers, see :func:`layer_pairs`).
+    ``spacing``: ``Z, Y, X`` numbers (text or a sequence); empty or None reads it from the data.
 
     Raises:
         UserError: a folder is missing, or a value is out of range (the message names it).
@@ -94,28 +145,30 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
                          classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
                          epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
                          val_fraction=float(val_fraction), augment=str(augment), device=str(device),
-                         overwrite=bool(overwrite), command=WIDGET_COMMAND, curves_every=0)
+                         overwrite=bool(overwrite), command=WIDGET_COMMAND, curves_every=0,
+                         spatial_dims=spatial_dims, spacing=spacing or None)
     return config.validate()
 
 
 def layer_pairs(image: Any, labels: Any, *, rgb: bool = False, image_name: str = "image",
-                labels_name: str = "labels") -> list[tuple[np.ndarray, np.ndarray]]:
+                labels_name: str = "labels", spatial_dims: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
     """Training pairs ``[(image, labels), ...]`` from an Image layer's and a Labels layer's data.
 
-    A 2D image gives one pair; a stack ``(Z, Y, X)`` one pair per slice that holds any label
-    (unpainted slices are left out).
+    With ``spatial_dims`` 2, a 2D image gives one pair and a stack ``(Z, Y, X)`` one pair per slice that
+    holds any label (unpainted slices are left out). With 3, a volume gives one pair, whole: its unpainted
+    voxels are background.
 
     Raises:
-        UserError: the shapes differ, the data are not 2D or a stack, or nothing is labelled.
+        UserError: the shapes differ, the data are not 2D or a stack (a volume for 3), or nothing is labelled.
     """
     image, labels = np.asarray(image), np.asarray(labels)
-    spatial = image.shape[:-1] if rgb else image.shape
-    if labels.shape != spatial:
-        raise UserError(f"layer {labels_name!r} {labels.shape} does not match layer {image_name!r} {spatial}; "
-                        "pick a Labels layer painted on that image")
+    check_layer_shapes(image.shape, labels.shape, rgb=rgb, image_name=image_name, labels_name=labels_name)
+    spatial = labels.shape
     if len(spatial) not in (2, 3):
         raise UserError(f"layer {image_name!r} {image.shape}: train on 2D images or stacks of 2D slices")
-    if len(spatial) == 2:
+    if spatial_dims == 3 and len(spatial) != 3:
+        raise UserError(not_a_volume(image_name, image.shape))
+    if spatial_dims == 3 or len(spatial) == 2:
         pairs = [(image, labels)] if labels.any() else []
     else:
         pairs = [(image[z], labels[z]) for z in range(spatial[0]) if labels[z].any()]
@@ -134,15 +187,22 @@ def model_label(value: str | os.PathLike, shipped: Mapping[str, Path] | None = N
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def model_choices(shipped: Mapping[str, Path], files: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
-    """``(label, value)`` choices of a model list: shipped models by name, then model files by path."""
-    choices = [(model_label(name, shipped), name) for name in shipped]
+def model_choices(shipped: Mapping[str, Path], files: Sequence[str | os.PathLike],
+                  dims: Callable[[str], int | None] | None = None) -> list[tuple[str, str]]:
+    """``(label, value)`` choices of a model list: shipped models by name, then model files by path.
+
+    With ``dims`` (a model's value -> its ``spatial_dims``), 3D models are marked ``(3D)``.
+    """
+    def label(value: str, text: str) -> str:
+        return f"{text} (3D)" if dims is not None and "3D" not in text and dims(value) == 3 else text
+
+    choices = [(label(name, model_label(name, shipped)), name) for name in shipped]
     seen = set()
     for file in files:
         value = os.fspath(file)
         if value not in seen:
             seen.add(value)
-            choices.append((model_label(value), value))
+            choices.append((label(value, model_label(value)), value))
     return choices
 
 

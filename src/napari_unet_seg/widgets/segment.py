@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..events import Tiles
 from ..instances import INSTANCE_MODES
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
-from ._models import ModelPicker
+from ._models import ModelPicker, model_channels, model_dims
 from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
 from ._worker import Job, free_gpu_memory, report_error, start_job
 
@@ -32,8 +32,17 @@ def _segment_steps(model: Any, data: Any, cancel: Any, options: dict):
     return (yield from predict_steps(model, data, cancel=cancel, **options))
 
 
+def check_model_fits(dims: int | None, layer: Any, model: str) -> None:
+    """Refuse a 3D model for a 2D layer (a 2D model segments a stack slice by slice)."""
+    if dims == 3 and layer.ndim < 3:
+        raise UserError(f"{model} is a 3D model and layer {layer.name!r} is 2D {tuple(layer.data.shape)}: "
+                        "choose a volume (Z, Y, X) layer, or a 2D model")
+
+
 class SegmentWidget(Docked, Container):
-    """Segment an image layer (2D, RGB, a stack, or a multiscale image's highest resolution).
+    """Segment an image layer (2D, RGB, a stack, a volume, or a multiscale image's highest resolution).
+
+    A 3D model predicts a volume as one; a 2D model predicts a stack slice by slice.
 
     Adds a Labels layer ``<image> labels`` (class ids, or object ids with instances) with the image's
     scale and translate; a second run updates it. Optionally adds the probabilities as an Image layer
@@ -50,8 +59,8 @@ class SegmentWidget(Docked, Container):
         self.model, self.model_file = self.models.combo, self.models.file
         self.device = device_combo()
         self.tile = SpinBox(label="tile size", value=0, min=0, max=8192, step=16,
-                            tooltip="edge of the square tiles the image is cut into, in pixels; "
-                                    "0: the model's training patch size (at least 256)")
+                            tooltip="edge of the square tiles the image is cut into (cubes for a 3D model), "
+                                    "in pixels; 0: from the model's training patch")
         self.overlap = FloatSpinBox(label="overlap", value=0.25, min=0.0, max=0.9, step=0.05,
                                     tooltip="fraction by which neighbouring tiles overlap")
         self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01,
@@ -85,14 +94,18 @@ class SegmentWidget(Docked, Container):
         self._on_image(self.image.value)
 
     def _on_image(self, layer: Any) -> None:
-        """With a shipped model chosen, switch to the shipped model made for this image's kind (gray/RGB)."""
-        from ..pretrained import shipped_model_for, shipped_models
+        """With a shipped model chosen, switch to a shipped model made for this image's kind (gray or RGB;
+        a 3D one for a volume when one ships, never a 3D one for a 2D image)."""
+        from ..pretrained import shipped_models
 
-        if layer is None or self.model.value not in shipped_models():
+        shipped = shipped_models()
+        if layer is None or self.model.value not in shipped:
             return
-        fitting = shipped_model_for(bool(layer.rgb))
-        if fitting is not None:
-            self.model.value = fitting
+        kind = [name for name in shipped if model_channels(name) == (3 if layer.rgb else 1)]
+        flat = [name for name in kind if model_dims(name) == 2]
+        wanted = ([name for name in kind if model_dims(name) == 3] or flat) if layer.ndim >= 3 else flat
+        if wanted and self.model.value not in wanted:
+            self.model.value = wanted[0]
 
     def _image_layers(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Image
@@ -115,6 +128,7 @@ class SegmentWidget(Docked, Container):
             if layer is None:
                 raise UserError("open an image to segment first (File > Open, or drag it onto the viewer)")
             model = self.models.value
+            check_model_fits(model_dims(model), layer, self.model.current_choice)
             options = self.options(rgb=bool(layer.rgb))
         except UserError as error:
             report_error(error, status=self.status)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, ProgressBar, PushButton,
-                              RadioButtons, SpinBox)
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, ProgressBar,
+                              PushButton, RadioButtons, SpinBox)
 
 from ..config import AUGMENTS, OPTIMIZERS
 from ..errors import UserError
@@ -24,7 +24,8 @@ from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import kept_files, layer_array, layer_pairs, model_label, optional_path, plane_key, train_config
+from ._params import (DIMENSIONS, check_layer_shapes, dims_choice, dims_value, kept_files, layer_array, layer_pairs,
+                      model_label, not_a_volume, optional_path, plane_key, resolve_dims, scale_text, train_config)
 from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -38,7 +39,7 @@ PLOT_TITLE = "Training curves"
 
 
 def start_settings(model: str) -> dict[str, Any]:
-    """The Train widget values a model to start from fixes: ``{"model", "model_width", "classes"}``.
+    """The Train widget values a model to start from fixes: ``{"model", "model_width", "classes", "dims"}``.
 
     Raises:
         UserError: the model file cannot be read.
@@ -52,6 +53,7 @@ def start_settings(model: str) -> dict[str, Any]:
         settings["model"] = meta["architecture"]["name"]
     if meta.get("config", {}).get("width"):
         settings["model_width"] = float(meta["config"]["width"])
+    settings["dims"] = dims_choice(int(meta.get("architecture", {}).get("kwargs", {}).get("spatial_dims", 2)))
     return settings
 
 
@@ -63,7 +65,8 @@ def _training_steps(config, layers: dict | None, initial: str | None, cancel):
     if layers is not None:
         arrays = layer_pairs(layer_array(layers["image"], layers["image_multiscale"]),
                              layer_array(layers["labels"], layers["labels_multiscale"]), rgb=layers["rgb"],
-                             image_name=layers["image_name"], labels_name=layers["labels_name"])
+                             image_name=layers["image_name"], labels_name=layers["labels_name"],
+                             spatial_dims=config.spatial_dims)
     return (yield from train_steps(config, arrays=arrays, initial_model=initial, cancel=cancel))
 
 
@@ -90,8 +93,9 @@ class TrainWidget(Docked, Container):
                                      tooltip="labels painted on the image layer; stack slices without labels "
                                              "are left out")
         self.add_button = PushButton(text="Add to training set",
-                                     tooltip="save the image layer and its labels (the current slice of a stack) "
-                                             "as a new pair in the images and masks folders")
+                                     tooltip="save the image layer and its labels as a new pair in the images and "
+                                             "masks folders: a 2D image, the current slice of a stack trained in "
+                                             "2D slices, or the whole volume trained in 3D (with its spacing)")
         self.start_models = ModelPicker(viewer, new_model=True)
         self.start_from, self.start_file = self.start_models.combo, self.start_models.file
         self.start_from.label, self.start_file.label = "start from", "start from file"
@@ -101,6 +105,8 @@ class TrainWidget(Docked, Container):
                               tooltip="network architecture: U-Net variants (MONAI) or SegNet")
         self.model_width = FloatSpinBox(label="width", value=1.0, min=0.125, max=4.0, step=0.125,
                                         tooltip="channel multiplier of the network (0.25: small and fast)")
+        self.model_width.native.setDecimals(3)  # Qt's two decimals would round the least width to 0.13
+        self.model_width.min = 0.125
         self.classes = SpinBox(label="classes", value=2, min=2, max=255,
                                tooltip="2: binary (foreground / background); more: class ids 0..N-1")
         self.loss = ComboBox(label="loss", choices=LOSS_NAMES, value="dicece")
@@ -109,7 +115,15 @@ class TrainWidget(Docked, Container):
         self.epochs = SpinBox(label="epochs", value=50, min=1, max=100_000)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=4096)
         self.patch_size = SpinBox(label="patch size", value=256, min=16, max=8192, step=16,
-                                  tooltip="edge of the random square crops trained on, in pixels")
+                                  tooltip="edge of the random square crops trained on, in pixels (3D: of the "
+                                          "crops' finest axis; coarser axes are shorter, in physical units)")
+        self.dims = ComboBox(label="dimensions", choices=list(DIMENSIONS), value="auto",
+                             tooltip="2D slices: train on the slices of stacks (a 2D network); 3D volumes: train "
+                                     "on whole volumes (a 3D network); auto: 3D for stacks deep enough whose "
+                                     "voxels are near isotropic (the voxel spacing), else 2D slices")
+        self.spacing = LineEdit(label="voxel spacing", value="",
+                                tooltip="Z, Y, X size of a voxel (e.g. 50, 4, 4), from the image layer's scale; "
+                                        "empty: read from the files (folders), none for a 2D layer")
         self.val_fraction = FloatSpinBox(label="val fraction", value=0.1, min=0.0, max=0.9, step=0.05,
                                          tooltip="share of the pairs held out to validate (and pick best.pt)")
         self.augment = ComboBox(label="augmentation", choices=AUGMENTS, value="light")
@@ -127,8 +141,9 @@ class TrainWidget(Docked, Container):
         self.epoch_progress = ProgressBar(label="epochs", value=0, min=0, max=1)
         self.batch_progress = ProgressBar(label="batches", value=0, min=0, max=1)
         self.status = status_label()
-        self.advanced = Advanced([self.model, self.model_width, self.classes, self.loss, self.optimizer, self.lr,
-                                  self.batch_size, self.patch_size, self.val_fraction, self.augment, self.device])
+        self.advanced = Advanced([self.model, self.model_width, self.classes, self.dims, self.spacing, self.loss,
+                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.val_fraction,
+                                  self.augment, self.device])
         build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
                                         self.add_button, self.start_from, self.start_file, self.out,
                                         self.overwrite, self.epochs]), self.advanced],
@@ -145,6 +160,7 @@ class TrainWidget(Docked, Container):
         self.plot_button.changed.connect(self.show_plot)
         self.add_button.changed.connect(self.add_to_training_set)
         self.start_from.changed.connect(self._on_start_from)
+        self.image_layer.changed.connect(self._on_image_layer)
         self._on_source(self.source.value)
         self._on_start_from(self.start_from.value)
         from qtpy.QtCore import QTimer
@@ -198,6 +214,13 @@ class TrainWidget(Docked, Container):
         # the layers stay visible with folders: they are what "Add to training set" saves
         for widget in (self.images, self.masks, self.add_button):
             widget.visible = value == FOLDERS
+        self._on_image_layer(self.image_layer.value)
+
+    def _on_image_layer(self, layer: Any) -> None:
+        """The voxel spacing follows the image layer's scale when training on layers (empty with folders:
+        the files state theirs)."""
+        use = layer is not None and self.source.value == LAYERS
+        self.spacing.value = scale_text(layer.scale, layer.ndim) if use else ""
 
     def _on_start_from(self, value: str | None) -> None:
         fixed = value not in (None, NEW_MODEL)
@@ -209,7 +232,7 @@ class TrainWidget(Docked, Container):
                 settings = {}
             for name, setting in settings.items():
                 getattr(self, name).value = setting
-        for widget in (self.model, self.model_width, self.classes):
+        for widget in (self.model, self.model_width, self.classes, self.dims):
             widget.enabled = not fixed
 
     def _training_layers(self) -> dict | None:
@@ -219,6 +242,9 @@ class TrainWidget(Docked, Container):
         image, labels = self.image_layer.value, self.labels_layer.value
         if image is None or labels is None:
             raise UserError("choose an image layer and a Labels layer painted on it, or train on folders")
+        check_layer_shapes(image.data[0].shape if image.multiscale else image.data.shape,
+                           labels.data[0].shape if labels.multiscale else labels.data.shape, rgb=bool(image.rgb),
+                           image_name=image.name, labels_name=labels.name)
         return {"image": image.data, "image_multiscale": image.multiscale, "labels": labels.data,
                 "labels_multiscale": labels.multiscale, "rgb": bool(image.rgb), "image_name": image.name,
                 "labels_name": labels.name}
@@ -231,7 +257,8 @@ class TrainWidget(Docked, Container):
                             optimizer=self.optimizer.value, lr=self.lr.value, epochs=self.epochs.value,
                             batch_size=self.batch_size.value, patch_size=self.patch_size.value,
                             val_fraction=self.val_fraction.value, augment=self.augment.value,
-                            device=self.device.value, overwrite=self.overwrite.value)
+                            device=self.device.value, overwrite=self.overwrite.value,
+                            spatial_dims=dims_value(self.dims.value), spacing=self.spacing.value.strip() or None)
 
     def _initial_model(self, config, fine_tune: bool) -> str | None:
         """The model to start from (None: random weights); with ``fine_tune`` a free output folder."""
@@ -264,6 +291,7 @@ class TrainWidget(Docked, Container):
         try:
             config = self.config()
             layers = self._training_layers()
+            why = self._layer_dims(config, layers) if layers is not None else ""
             initial = self._initial_model(config, fine_tune)
         except UserError as error:
             report_error(error, status=self.status)
@@ -274,12 +302,26 @@ class TrainWidget(Docked, Container):
         self.epoch_progress.max, self.epoch_progress.value = config.epochs, 0
         self.batch_progress.value = 0
         what = f"fine-tuning {model_label(initial)}" if initial else f"training a new {config.model}"
+        if why:
+            what += f" in {'3D volumes' if config.spatial_dims == 3 else '2D slices'} ({why})"
         set_status(self.status, f"{what} -> {config.out}")
         self._set_running(True)
         self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel),
                              on_event=self._on_event, on_finish=self._on_finish, owner=self.native,
                              status=self.status)
         return self.job
+
+    def _layer_dims(self, config, layers: dict) -> str:
+        """Decide 2D slices or 3D volumes for the training layers (``auto``: from their depth and voxel
+        spacing), set ``config.spatial_dims`` (and no spacing for slices); return why."""
+        shape = tuple(layers["labels"][0].shape if layers["labels_multiscale"] else layers["labels"].shape)
+        dims, why = resolve_dims(config.spatial_dims, shape, config.spacing)
+        if dims == 3 and len(shape) != 3:
+            raise UserError(not_a_volume(layers["image_name"], shape))
+        config.spatial_dims = dims
+        if dims == 2:
+            config.spacing = None
+        return why
 
     def fine_tune(self, *_: Any) -> Job | None:
         """Continue training the 'start from' model on the training data, into a free output folder."""
@@ -299,8 +341,26 @@ class TrainWidget(Docked, Container):
         index = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(position, data.shape[:leading]))
         return np.asarray(data[index]), index
 
+    def _pair_to_add(self, image: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, str, list[float] | None]:
+        """``(image, labels, name, spacing)`` to add: a 2D image, the current slice of a stack trained in 2D
+        slices, or the whole volume trained in 3D (``dimensions``, ``auto`` decided as for training)."""
+        from ..config import Rule, check_value
+
+        if labels.ndim == 3 and image.ndim == 3:
+            text = self.spacing.value.strip() or scale_text(image.scale, image.ndim)
+            spacing = check_value("voxel spacing", text, Rule("spacing")) if text else None
+            dims, _ = resolve_dims(dims_value(self.dims.value), tuple(labels.data.shape), spacing)
+            if dims == 3:
+                volume = np.asarray(layer_array(image.data, image.multiscale))
+                return volume, np.asarray(layer_array(labels.data, labels.multiscale)), image.name, spacing
+        image_plane, index = self._current_plane(image)
+        labels_plane, _ = self._current_plane(labels)
+        name = image.name + ("_z" + "_".join(map(str, index)) if index else "")
+        return image_plane, labels_plane, name, None
+
     def add_to_training_set(self, *_: Any) -> tuple[Path, Path] | None:
-        """Save the image layer and the labels layer (their current slice) as a new pair in the folders.
+        """Save the image layer and the labels layer as a new pair in the folders: the current slice of a
+        stack trained in 2D slices, the whole volume (and its voxel spacing) trained in 3D.
 
         Returns ``(image_path, mask_path)``, None when refused; existing files are never overwritten, and
         a pair this widget already added (same image, same labels) is not added again.
@@ -312,22 +372,20 @@ class TrainWidget(Docked, Container):
             images, masks = optional_path(self.images.value), optional_path(self.masks.value)
             if images is None or masks is None:
                 raise UserError("choose the images folder and the masks folder of the training set to add to")
-            image_plane, index = self._current_plane(image)
-            labels_plane, _ = self._current_plane(labels)
-            name = image.name + ("_z" + "_".join(map(str, index)) if index else "")
-            key = (str(Path(images).resolve()), str(Path(masks).resolve()), name,
-                   plane_key(image_plane, labels_plane))
+            image_data, labels_data, name, spacing = self._pair_to_add(image, labels)
+            key = (str(Path(images).resolve()), str(Path(masks).resolve()), name, plane_key(image_data, labels_data))
             earlier = self.added.get(key)
             if earlier is not None and earlier.exists():
                 raise UserError(f"this image and these labels are already in the training set as {earlier.name}; "
                                 "correct the labels (or pick another slice) before adding again")
-            written = add_pair(image_plane, labels_plane, images, masks, name)
+            written = add_pair(image_data, labels_data, images, masks, name, spacing=spacing)
         except UserError as error:
             report_error(error, status=self.status)
             return None
         self.added[key] = written[0]
+        what = "volume" if labels_data.ndim == 3 else "pair"
         show_message(Message(f"added {written[0].name} to {images} and {written[1].name} to {masks}"))
-        set_status(self.status, f"added the pair {written[0].stem} to the training set")
+        set_status(self.status, f"added the {what} {written[0].stem} to the training set")
         return written
 
     def cancel(self, *_: Any) -> None:

@@ -1,0 +1,68 @@
+"""Post-processing of label arrays: small objects removed and holes filled, per class, in 2D or in 3D.
+
+An image ``(Y, X)`` is post-processed in 2D. A volume ``(Z, Y, X)`` is one 3D array (a 3D model's labels):
+its objects are 3D connected components and its holes 3D cavities; with ``spatial_dims=2`` each slice is
+post-processed as an image instead (a 2D model's stack, segmented slice by slice). Objects are connected by
+their faces (4-connected in 2D, 6-connected in 3D), as scikit-image's ``remove_small_objects`` and
+SciPy's ``binary_fill_holes`` connect them by default; sizes are counted in pixels (voxels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["postprocess"]
+
+
+def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False,
+                spatial_dims: int | None = None) -> np.ndarray:
+    """Remove objects smaller than ``min_size`` pixels (voxels) and fill holes, per class.
+
+    ``labels``: class ids ``(Y, X)`` or ``(Z, Y, X)``. ``spatial_dims``: 3 (the default for a volume)
+    treats a volume as one, 2 (the default for an image) each of its slices as an image. The input is
+    not changed; it is returned as it is when there is nothing to do.
+
+    Raises:
+        UserError: labels that are neither 2D nor 3D, or ``spatial_dims=3`` for 2D labels.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise UserError(f"labels of shape {labels.shape}: expected an image (Y, X) or a volume (Z, Y, X)")
+    spatial_dims = labels.ndim if spatial_dims is None else spatial_dims
+    if spatial_dims not in (2, 3) or spatial_dims > labels.ndim:
+        raise UserError(f"cannot post-process labels of shape {labels.shape} in {spatial_dims}D; "
+                        "use 2 for images and slice-by-slice stacks, 3 for volumes")
+    if not min_size and not fill_holes:
+        return labels
+    if labels.ndim == 3 and spatial_dims == 2:
+        return np.stack([_postprocess(plane, min_size, fill_holes) for plane in labels])
+    return _postprocess(labels, min_size, fill_holes)
+
+
+def _postprocess(labels: np.ndarray, min_size: int, fill_holes: bool) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+    from skimage.morphology import remove_small_objects
+
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        region = labels == value
+        if min_size:
+            kept = remove_small_objects(region, max_size=min_size - 1) if _has_max_size() else \
+                remove_small_objects(region, min_size=min_size)
+            out[region & ~kept] = 0
+            region = kept
+        if fill_holes:
+            out[binary_fill_holes(region) & (out == 0)] = value
+    return out
+
+
+def _has_max_size() -> bool:
+    import inspect
+
+    from skimage.morphology import remove_small_objects
+
+    return "max_size" in inspect.signature(remove_small_objects).parameters
