@@ -12,6 +12,13 @@ the unfused one, to show what folding gives.
     python benchmarks/bench_predict.py --fused --repeats 3   # + the fused network alone
     python benchmarks/bench_predict.py --fused --threads 1   # steadier ratios on a busy machine
     python benchmarks/bench_predict.py --size 4096 --model segnet --device cuda
+
+``--spatial-dims 3`` times a 3D network (random weights, ``--width``) on a volume (``--shape``, default
+165x384x512: a block of ../shared/data/lucchi-mito-em3d when present, else synthetic blobs): ``predict``
+against MONAI ``sliding_window_inference`` defaults for 3D (roi 96³, sw_batch 4, overlap 0.25, fp32, the
+unfolded network), in turns, after a warm-up on a small crop (target: >= 2x on the CPU).
+
+    python benchmarks/bench_predict.py --spatial-dims 3 --width 0.5 --repeats 1
 """
 
 from __future__ import annotations
@@ -67,7 +74,13 @@ def main() -> None:
     parser.add_argument("--fused", action="store_true", help="also time the fused network (fusion.inference_network)")
     parser.add_argument("--model-file", help="a trained model; default: a few epochs on synthetic discs, so that "
                         "the mask comparison means something")
+    parser.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--shape", default="165,384,512", help="3D: the volume's shape Z,Y,X")
+    parser.add_argument("--width", type=float, default=1.0, help="3D: the U-Net's width (random weights)")
+    parser.add_argument("--precision", default="auto", help="3D: predict's precision")
     args = parser.parse_args()
+    if args.spatial_dims == 3:
+        return main_3d(args)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,6 +151,87 @@ def main() -> None:
         print(f"ratio network alone fused / unfused: {rates['alone fused'] / rates['alone']:.2f}")
     agreement = segmentation_metrics(timed["ours"][1], reference)
     print(f"masks vs fp32 defaults: Dice {agreement['dice']:.4f}, pixel agreement {agreement['accuracy']:.4f}")
+
+
+def _volume(shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
+    """A Lucchi block cropped to ``shape`` when the shared data is there, else smooth random blobs."""
+    from pathlib import Path
+
+    import tifffile
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchi-mito-em3d" / "images"
+    files = sorted(folder.glob("*.tif*")) if folder.is_dir() else []
+    if files:
+        volume = tifffile.imread(files[0])
+        if all(v >= s for v, s in zip(volume.shape, shape)):
+            return np.ascontiguousarray(volume[tuple(slice(0, s) for s in shape)]), files[0].name
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(np.random.default_rng(0).random(shape, np.float32), 3)
+    return ((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8), "synthetic blobs"
+
+
+def main_3d(args: argparse.Namespace) -> None:
+    """``--spatial-dims 3``: predict vs MONAI 3D defaults on one volume (see the module's docstring)."""
+    import monai
+    from monai.inferers import sliding_window_inference
+
+    from napari_unet_seg.device import resolve_device
+    from napari_unet_seg.inference import autocast_dtype, predict
+    from napari_unet_seg.model_file import SegmentationModel
+    from napari_unet_seg.models import build_network, network_kwargs
+    from napari_unet_seg.normalization import default_normalization, normalize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = resolve_device(args.device)
+    kwargs = network_kwargs(args.model, args.width, spatial_dims=3)
+    network = build_network(args.model, 1, 1, **kwargs).eval()
+    model = SegmentationModel(network, {"name": args.model, "kwargs": kwargs}, 1, 2,
+                              default_normalization("percentile"), {"patch_size": 96, "spatial_dims": 3})
+    shape = tuple(int(v) for v in args.shape.split(","))
+    volume, source = _volume(shape)
+
+    def monai_defaults(image: np.ndarray) -> np.ndarray:
+        net = network.to(device, memory_format=torch.contiguous_format)
+        x = torch.from_numpy(normalize(image[None], model.normalization)).to(device)[None]
+        with torch.inference_mode():
+            out = sliding_window_inference(x, (96, 96, 96), 4, net, overlap=0.25)
+        return torch.sigmoid(out[0, 0]).cpu().numpy()
+
+    def ours(image: np.ndarray) -> np.ndarray:
+        return predict(model, image, device=str(device), precision=args.precision, return_probabilities=True)[1]
+
+    crop = volume[:32, :64, :64]
+    variants = {"monai": lambda: monai_defaults(volume), "ours": lambda: ours(volume)}
+    monai_defaults(crop), ours(crop)  # warm-up: allocator, kernels
+    best = {name: float("inf") for name in variants}
+    results = {}
+    for _ in range(max(1, args.repeats)):
+        for name, function in variants.items():
+            _sync()
+            began = time.perf_counter()
+            results[name] = function()
+            _sync()
+            best[name] = min(best[name], time.perf_counter() - began)
+    rates = {name: volume.size / 1e6 / seconds for name, seconds in best.items()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    dtype = autocast_dtype(device, args.precision)
+    print(f"device: {device} ({name}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
+          f"monai {monai.__version__}; 3D {args.model} width {args.width} (random weights); volume "
+          f"{'x'.join(map(str, shape))} ({volume.size / 1e6:.1f} Mvoxel, {source}); predict precision "
+          f"{args.precision} ({dtype or 'fp32'}); best of {max(1, args.repeats)} turns")
+    print(f"MONAI sliding_window_inference defaults (fp32, roi 96^3, sw_batch 4, overlap 0.25): "
+          f"{rates['monai']:6.3f} Mvoxel/s ({best['monai']:.1f} s)")
+    print(f"napari_unet_seg.predict (numpy in, uint8 labels + probabilities out):        "
+          f"{rates['ours']:6.3f} Mvoxel/s ({best['ours']:.1f} s)")
+    print(f"ratio predict / MONAI defaults: {rates['ours'] / rates['monai']:.2f}  (target >= 2 on the CPU)")
+    reference, got = results["monai"], results["ours"]
+    masks = (reference > 0.5), (got > 0.5)
+    agree = float((masks[0] == masks[1]).mean())
+    print(f"probabilities vs fp32 defaults: mean abs difference {np.abs(reference - got).mean():.2e}, "
+          f"max {np.abs(reference - got).max():.2e}; masks agree on {agree:.4f} of the voxels")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,43 @@ def test_labels_are_written_into_out(unet, tmp_path, monkeypatch):
     assert (np.load(tmp_path / "labels.npy") == expected).mean() > 0.99
     with pytest.raises(UserError, match=r"out array of shape \(16, 40, 40\) and dtype int32 does not fit"):
         predict(unet, volume, device="cpu", out=np.zeros(volume.shape, np.int32))
+
+
+def test_cancel_and_out_of_memory_in_3d(unet, monkeypatch):
+    from napari_unet_seg import inference
+    from napari_unet_seg.errors import JobCancelled
+    from napari_unet_seg.events import Message
+
+    volume = _volume((16, 48, 48), seed=13)
+    with pytest.raises(JobCancelled):
+        predict(unet, volume, device="cpu", cancel=lambda: True)
+    expected = predict(unet, volume, device="cpu", tile=32, precision="fp32")
+    model = _unet_3d()  # a model of its own: its network's forward is patched
+    forward, sizes = model.network.forward, []
+
+    def flaky(x):
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(x.shape[0])
+        return forward(x)
+
+    monkeypatch.setattr(model.network, "forward", flaky)
+    events = []
+    result = drain(predict_steps(model, volume, device="cpu", tile=32, batch_size=4, precision="fp32"),
+                   events.append)
+    assert [e.text for e in events if isinstance(e, Message)] == ["out of GPU memory: tile batch size lowered to 1"]
+    assert set(sizes) == {1} and np.array_equal(result.labels, expected)
+    monkeypatch.setattr(model.network, "forward", lambda x: flaky(torch.cat([x, x])))
+    inference._COPIES.clear()
+    with pytest.raises(UserError, match="out of GPU memory even for one tile of 16x32x32 voxels"):
+        predict(model, volume, device="cpu", tile=32)
+
+
+def test_a_2d_model_writes_a_stack_into_out():
+    model = SegmentationModel(torch.nn.Conv2d(1, 1, 3, padding=1).eval(), {"name": "conv", "kwargs": {}}, 1, 2,
+                              default_normalization("minmax"))
+    stack = _volume((3, 32, 40), seed=14)
+    out = np.zeros(stack.shape, np.uint8)
+    assert predict(model, stack, device="cpu", out=out) is out
+    for z in range(3):
+        np.testing.assert_array_equal(out[z], predict(model, stack[z], device="cpu"))

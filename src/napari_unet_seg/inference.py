@@ -150,7 +150,8 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
                     if not is_out_of_memory(error):
                         raise
                     if batch_size == 1:
-                        raise UserError(f"out of GPU memory even for one tile of {'x'.join(map(str, roi))} pixels; "
+                        raise UserError(f"out of GPU memory even for one tile of {'x'.join(map(str, roi))} "
+                                        f"{'voxels' if axes == 3 else 'pixels'}; "
                                         "use a smaller tile size or the CPU") from None
                 # Out of the except block, the failed attempt's tensors are released.
                 batch_size //= 2
