@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -154,6 +155,11 @@ def test_a_failed_fill_leaves_the_image_and_any_old_group_as_they_were(tmp_path,
         with labels_writer(path, "cells", volume.shape, overwrite=True) as out:
             out[:] = 2
             raise KeyboardInterrupt
+    assert snapshot(path) == kept
+    with pytest.raises(UserError, match=r"labels/cells: writing failed \(No space left on device\); check free"):
+        with labels_writer(path, "cells", volume.shape, overwrite=True) as out:
+            out[:] = 3
+            raise OSError(errno.ENOSPC, "No space left on device")
     assert snapshot(path) == kept
 
 

@@ -248,7 +248,8 @@ def labels_writer(image_path: str | os.PathLike, name: str, shape: tuple[int, ..
 
     Raises:
         UserError: a bad name, an image that is not an OME-Zarr image folder, a shape that is not its
-            spatial shape, or an existing labels group of that name without ``overwrite``.
+            spatial shape, an existing labels group of that name without ``overwrite``, or a failed write
+            (disk full, no permission).
     """
     import zarr
     from ome_zarr.format import FormatV04
@@ -279,9 +280,12 @@ def labels_writer(image_path: str | os.PathLike, name: str, shape: tuple[int, ..
         _move_into_place(folder.parent / staging, folder)
         names = [n for n in _ome(labels).get("labels", []) if n != name]
         add_metadata(labels, {"labels": names + [name]}, fmt=fmt)
-    except BaseException:
+    except BaseException as error:
         if created:  # nothing of this job stays in the image
             shutil.rmtree(folder.parent, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise UserError(f"{folder}: writing failed ({error.strerror or error}); check free disk space and "
+                            "permissions (the image and its labels are unchanged)") from None
         raise
     finally:
         shutil.rmtree(folder.parent / staging, ignore_errors=True)
