@@ -47,8 +47,10 @@ def test_train_spacing_follows_the_image_layer_and_dimensions_sit_in_advanced(ma
     widget.source.value = "layers"
     widget.image_layer.value = volume
     assert widget.spacing.value == "2, 0.5, 0.5"
+    assert "voxel spacing 2, 0.5, 0.5" in widget.advanced.values.text()
     widget.image_layer.value = flat
     assert widget.spacing.value == ""  # a 2D layer shows none
+    assert "voxel spacing" not in widget.advanced.values.text() and "dimensions auto" in widget.advanced.values.text()
     widget.image_layer.value = volume
     widget.source.value = "folders"
     assert widget.spacing.value == ""  # folders: the files state their spacing

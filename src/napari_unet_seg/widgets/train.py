@@ -115,8 +115,9 @@ class TrainWidget(Docked, Container):
         self.epochs = SpinBox(label="epochs", value=50, min=1, max=100_000)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=4096)
         self.patch_size = SpinBox(label="patch size", value=256, min=16, max=8192, step=16,
-                                  tooltip="edge of the random square crops trained on, in pixels (3D: of the "
-                                          "crops' finest axis; coarser axes are shorter, in physical units)")
+                                  tooltip="edge of the random square crops trained on, in pixels; 3D: along "
+                                          "the finest axis (coarser axes are shorter, in physical units), and "
+                                          "256 left as is means 64 on a CPU, 96 on a GPU")
         self.dims = ComboBox(label="dimensions", choices=list(DIMENSIONS), value="auto",
                              tooltip="2D slices: train on the slices of stacks (a 2D network); 3D volumes: train "
                                      "on whole volumes (a 3D network); auto: 3D for stacks deep enough whose "
