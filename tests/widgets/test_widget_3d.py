@@ -144,7 +144,7 @@ def test_train_a_3d_model_from_layers_then_segment_the_volume_with_it(make_napar
     train.image_layer.value, train.labels_layer.value = layer, viewer.layers["truth"]
     assert train.spacing.value == "1, 0.5, 0.5"  # auto: near isotropic (anisotropy 2), 16 slices: 3D
     job = train.start()
-    assert "in 3D volumes" in train.status.value
+    assert "anisotropy 2 < 3: 3D volumes" in train.status.value, train.status.value
     assert wait_job(job, timeout=120_000) == "done", train.status.value
     best = tmp_path / "run" / "best.pt"
     model = load_model(best)
@@ -204,3 +204,22 @@ def test_evaluate_scores_volumes_per_volume_and_pooled(make_napari_viewer, model
     widget.truth_layer.value = viewer.layers["thin"]
     assert widget.compare() is None
     assert "layer 'result' (16, 32, 32) does not match ground truth 'thin' (15, 32, 32)" in notifications[-1][1]
+
+
+def test_the_shipped_model_follows_the_dimensions_of_the_image(make_napari_viewer, model_3d, monkeypatch):
+    from napari_unet_seg import pretrained
+    from napari_unet_seg.widgets import _models
+
+    shipped = {**pretrained.shipped_models(), "zz-cube": model_3d}  # a shipped 3D model, listed last by name
+    monkeypatch.setattr(pretrained, "shipped_models", lambda: shipped)
+    monkeypatch.setattr(_models, "shipped_models", lambda: shipped)
+    monkeypatch.setattr(pretrained, "pretrained_path", lambda name: shipped.get(name))
+    viewer = make_napari_viewer()
+    gray = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    volume = viewer.add_image(np.zeros((16, 32, 32), np.uint8), name="volume")
+    segment = _dock(viewer, "Segment")
+    segment.image.value = volume
+    assert segment.model.value == "zz-cube"
+    assert segment.model.current_choice == "zz-cube (3D)"
+    segment.image.value = gray  # never a 3D model for a 2D image
+    assert segment.model.value == "em-membranes"
