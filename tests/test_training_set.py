@@ -8,7 +8,7 @@ import tifffile
 
 from napari_unet_seg.errors import UserError
 from napari_unet_seg.events import drain
-from napari_unet_seg.image_io import read_image
+from napari_unet_seg.image_io import read_image, read_spacing
 from napari_unet_seg.pairing import pair_files
 from napari_unet_seg.training_set import add_pair, fresh_folder, fresh_name
 
@@ -110,6 +110,8 @@ def test_add_pair_writes_a_volume_pair_with_its_spacing(tmp_path):
     for path in (image_path, mask_path):
         assert _stated_spacing(path) == pytest.approx([2, .5, .25]), path.name
         assert tifffile.TiffFile(path).imagej_metadata["unit"] == "micron"
+    assert read_spacing(image_path) == read_spacing(mask_path) == pytest.approx([2, .5, .25])  # what training reads
+    assert np.array_equal(read_image(image_path), image) and np.array_equal(read_image(mask_path), labels)
     pairs = pair_files(tmp_path / "images", tmp_path / "masks")
     assert [(p.image, p.mask) for p in pairs] == [(image_path, mask_path)]
     # a type ImageJ does not hold keeps its spacing in OME metadata; a colour volume stays colour
@@ -117,11 +119,11 @@ def test_add_pair_writes_a_volume_pair_with_its_spacing(tmp_path):
     image_path, mask_path = add_pair(floats, labels, tmp_path / "images", tmp_path / "masks", "vol",
                                      spacing=(3, 1, 1))
     assert image_path.name == "vol-2.tif" and np.array_equal(tifffile.imread(image_path), floats)
-    assert _stated_spacing(image_path) == pytest.approx([3, 1, 1])
+    assert _stated_spacing(image_path) == pytest.approx([3, 1, 1]) and read_spacing(image_path) == [3, 1, 1]
     assert _stated_spacing(mask_path) == pytest.approx([3, 1, 1])
     rgb = np.random.default_rng(3).integers(0, 255, (5, 12, 10, 3), dtype=np.uint8)
     image_path, _ = add_pair(rgb, labels, tmp_path / "images", tmp_path / "masks", "rgb", spacing=(1, 1, 1))
-    assert np.array_equal(tifffile.imread(image_path), rgb)
+    assert np.array_equal(tifffile.imread(image_path), rgb) and np.array_equal(read_image(image_path), rgb)
     # without a spacing the volumes state none
     image_path, mask_path = add_pair(image, labels, tmp_path / "images", tmp_path / "masks", "plain")
     assert not tifffile.TiffFile(image_path).is_imagej and not tifffile.TiffFile(image_path).is_ome
@@ -221,3 +223,18 @@ def test_adding_corrected_pairs_and_fine_tuning_improves_held_out_dice(tmp_path)
     print(f"held-out Dice: before {before:.4f}, after {after:.4f}, control {longer:.4f}")  # shown with -s
     assert after > before + 0.05, (before, after)
     assert after > longer + 0.02, (longer, after)
+
+
+def test_a_volume_pair_trains_in_3d_with_the_spacing_it_states(tmp_path):
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.training import train
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((16, 32, 32), np.uint8)
+    labels[4:12, 8:20, 10:22] = 1
+    image = (rng.normal(20, 5, labels.shape) + 60 * labels).astype(np.float32)
+    add_pair(image, labels, tmp_path / "images", tmp_path / "masks", "vol", spacing=(1, 0.5, 0.5))
+    result = train(images=tmp_path / "images", masks=tmp_path / "masks", out=tmp_path / "run", epochs=1,
+                   batch_size=2, patch_size=16, width=0.125, augment="none", device="cpu", val_fraction=0)
+    model = load_model(result.best)
+    assert model.spatial_dims == 3 and model.spacing == [1.0, 0.5, 0.5]  # auto: 16 slices, anisotropy 2

@@ -47,8 +47,10 @@ def test_train_spacing_follows_the_image_layer_and_dimensions_sit_in_advanced(ma
     widget.source.value = "layers"
     widget.image_layer.value = volume
     assert widget.spacing.value == "2, 0.5, 0.5"
+    assert "voxel spacing 2, 0.5, 0.5" in widget.advanced.values.text()
     widget.image_layer.value = flat
     assert widget.spacing.value == ""  # a 2D layer shows none
+    assert "voxel spacing" not in widget.advanced.values.text() and "dimensions auto" in widget.advanced.values.text()
     widget.image_layer.value = volume
     widget.source.value = "folders"
     assert widget.spacing.value == ""  # folders: the files state their spacing
@@ -142,7 +144,7 @@ def test_train_a_3d_model_from_layers_then_segment_the_volume_with_it(make_napar
     train.image_layer.value, train.labels_layer.value = layer, viewer.layers["truth"]
     assert train.spacing.value == "1, 0.5, 0.5"  # auto: near isotropic (anisotropy 2), 16 slices: 3D
     job = train.start()
-    assert "in 3D volumes" in train.status.value
+    assert "anisotropy 2 < 3: 3D volumes" in train.status.value, train.status.value
     assert wait_job(job, timeout=120_000) == "done", train.status.value
     best = tmp_path / "run" / "best.pt"
     model = load_model(best)
@@ -160,3 +162,64 @@ def test_train_a_3d_model_from_layers_then_segment_the_volume_with_it(make_napar
     np.testing.assert_allclose(result.scale, layer.scale)
     np.testing.assert_allclose(result.translate, layer.translate)
     assert segment.progress.value == segment.progress.max >= 1
+
+
+def test_evaluate_scores_volumes_per_volume_and_pooled(make_napari_viewer, model_3d, tmp_path, wait_job,
+                                                       notifications):
+    from napari_unet_seg import evaluate
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for seed in (0, 1):
+        image, labels = _volume(seed=seed)
+        tifffile.imwrite(images / f"v{seed}.tif", image)
+        tifffile.imwrite(masks / f"v{seed}.tif", labels)
+    viewer = make_napari_viewer()
+    widget = _dock(viewer, "Evaluate")
+    widget.model_file.value = model_3d
+    widget.images.value, widget.masks.value, widget.device.value = images, masks, "cpu"
+    assert wait_job(widget.evaluate(), timeout=60_000) == "done", widget.status.value
+    expected = evaluate(model_3d, images, masks, device="cpu")
+    assert expected["volumes"] == 2
+    rows = widget.table.value["data"]
+    assert [r[0] for r in rows] == ["v0.tif", "v1.tif", "mean", "pooled (all voxels)"]
+    for row, truth in zip(rows, expected["per_image"]):
+        assert float(row[1]) == pytest.approx(truth["dice"], abs=1e-4)
+    assert float(rows[-1][1]) == pytest.approx(expected["pooled_dice"], abs=1e-4)
+    assert "over 2 volume(s)" in widget.status.value
+
+    # Labels layers of volumes against their ground truth; a depth mismatch is one line naming the layers
+    _, truth = _volume()
+    result = truth.copy()
+    result[:, :, :16] = 0  # a third of the object lost
+    viewer.add_labels(result, name="result")
+    viewer.add_labels(truth, name="truth")
+    viewer.add_labels(truth[:-1], name="thin")
+    widget.labels_layer.value, widget.truth_layer.value = viewer.layers["result"], viewer.layers["truth"]
+    scores = widget.compare()
+    inter, total = (result & truth).sum(), result.sum() + truth.sum()
+    assert scores["dice"] == pytest.approx(2 * inter / total)
+    assert "in the volume 16x32x32" in widget.status.value
+    widget.truth_layer.value = viewer.layers["thin"]
+    assert widget.compare() is None
+    assert "layer 'result' (16, 32, 32) does not match ground truth 'thin' (15, 32, 32)" in notifications[-1][1]
+
+
+def test_the_shipped_model_follows_the_dimensions_of_the_image(make_napari_viewer, model_3d, monkeypatch):
+    from napari_unet_seg import pretrained
+    from napari_unet_seg.widgets import _models
+
+    shipped = {**pretrained.shipped_models(), "zz-cube": model_3d}  # a shipped 3D model, listed last by name
+    monkeypatch.setattr(pretrained, "shipped_models", lambda: shipped)
+    monkeypatch.setattr(_models, "shipped_models", lambda: shipped)
+    monkeypatch.setattr(pretrained, "pretrained_path", lambda name: shipped.get(name))
+    viewer = make_napari_viewer()
+    gray = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    volume = viewer.add_image(np.zeros((16, 32, 32), np.uint8), name="volume")
+    segment = _dock(viewer, "Segment")
+    segment.image.value = volume
+    assert segment.model.value == "zz-cube"
+    assert segment.model.current_choice == "zz-cube (3D)"
+    segment.image.value = gray  # never a 3D model for a 2D image
+    assert segment.model.value == "em-membranes"

@@ -98,7 +98,8 @@ def test_evaluate_refusals(make_napari_viewer, notifications, monkeypatch):
     widget = _evaluate_widget(viewer)
     widget.labels_layer.value, widget.truth_layer.value = viewer.layers["a"], viewer.layers["b"]
     assert widget.compare() is None
-    assert notifications[-1][0] == "error" and "differ in shape" in notifications[-1][1]
+    assert notifications[-1][0] == "error"
+    assert "layer 'a' (4, 4) does not match ground truth 'b' (5, 5)" in notifications[-1][1]
     assert widget.export_csv() is None
     assert "evaluate a model" in notifications[-1][1]
     assert widget.evaluate() is None

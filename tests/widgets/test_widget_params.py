@@ -215,3 +215,13 @@ def test_model_choices_mark_3d_models():
     choices = params.model_choices(shipped, ["/runs/v/best.pt", "/runs/f/best.pt", "/runs/x.pt"], dims.get)
     assert [label for label, _ in choices] == ["EM membranes (U-Net)", "cube (3D)", "v/best.pt (3D)", "f/best.pt",
                                               "runs/x.pt"]
+
+
+def test_evaluation_table_of_volumes_adds_the_pooled_row():
+    row = {"dice": 0.5, "iou": 0.4, "accuracy": 0.9}
+    result = {**row, "count": 1, "volumes": 1, "per_image": [{"name": "v.tif", **row}],
+              "pooled_dice": 0.7, "pooled_iou": 0.6, "pooled_accuracy": 0.95}
+    _, rows = params.evaluation_table(result)
+    assert rows == [["v.tif", 0.5, 0.4, 0.9], ["mean", 0.5, 0.4, 0.9], [params.POOLED, 0.7, 0.6, 0.95]]
+    _, rows = params.evaluation_table({**result, "volumes": 0})  # 2D images: as before
+    assert [r[0] for r in rows] == ["v.tif", "mean"]

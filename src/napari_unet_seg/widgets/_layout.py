@@ -23,10 +23,13 @@ MAX_MIN_HEIGHT = 600
 
 
 def summary(widgets: Sequence[Any]) -> str:
-    """``label value, ...`` of magicgui value widgets (check boxes by their text when ticked)."""
+    """``label value, ...`` of magicgui value widgets (check boxes by their text when ticked; empty text
+    fields left out)."""
     parts = []
     for widget in widgets:
         value = widget.value
+        if isinstance(value, str) and not value.strip():
+            continue
         if isinstance(value, bool):
             if value:
                 parts.append(widget.text)

@@ -225,12 +225,19 @@ def best_rows(best_epoch: int, metrics: Mapping[str, float]) -> list[list[str]]:
     return rows
 
 
+#: The row of the scores over all voxels of all volumes together (micro average).
+POOLED = "pooled (all voxels)"
+
+
 def evaluation_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """``(headers, rows)`` of a folder evaluation: one row per image, then the mean."""
+    """``(headers, rows)`` of a folder evaluation: one row per image (or volume), then the mean; with
+    volumes also the scores :data:`POOLED`."""
     headers = ["image"] + [title for _, title in TABLE_METRICS]
     rows = [[row["name"]] + [round(float(row[key]), 4) for key, _ in TABLE_METRICS]
             for row in result.get("per_image", [])]
     rows.append(["mean"] + [round(float(result[key]), 4) for key, _ in TABLE_METRICS])
+    if result.get("volumes") and all(f"pooled_{key}" in result for key, _ in TABLE_METRICS):
+        rows.append([POOLED] + [round(float(result[f"pooled_{key}"]), 4) for key, _ in TABLE_METRICS])
     return headers, rows
 
 

@@ -152,8 +152,12 @@ class EvaluateWidget(Docked, Container):
         headers, rows = evaluation_table(result)
         fill_table(self.table, headers, rows)
         self.export_button.enabled = True
-        set_status(self.status, f"mean Dice {float(result['dice']):.4f}, IoU {float(result['iou']):.4f} over "
-                                f"{result.get('count', len(rows) - 1)} image(s)")
+        count, volumes = result.get("count", len(result.get("per_image", []))), int(result.get("volumes") or 0)
+        what = f"{count} volume(s)" if volumes == count else f"{count} image(s)"
+        text = f"mean Dice {float(result['dice']):.4f}, IoU {float(result['iou']):.4f} over {what}"
+        if volumes:
+            text += f"; pooled Dice {float(result['pooled_dice']):.4f}"
+        set_status(self.status, text)
 
     def _on_finish(self, job: Job) -> None:
         if job.state == "cancelled":
@@ -194,6 +198,9 @@ class EvaluateWidget(Docked, Container):
                 raise UserError("choose two different Labels layers: a result and its ground truth")
             result = np.asarray(layer_array(labels.data, labels.multiscale))
             truth_data = np.asarray(layer_array(truth.data, truth.multiscale))
+            if result.shape != truth_data.shape:
+                raise UserError(f"layer {labels.name!r} {result.shape} does not match ground truth {truth.name!r} "
+                                f"{truth_data.shape}; compare labels of the same image")
             classes = None
             if self.compare_as.value == COMPARE_AS[1]:
                 classes = max(3, int(max(result.max(initial=0), truth_data.max(initial=0))) + 1)
@@ -205,6 +212,8 @@ class EvaluateWidget(Docked, Container):
         headers, rows = comparison_table(scores)
         fill_table(self.compare_table, headers, rows)
         kind = f" ({scores['kind']})" if scores.get("kind") else ""
+        if result.ndim == 3:
+            kind += f" in the volume {'x'.join(map(str, result.shape))}"
         set_status(self.status, f"{labels.name} against {truth.name}{kind}: Dice {float(scores['dice']):.4f}, "
                                 f"IoU {float(scores['iou']):.4f}")
         return scores

@@ -115,8 +115,9 @@ class TrainWidget(Docked, Container):
         self.epochs = SpinBox(label="epochs", value=50, min=1, max=100_000)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=4096)
         self.patch_size = SpinBox(label="patch size", value=256, min=16, max=8192, step=16,
-                                  tooltip="edge of the random square crops trained on, in pixels (3D: of the "
-                                          "crops' finest axis; coarser axes are shorter, in physical units)")
+                                  tooltip="edge of the random square crops trained on, in pixels; 3D: along "
+                                          "the finest axis (coarser axes are shorter, in physical units), and "
+                                          "256 left as is means 64 on a CPU, 96 on a GPU")
         self.dims = ComboBox(label="dimensions", choices=list(DIMENSIONS), value="auto",
                              tooltip="2D slices: train on the slices of stacks (a 2D network); 3D volumes: train "
                                      "on whole volumes (a 3D network); auto: 3D for stacks deep enough whose "
@@ -302,8 +303,10 @@ class TrainWidget(Docked, Container):
         self.epoch_progress.max, self.epoch_progress.value = config.epochs, 0
         self.batch_progress.value = 0
         what = f"fine-tuning {model_label(initial)}" if initial else f"training a new {config.model}"
-        if why:
-            what += f" in {'3D volumes' if config.spatial_dims == 3 else '2D slices'} ({why})"
+        if why == "chosen":
+            what += f" in {'3D volumes' if config.spatial_dims == 3 else '2D slices'}"
+        elif why:
+            what += f" ({why})"
         set_status(self.status, f"{what} -> {config.out}")
         self._set_running(True)
         self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel),
@@ -313,7 +316,7 @@ class TrainWidget(Docked, Container):
 
     def _layer_dims(self, config, layers: dict) -> str:
         """Decide 2D slices or 3D volumes for the training layers (``auto``: from their depth and voxel
-        spacing), set ``config.spatial_dims`` (and no spacing for slices); return why."""
+        spacing), set ``config.spatial_dims`` (and no spacing for slices); return why ("" for a 2D layer)."""
         shape = tuple(layers["labels"][0].shape if layers["labels_multiscale"] else layers["labels"].shape)
         dims, why = resolve_dims(config.spatial_dims, shape, config.spacing)
         if dims == 3 and len(shape) != 3:
@@ -321,7 +324,7 @@ class TrainWidget(Docked, Container):
         config.spatial_dims = dims
         if dims == 2:
             config.spacing = None
-        return why
+        return why if len(shape) == 3 else ""
 
     def fine_tune(self, *_: Any) -> Job | None:
         """Continue training the 'start from' model on the training data, into a free output folder."""
