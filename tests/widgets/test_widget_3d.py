@@ -223,3 +223,32 @@ def test_the_shipped_model_follows_the_dimensions_of_the_image(make_napari_viewe
     assert segment.model.current_choice == "zz-cube (3D)"
     segment.image.value = gray  # never a 3D model for a 2D image
     assert segment.model.value == "em-membranes"
+
+
+def test_cancel_a_3d_run_then_fine_tune_its_model_on_the_volume(make_napari_viewer, tmp_path, wait_job, qtbot):
+    from napari_unet_seg.model_file import load_model
+
+    viewer = make_napari_viewer()
+    image, labels = _volume()
+    viewer.add_image(image, name="vol")
+    viewer.add_labels(labels, name="truth")
+    train = _dock(viewer, "Train")
+    values = {"source": "layers", "epochs": 500, "batch_size": 2, "patch_size": 16, "model_width": 0.125,
+              "val_fraction": 0.0, "device": "cpu", "augment": "none", "out": tmp_path / "run",
+              "dims": "3D volumes"}
+    for name, value in values.items():
+        getattr(train, name).value = value
+    train.image_layer.value, train.labels_layer.value = viewer.layers["vol"], viewer.layers["truth"]
+    job = train.start()
+    qtbot.waitUntil(lambda: len(train.history) >= 1, timeout=120_000)
+    train.cancel_button.clicked()
+    assert wait_job(job, timeout=60_000) == "cancelled"
+    assert 1 <= len(train.history) < 500 and "kept best.pt, last.pt" in train.status.value
+    best = tmp_path / "run" / "best.pt"
+    assert load_model(best).spatial_dims == 3
+    # continue from it: its dimensions are kept, the run goes to a free folder
+    train.start_from.value = str(best)
+    assert train.dims.value == "3D volumes" and not train.dims.enabled
+    train.epochs.value = 1
+    assert wait_job(train.fine_tune(), timeout=120_000) == "done", train.status.value
+    assert load_model(tmp_path / "run-2" / "best.pt").spatial_dims == 3
