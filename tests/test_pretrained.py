@@ -101,7 +101,7 @@ def test_mitochondria_em3d_is_registered_with_its_datas_terms():
 
     assert display_name("mitochondria-em3d") == "EM mitochondria (3D U-Net)"
     terms = TERMS["mitochondria-em3d"]
-    assert terms["license"] == "CC-BY-NC-4.0" and terms["sample"] == "em3d" and terms["spacing_unit"] == "nm"
+    assert terms["license"] == "CC-BY-NC-4.0" and terms["sample"] == "em3d" and terms["spacing_unit"] == "µm"
     assert "non-commercial research" in terms["data_license"] and "Lucchi" in terms["data_license"]
     readme = (sample_folders("em3d")[0].parents[1] / "README.md").read_text()
     assert all(c["text"] and f"doi:{c['doi']}" in readme for c in terms["cite"])

@@ -56,7 +56,7 @@ TERMS = {
                                            "Task 1): attribution, non-commercial use only",
                            "authors": ["napari-unet-seg developers"]},
     "mitochondria-em3d": {"license": "CC-BY-NC-4.0", "data_license": LUCCHI_TERMS, "cite": LUCCHI_CITES,
-                          "sample": "em3d", "spacing_unit": "nm", "authors": ["napari-unet-seg developers"]},
+                          "sample": "em3d", "spacing_unit": "µm", "authors": ["napari-unet-seg developers"]},
 }
 
 
