@@ -90,8 +90,8 @@ class TrainWidget(Docked, Container):
                                     tooltip="the image to train on (layers), or to add to the training set "
                                             "(folders)")
         self.labels_layer = ComboBox(label="labels layer", choices=self._layers_of("Labels"),
-                                     tooltip="labels painted on the image layer; stack slices without labels "
-                                             "are left out")
+                                     tooltip="labels painted on the image layer; in 2D slices, stack slices "
+                                             "without labels are left out; in 3D, unpainted voxels are background")
         self.add_button = PushButton(text="Add to training set",
                                      tooltip="save the image layer and its labels as a new pair in the images and "
                                              "masks folders: a 2D image, the current slice of a stack trained in "
@@ -243,8 +243,8 @@ class TrainWidget(Docked, Container):
         image, labels = self.image_layer.value, self.labels_layer.value
         if image is None or labels is None:
             raise UserError("choose an image layer and a Labels layer painted on it, or train on folders")
-        check_layer_shapes(image.data[0].shape if image.multiscale else image.data.shape,
-                           labels.data[0].shape if labels.multiscale else labels.data.shape, rgb=bool(image.rgb),
+        check_layer_shapes(layer_array(image.data, image.multiscale).shape,
+                           layer_array(labels.data, labels.multiscale).shape, rgb=bool(image.rgb),
                            image_name=image.name, labels_name=labels.name)
         return {"image": image.data, "image_multiscale": image.multiscale, "labels": labels.data,
                 "labels_multiscale": labels.multiscale, "rgb": bool(image.rgb), "image_name": image.name,
