@@ -147,7 +147,7 @@ def samples_from_arrays_3d(pairs):
 @pytest.mark.parametrize("source", ["device", "dataset"])
 @pytest.mark.parametrize("shape, patch", [((24, 48, 48), (8, 16, 16)), ((80, 96), (16, 16))])
 def test_foreground_oversampling_finds_rare_structures(source, shape, patch):
-    image, mask = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
+    mask = np.zeros(shape, np.uint8)
     mask[(slice(3, 8),) * (len(shape) - 2) + (slice(30, 35), slice(10, 15))] = 1  # 0.2-0.3 % foreground
     samples, _ = samples_from_arrays_3d([(mask.astype(np.float32), mask)] * 2) if len(shape) == 3 else \
         samples_from_arrays([(mask.astype(np.float32), mask)] * 2, classes=2, normalization=NONE)

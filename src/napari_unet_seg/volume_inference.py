@@ -118,9 +118,9 @@ def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn
         options = dict(num_classes=model.num_classes, tile=roi, overlap=overlap, batch_size=batch_size, tta=tta,
                        uncertainty=uncertainty, precision=precision, channels_last=True, turns=turns,
                        on_out_of_memory=lowered.append)
-        probs = yield from _with_tiles(lambda report, stop: meter.run(report, lambda: probabilities(
-            network, tensor, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total)
-        del tensor
+        probs = yield from _with_tiles(lambda report, stop, block=tensor: meter.run(report, lambda: probabilities(
+            network, block, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total)
+        del tensor  # the block's input is not needed while its output is stored
         probs, spread = (probs[0], probs[1].mean(dim=0, keepdim=True)) if uncertainty else (probs, None)
         if lowered:
             batch_size = lowered[-1]
