@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import UserError
+from .postprocessing import labels_dims
 
 __all__ = ["INSTANCE_MODES", "check_instances", "instance_labels"]
 
@@ -58,12 +59,7 @@ def instance_labels(labels: np.ndarray, probability: np.ndarray | None = None, *
     check_instances(mode, 2, min_distance)
     if mode == "none":
         raise UserError("instances none gives no instance labels; use components or watershed")
-    if labels.ndim not in (2, 3):
-        raise UserError(f"labels of shape {labels.shape}: expected 2D (Y, X) or a volume (Z, Y, X)")
-    spatial_dims = labels.ndim if spatial_dims is None else spatial_dims
-    if spatial_dims not in (2, 3) or spatial_dims > labels.ndim:
-        raise UserError(f"cannot split labels of shape {labels.shape} in {spatial_dims}D; "
-                        "use 2 for images and slice-by-slice stacks, 3 for volumes")
+    spatial_dims = labels_dims(labels, spatial_dims, "split")
     if labels.max(initial=0) > 1:
         raise UserError(f"labels hold class ids up to {int(labels.max())}: instances split the 0/1 foreground "
                         "of binary models only; use a binary model")

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["postprocess"]
+__all__ = ["postprocess", "labels_dims"]
 
 
 def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False,
@@ -28,12 +28,7 @@ def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = Fal
         UserError: labels that are neither 2D nor 3D, or ``spatial_dims=3`` for 2D labels.
     """
     labels = np.asarray(labels)
-    if labels.ndim not in (2, 3):
-        raise UserError(f"labels of shape {labels.shape}: expected an image (Y, X) or a volume (Z, Y, X)")
-    spatial_dims = labels.ndim if spatial_dims is None else spatial_dims
-    if spatial_dims not in (2, 3) or spatial_dims > labels.ndim:
-        raise UserError(f"cannot post-process labels of shape {labels.shape} in {spatial_dims}D; "
-                        "use 2 for images and slice-by-slice stacks, 3 for volumes")
+    spatial_dims = labels_dims(labels, spatial_dims, "post-process")
     if not min_size and not fill_holes:
         return labels
     if labels.ndim == 3 and spatial_dims == 2:
@@ -66,3 +61,19 @@ def _has_max_size() -> bool:
     from skimage.morphology import remove_small_objects
 
     return "max_size" in inspect.signature(remove_small_objects).parameters
+
+
+def labels_dims(labels: np.ndarray, spatial_dims: int | None, action: str) -> int:
+    """2 or 3: how labels ``(Y, X)`` or ``(Z, Y, X)`` are processed (``spatial_dims``, or their own
+    dimensions when None; 2 on a volume is slice by slice).
+
+    Raises:
+        UserError: labels that are neither 2D nor 3D, or 3 for 2D labels (``action`` names the job).
+    """
+    if labels.ndim not in (2, 3):
+        raise UserError(f"labels of shape {labels.shape}: expected an image (Y, X) or a volume (Z, Y, X)")
+    dims = labels.ndim if spatial_dims is None else spatial_dims
+    if dims not in (2, 3) or dims > labels.ndim:
+        raise UserError(f"cannot {action} labels of shape {labels.shape} in {dims}D; "
+                        "use 2 for images and slice-by-slice stacks, 3 for volumes")
+    return dims
