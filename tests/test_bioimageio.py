@@ -219,6 +219,6 @@ def test_shipped_3d_model_exports_with_the_sample_volume_and_its_datas_terms(tmp
     rdf = yaml.safe_load((out / "rdf.yaml").read_text())
     assert rdf["license"] == "CC-BY-NC-4.0" and "10.1109/TMI.2011.2171705" in [c.get("doi") for c in rdf["cite"]]
     assert [(a["id"], a["unit"]) for a in rdf["inputs"][0]["axes"][2:]] == [
-        ("z", "nanometer"), ("y", "nanometer"), ("x", "nanometer")]
+        ("z", "micrometer"), ("y", "micrometer"), ("x", "micrometer")]  # the readers give µm
     raw = np.load(out / "test_input.npy")[0, 0]
     np.testing.assert_array_equal(raw, _em3d_sample_crop(raw.shape))

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .config import TrainConfig
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, Tiles, drain
 from .image_io import atomic_write
@@ -108,7 +109,7 @@ def _check_same_settings(run: SweepRun, run_dir: Path) -> None:
         return
     stored = read_metadata(stored_file).get("config", {})
     for key, planned in run.config.to_dict().items():
-        if key in _NOT_GRID or key not in stored:
+        if key in _NOT_GRID or key not in stored or _from_data(key, planned, stored):
             continue
         old = stored[key]
         same = math.isclose(old, planned) if isinstance(planned, float) and isinstance(old, (int, float)) \
@@ -116,6 +117,13 @@ def _check_same_settings(run: SweepRun, run_dir: Path) -> None:
         if not same:
             raise UserError(f"{run_dir}: holds a run with {key}={_show(old)}, but the sweep plans "
                             f"{key}={_show(planned)} for it; use a new --out (or remove that folder)")
+
+
+def _from_data(key: str, planned: Any, stored: dict) -> bool:
+    """Whether ``planned`` asks training to take the setting from the data (which the stored run then
+    holds as measured): ``spatial_dims`` auto, ``spacing`` None, a 3D run's default patch size."""
+    return ((key == "spatial_dims" and planned == "auto") or (key == "spacing" and planned is None)
+            or (key == "patch_size" and planned == TrainConfig.patch_size and stored.get("spatial_dims") == 3))
 
 
 def _test_steps(model_file: Path, images: Path, masks: Path, *, device: str, skip_unpaired: bool,
