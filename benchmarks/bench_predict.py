@@ -37,11 +37,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _timed_in_turns(variants: dict, repeats: int) -> dict[str, tuple[float, object]]:
-    """``{name: (best seconds, last result)}``; after one warm-up each (cudnn autotuning, allocator), the
-    variants run in turns ``repeats`` times."""
+def _timed_in_turns(variants: dict, repeats: int, warm_up=None) -> dict[str, tuple[float, object]]:
+    """``{name: (best seconds, last result)}``; after one warm-up each (cudnn autotuning, allocator; by
+    ``warm_up()`` instead when given), the variants run in turns ``repeats`` times."""
     best = {name: float("inf") for name in variants}
-    results = {name: function() for name, function in variants.items()}
+    if warm_up is None:
+        results = {name: function() for name, function in variants.items()}
+    else:
+        warm_up()
+        results = {}
     for _ in range(repeats):
         for name, function in variants.items():
             _sync()
@@ -205,16 +209,8 @@ def main_3d(args: argparse.Namespace) -> None:
 
     crop = volume[:32, :64, :64]
     variants = {"monai": lambda: monai_defaults(volume), "ours": lambda: ours(volume)}
-    monai_defaults(crop), ours(crop)  # warm-up: allocator, kernels
-    best = {name: float("inf") for name in variants}
-    results = {}
-    for _ in range(max(1, args.repeats)):
-        for name, function in variants.items():
-            _sync()
-            began = time.perf_counter()
-            results[name] = function()
-            _sync()
-            best[name] = min(best[name], time.perf_counter() - began)
+    timed = _timed_in_turns(variants, max(1, args.repeats), warm_up=lambda: (monai_defaults(crop), ours(crop)))
+    best, results = {k: v[0] for k, v in timed.items()}, {k: v[1] for k, v in timed.items()}
     rates = {name: volume.size / 1e6 / seconds for name, seconds in best.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     dtype = autocast_dtype(device, args.precision)
