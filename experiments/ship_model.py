@@ -12,6 +12,7 @@ from pathlib import Path
 
 from napari_unet_seg.evaluation import evaluate
 from napari_unet_seg.model_file import load_model, save_model
+from napari_unet_seg.tuning import choose_postprocessing, describe_postprocessing
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "napari_unet_seg" / "pretrained"
 
@@ -24,8 +25,17 @@ def main() -> None:
     parser.add_argument("--test-masks", required=True)
     parser.add_argument("--display-name", required=True)
     parser.add_argument("--data", required=True, help="what the model was trained on, and its terms")
+    parser.add_argument("--val-images", help="choose the threshold and post-processing on these validation "
+                        "pairs (for a model trained before train chose them itself)")
+    parser.add_argument("--val-masks")
+    parser.add_argument("--keep-largest", action="store_true", help="with --val-images: also try keeping only "
+                        "the largest object")
     args = parser.parse_args()
     model = load_model(args.model)
+    if args.val_images:
+        model.postprocess = choose_postprocessing(model, args.val_images, args.val_masks,
+                                                  keep_largest=args.keep_largest)
+    print(f"post-processing: {describe_postprocessing(model.postprocess)}")
     scores = evaluate(model, args.test_images, args.test_masks, device="cpu")
     model.metrics = {**model.metrics, "test_dice": scores["dice"], "test_iou": scores["iou"],
                      "test_accuracy": scores["accuracy"], "test_count": scores["count"]}

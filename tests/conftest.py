@@ -76,13 +76,19 @@ def synthetic_dir(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, synthetic_dir) -> Path:
-    """A small U-Net trained for a few epochs on the synthetic discs (path of its best.pt)."""
+    """A small U-Net trained for a few epochs on the synthetic discs (path of its best.pt), without the
+    post-processing that training chose for it (tests compare its plain predictions: threshold 0.5, nothing
+    else; tests/test_tuning.py covers the choice)."""
+    from napari_unet_seg.model_file import load_model, save_model
     from napari_unet_seg.training import train
 
     images, masks = synthetic_dir
     result = train(images=images, masks=masks, out=tmp_path_factory.mktemp("tiny") / "run", epochs=4,
                    batch_size=4, patch_size=32, width=0.25, lr=1e-2, augment="none", device="cpu")
-    return result.best
+    model = load_model(result.best)
+    assert "threshold" in model.postprocess  # training chose one
+    model.postprocess = {}
+    return save_model(result.best, model)
 
 
 @pytest.fixture(scope="module")

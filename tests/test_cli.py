@@ -2,14 +2,18 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_unet_seg.cli import build_parser
 from napari_unet_seg.image_io import read_image
+from napari_unet_seg.inference import predict
+from napari_unet_seg.sample_data import synthetic_pair
 
 
 def cli(*args, cwd=None):
@@ -26,12 +30,14 @@ def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
                "--optimizer", "adam", "--lr", 0.01, "--val-fraction", 0.25, "--scheduler", "plateau")
     assert done.returncode == 0, done.stderr
     assert "found 8 image/mask pairs" in done.stderr and "epoch 2/2" in done.stderr
+    assert "post-processing stored in best.pt: threshold " in done.stderr
     assert (run / "best.pt").exists() and (run / "history.csv").exists() and (run / "curves.png").exists()
 
     out = tmp_path / "pred"
     done = cli("predict", "--model", run / "best.pt", "--input", images, "--output", out, "--tile", 64,
                "--overlap", 0.5, "--threshold", 0.4, "--device", "cpu")
     assert done.returncode == 0, done.stderr
+    assert "post-processing: threshold 0.4" in done.stdout  # given, so the model's threshold is not used
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(p.name for p in images.iterdir())
     mask = read_image(out / written[0])
@@ -51,6 +57,28 @@ def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
 
     done = cli("info", run / "best.pt")
     assert done.returncode == 0 and "unet" in done.stdout and "napari-unet-seg train" in done.stdout
+    assert re.search(r"post-processing: threshold [0-9.]+.*\(validation Dice [0-9.]+ plain -> [0-9.]+ on 2 "
+                     r"image\(s\)", done.stdout), done.stdout
+
+
+def test_predict_applies_the_models_choice_unless_told_otherwise(tmp_path, tiny_model):
+    from napari_unet_seg.model_file import load_model, save_model
+
+    model = load_model(tiny_model)
+    model.postprocess = {"threshold": 0.3, "tta": False, "keep_largest": True, "fill_holes": True}
+    tuned = save_model(tmp_path / "tuned.pt", model)
+    image, _ = synthetic_pair((64, 64), seed=4)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", image)
+    done = cli("predict", "--model", tuned, "--input", tmp_path / "in", "--output", tmp_path / "m", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert ("post-processing: threshold 0.3, keep largest, fill holes (the model's choice for threshold, keep "
+            "largest, fill holes, made on its validation images") in done.stdout
+    assert np.array_equal(read_image(tmp_path / "m" / "a.png"), predict(tuned, image, device="cpu"))
+    done = cli("predict", "--model", tuned, "--input", tmp_path / "in", "--output", tmp_path / "p", "--device", "cpu",
+               "--threshold", 0.5, "--no-keep-largest", "--no-fill-holes")
+    assert done.returncode == 0 and "post-processing: threshold 0.5\n" in done.stdout, done.stdout
+    assert np.array_equal(read_image(tmp_path / "p" / "a.png"), predict(tiny_model, image, device="cpu"))
 
 
 def test_predict_writes_instances_and_uncertainty_and_never_overwrites(tmp_path, tiny_model):

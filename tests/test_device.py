@@ -88,3 +88,31 @@ def test_unknown_device(name):
 
 def test_describe_cpu():
     assert describe_device(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+
+
+def test_jobs_beside_the_ui_leave_it_a_core(monkeypatch):
+    import torch
+
+    from napari_unet_seg import device
+
+    before = torch.get_num_threads()
+    try:
+        for name in device.THREAD_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(device, "physical_cores", lambda: 4)
+        assert device.threads_beside_ui() == 3 == torch.get_num_threads()
+        monkeypatch.setattr(device, "physical_cores", lambda: 1)
+        assert device.threads_beside_ui() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting is left alone
+        torch.set_num_threads(2)
+        monkeypatch.setattr(device, "physical_cores", lambda: 8)
+        assert device.threads_beside_ui() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_physical_cores_is_a_positive_count_or_unknown():
+    from napari_unet_seg.device import physical_cores
+
+    cores = physical_cores()
+    assert cores is None or 1 <= cores <= (__import__("os").cpu_count() or cores)

@@ -131,7 +131,8 @@ def test_resize_models_predict_at_their_training_scale(tmp_path):
                    augment="none", device="cpu")
     model = load_model(result.best)
     image, mask = synthetic_pair((90, 120), seed=11)
-    labels, probs = predict(model, image, device="cpu", return_probabilities=True)
+    labels, probs = predict(model, image, device="cpu", return_probabilities=True, threshold=0.5,
+                            keep_largest=False, fill_holes=False, tta=False)  # plain, not the run's choice
     assert labels.shape == probs.shape == (90, 120)
     # The same as the training-time view: the image prepared at 48x48, predicted, scaled back.
     (sample,), _ = samples_from_arrays([(image, mask)], classes=2, normalization=model.normalization, resize=48)

@@ -163,7 +163,7 @@ def test_plan_only_prints_the_plan_and_trains_nothing(tmp_path):
                "--epochs", 7)
     assert done.returncode == 0, done.stderr
     assert "--resize 256: largest object spans" in done.stdout and "--epochs 7 (yours kept" in done.stdout
-    assert "postprocess ['keep_largest', 'fill_holes'] (proposed" in done.stdout
+    assert "postprocess ['keep_largest', 'fill_holes'] (tried on the validation images after training" in done.stdout
     assert not run.exists()
     bad = cli("train", "--images", images, "--masks", masks, "--plan-only", "--budget", -1)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [

@@ -61,3 +61,36 @@ def test_images_as_before_and_bad_dimensions_refused():
         postprocess(image, min_size=4, spatial_dims=3)
     with pytest.raises(UserError, match="expected an image"):
         postprocess(np.zeros((2, 3, 4, 5), np.uint8), fill_holes=True)
+
+
+def test_keep_largest_keeps_one_object_per_class_before_filling_holes():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:12, 2:12] = 1  # the largest class-1 object, with a hole
+    labels[6, 6] = 0
+    labels[15:18, 15:18] = 1  # a smaller class-1 object
+    labels[0:2, 16:20] = 2  # class 2: two objects, the larger kept
+    labels[18:20, 0:1] = 2
+    out = postprocess(labels, keep_largest=True, fill_holes=True)
+    assert not out[15:18, 15:18].any() and out[6, 6] == 1 and out[2:12, 2:12].all()
+    assert (out == 2).sum() == 8 and not out[18:20, 0].any()
+    assert np.array_equal(postprocess(labels, keep_largest=True)[6, 6], 0)  # no filling unless asked
+
+
+def test_keep_largest_in_3d_and_slice_by_slice():
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[:, 1:5, 1:5] = 1  # a column through every slice: the largest 3D object
+    labels[0, 7:10, 7:10] = 1  # 9 pixels in slice 0: larger than the column's 16? no, smaller
+    labels[3, 6:10, 5:10] = 1  # 20 pixels in slice 3: the largest there, small in 3D
+    volume = postprocess(labels, keep_largest=True)
+    assert volume[:, 1:5, 1:5].all() and volume.sum() == 64
+    slices = postprocess(labels, keep_largest=True, spatial_dims=2)
+    assert slices[3, 6:10, 5:10].all() and not slices[3, 1:5, 1:5].any() and slices[0, 1:5, 1:5].all()
+
+
+def test_prediction_settings_take_the_callers_then_the_models_then_the_defaults():
+    from napari_unet_seg.postprocessing import CHOICES, prediction_settings
+
+    assert prediction_settings({}) == CHOICES
+    chosen = {"threshold": 0.4, "keep_largest": True, "evidence": {"images": 3}}
+    assert prediction_settings(chosen) == {**CHOICES, "threshold": 0.4, "keep_largest": True}
+    assert prediction_settings(chosen, threshold=0.7, keep_largest=False, tta=None) == {**CHOICES, "threshold": 0.7}

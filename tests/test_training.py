@@ -33,6 +33,15 @@ def test_training_learns_and_writes_the_run(tmp_path, synthetic_dir):
     assert {Batch, Epoch, Checkpoint, Message} <= kinds
     epochs = [e for e in events if isinstance(e, Epoch)]
     assert epochs[0].metrics.keys() >= {"train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "lr"}
+    # after the last epoch: the threshold and post-processing chosen on the validation images, in best.pt
+    chosen = best.postprocess
+    assert chosen.keys() >= {"threshold", "tta", "keep_largest", "fill_holes", "evidence"}
+    assert chosen["evidence"]["images"] == 1 and chosen["keep_largest"] is False  # no plan proposed it
+    assert chosen["evidence"]["plain_dice"] == pytest.approx(result.best_metrics["val_dice"], abs=1e-4)
+    assert chosen["evidence"]["chosen_dice"] >= chosen["evidence"]["plain_dice"]
+    texts = [e.text for e in events if isinstance(e, Message)]
+    assert texts[-1].startswith("post-processing stored in best.pt: threshold ")
+    assert load_model(result.last).postprocess == {}  # the run's state, as the epochs left it
 
 
 def test_existing_run_is_not_overwritten(tmp_path, synthetic_dir):
@@ -56,6 +65,7 @@ def test_cancel_keeps_last_completed_epoch(tmp_path, synthetic_dir):
     assert len(read_history(tmp_path / "run" / "history.csv")) == 2
     last = load_model(tmp_path / "run" / "last.pt")
     assert last.metrics["epoch"] == 2
+    assert load_model(tmp_path / "run" / "best.pt").postprocess == {}  # a cancelled run is not tuned
 
 
 @pytest.mark.parametrize("workers", [0, 1])  # batches made on the device / by a DataLoader process
@@ -217,11 +227,17 @@ def test_val_dice_that_picks_best_is_what_evaluate_reports(tmp_path, extra):
     val_images, val_masks = write_synthetic_folder(tmp_path / "val", 3, (80, 64), seed=5)
     result = train(images=images, masks=masks, val_images=val_images, val_masks=val_masks, out=tmp_path / "run",
                    epochs=2, **{**FAST, **extra})
-    scores = evaluate(result.best, val_images, val_masks, device="cpu")
+    plain = dict(threshold=0.5, tta=False, keep_largest=False, fill_holes=False)  # as validation predicts
+    scores = evaluate(result.best, val_images, val_masks, device="cpu", **plain)
     assert 0.05 < scores["dice"] < 1  # a partly trained model: the comparison is between real scores
     assert result.best_metrics["val_dice"] == pytest.approx(scores["dice"], abs=1e-4)
     assert result.best_metrics["val_iou"] == pytest.approx(scores["iou"], abs=1e-4)
     assert result.best_metrics["val_accuracy"] == pytest.approx(scores["accuracy"], abs=1e-4)
+    # by default evaluate applies the post-processing chosen on these images: the Dice the choice recorded
+    evidence = load_model(result.best).postprocess["evidence"]
+    assert evidence["plain_dice"] == pytest.approx(scores["dice"], abs=1e-4)
+    assert evaluate(result.best, val_images, val_masks, device="cpu")["dice"] == pytest.approx(
+        evidence["chosen_dice"], abs=1e-4)
 
 
 def test_cancel_ends_in_the_engines_cancelled_branch_and_keeps_the_files(tmp_path, synthetic_dir):

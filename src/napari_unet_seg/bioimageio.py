@@ -32,6 +32,7 @@ from .export import (ONNX_OPSET, TOLERANCE, ExportError, Messages, _check_inputs
 from .image_io import atomic_write
 from .model_file import SegmentationModel
 from .normalization import normalize
+from .postprocessing import prediction_settings
 from .pretrained import terms_lines
 
 __all__ = ["export_bioimageio"]
@@ -245,7 +246,8 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
             "num_classes": model.num_classes, "metrics": metrics,
             **({"min_size": least[0]} if model.spatial_dims == 2 and len(set(least)) == 1 else
                {"min_size": least, "spatial_dims": model.spatial_dims, "spacing": model.spacing}),
-            "logits_to_probabilities": "sigmoid" if binary else "softmax"}},
+            "logits_to_probabilities": "sigmoid" if binary else "softmax",
+            "postprocess": prediction_settings(model.postprocess)}},
     }
 
 
@@ -258,6 +260,22 @@ def _scales(model: SegmentationModel) -> dict[str, dict[str, Any]]:
     named = model.info.get("spacing_unit") or model.config.get("spacing_unit")
     unit = _UNITS.get(str(named).strip()) if named else None
     return {axis: {"scale": float(s), **({"unit": unit} if unit else {})} for axis, s in zip(("z", "y", "x"), spacing)}
+
+
+def _labels_rule(model: SegmentationModel) -> str:
+    """How napari-unet-seg makes labels from the probabilities: the model's threshold and post-processing
+    (chosen on its validation images), which bioimage.io's operators do not carry."""
+    chosen = prediction_settings(model.postprocess)
+    rule = (f"foreground probability > {chosen['threshold']:g}" if model.num_classes == 2
+            else "the argmax over channels")
+    steps = [text for name, text in (("tta", "the mean over flips (test-time augmentation)"),
+                                     ("keep_largest", "the largest object kept"), ("fill_holes", "holes filled"))
+             if chosen[name]]
+    where = " (chosen on the model's validation images)" if model.postprocess else ""
+    extra = f", then {', '.join(steps)}" if steps else ""
+    note = "; napari-unet-seg applies these steps, this package's operators stop at the probabilities" \
+        if steps else ""
+    return f"{rule}{extra}{where}{note} (`config.napari_unet_seg.postprocess`)."
 
 
 def _readme(model: SegmentationModel, rdf: dict[str, Any], checks: list[np.ndarray]) -> str:
@@ -291,7 +309,7 @@ Exported by napari-unet-seg {config['version']} from `{model.path.name if model.
 - **preprocessing**: {norm}, as in training.
 - **weights** (TorchScript / ONNX) take the normalized image and return logits; the **postprocessing**
   (`{config['logits_to_probabilities']}`) makes them the output `probabilities` in [0, 1], channels: {channels}.
-  Labels: foreground probability > 0.5 (binary), or the argmax over channels (multi-class).
+  Labels: {_labels_rule(model)}
 
 ## Training
 

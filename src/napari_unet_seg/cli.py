@@ -93,10 +93,15 @@ def _add_predict_options(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (see napari-unet-seg doctor)")
     p.add_argument("--tile", type=int, help="tile size (default: the model's training patch size, >= 256)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (binary)")
-    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    # None: the model's own choice, made on its validation images after training (napari-unet-seg info MODEL)
+    model = " (default: the model's choice, see napari-unet-seg info MODEL)"
+    p.add_argument("--threshold", type=float, help="foreground probability threshold (binary)" + model)
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="average over flips (test-time "
+                   "augmentation)" + model)
     p.add_argument("--min-size", type=int, default=0, help="remove objects smaller than this many pixels")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
+    p.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest object "
+                   "(per class)" + model)
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes inside objects" + model)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,7 +162,8 @@ def _inputs(source: Path) -> list[Path]:
 
 def _predict_options(args: Namespace) -> dict:
     return {"device": args.device, "tile": args.tile, "overlap": args.overlap, "threshold": args.threshold,
-            "tta": args.tta, "min_size": args.min_size, "fill_holes": args.fill_holes}
+            "tta": args.tta, "min_size": args.min_size, "keep_largest": args.keep_largest,
+            "fill_holes": args.fill_holes}
 
 
 def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace, pixels: int = 0) -> list[Path]:
@@ -181,6 +182,21 @@ def _print_device(device: str) -> None:
     from .device import describe_device, resolve_device
 
     print(f"running on {describe_device(resolve_device(device))}", flush=True)
+
+
+def _print_postprocessing(model, options: dict) -> None:
+    """The threshold and post-processing a job applies, and which of them are the model's own choice."""
+    from .postprocessing import CHOICES, prediction_settings
+
+    applied = prediction_settings(model.postprocess, **{k: options.get(k) for k in CHOICES})
+    words = [f"threshold {applied['threshold']:g}"] + [name.replace("_", " ") for name in ("keep_largest",
+                                                                                          "fill_holes", "tta")
+                                                      if applied[name]]
+    mine = [name.replace("_", " ") for name, plain in CHOICES.items()
+            if options.get(name) is None and model.postprocess.get(name, plain) != plain]
+    source = f" (the model's choice for {', '.join(mine)}, made on its validation images; options override it)" \
+        if mine else ""
+    print(f"post-processing: {', '.join(words)}{source}", flush=True)
 
 
 def run_predict(args: Namespace) -> int:
@@ -219,6 +235,7 @@ def run_predict(args: Namespace) -> int:
     check_distinct(((path, target) for path, targets in planned for target in targets), "--output")
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
     _print_device(args.device)
+    _print_postprocessing(model, options)
     progress = ConsoleProgress()  # tile progress on a terminal, warnings as lines
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
@@ -330,6 +347,7 @@ def run_info(args: Namespace) -> int:
     from .config import TrainConfig
     from .model_file import read_summary
     from .pretrained import terms_lines
+    from .tuning import describe_postprocessing
 
     path, meta, parameters = read_summary(args.model)
     config, info = meta.get("config", {}), meta.get("info", {})
@@ -346,6 +364,7 @@ def run_info(args: Namespace) -> int:
     plan = (config.get("extra") or {}).get("plan")
     if plan:
         print(f"plan: {_plan_line(plan)}")
+    print(f"post-processing: {describe_postprocessing(meta.get('postprocess', {}))}")
     if config:
         print(f"settings as a train command: {TrainConfig.from_dict(config).as_command()}")
     print("\n".join(terms_lines(info)))

@@ -138,3 +138,37 @@ def free_device_memory() -> None:
 
 
 free_cuda_memory = free_device_memory  # the name the jobs already use
+
+
+def physical_cores() -> int | None:
+    """The number of physical CPU cores (not hyper-threads), None when it cannot be told."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as info:
+            blocks = info.read().split("\n\n")
+    except OSError:
+        return None
+    cores = {tuple(line.split(":")[1].strip() for line in block.splitlines()
+                   if line.startswith(("physical id", "core id"))) for block in blocks if "core id" in block}
+    return len(cores) or None
+
+
+#: Environment variables by which a user sets the CPU threads themselves (then they are left alone).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threads_beside_ui() -> int:
+    """Set torch's CPU threads for jobs run beside the napari window: the physical cores less one (at least
+    one), so the interface keeps a core; unchanged when ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is set.
+    Returns the number of threads in use."""
+    if not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        cores = physical_cores() or os.cpu_count() or 1
+        wanted = max(1, cores - 1)
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+    return torch.get_num_threads()

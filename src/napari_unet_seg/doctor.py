@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-from .device import TORCH_INSTALL, auto_device, cuda_problem, describe_device, gpu_summary, mps_problem, torch_build
+from .device import (TORCH_INSTALL, auto_device, cuda_problem, describe_device, gpu_summary, mps_problem,
+                     physical_cores, torch_build)
 
 __all__ = ["diagnose", "problems"]
 
@@ -27,23 +28,6 @@ def _nvidia_smi(field: str) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-
-
-def _physical_cores() -> int | None:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as info:
-            blocks = info.read().split("\n\n")
-    except OSError:
-        return None
-    cores = {tuple(line.split(":")[1].strip() for line in block.splitlines()
-                   if line.startswith(("physical id", "core id"))) for block in blocks if "core id" in block}
-    return len(cores) or None
 
 
 def _gpu_lines() -> list[str]:
@@ -87,7 +71,7 @@ def diagnose() -> list[str]:
     picked, why = auto_device()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     threads = (f"torch {torch.get_num_threads()} intra-op / {torch.get_num_interop_threads()} inter-op; "
-               f"{os.cpu_count()} logical CPUs, {_physical_cores() or '?'} physical cores")
+               f"{os.cpu_count()} logical CPUs, {physical_cores() or '?'} physical cores")
     omp = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
     lines = [f"python:     {sys.version.split()[0]} ({sys.executable}) on {platform.platform()}",
              f"torch:      {torch.__version__}, build {torch_build()}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Batch", "Epoch", "Checkpoint", "Message", "Tiles", "drain"]
+__all__ = ["Batch", "Epoch", "Checkpoint", "Message", "Tiles", "drain", "messages_only"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,14 @@ def drain(steps, on_event=None):
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def messages_only(steps):
+    """Pass on the :class:`Message` events of a job generator (not its progress) and return its result."""
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, Message):
+            yield event

@@ -30,7 +30,7 @@ from .fusion import inference_network
 from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
-from .postprocessing import postprocess
+from .postprocessing import postprocess, prediction_settings
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
 __all__ = ["Prediction", "check_input", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
@@ -398,11 +398,12 @@ def _output(out: Any, shape: tuple[int, ...], dtype: type) -> Any:
 
 
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
-                  tile: int | None = None, overlap: float = 0.25, threshold: float = 0.5,
-                  batch_size: int | None = None, tta: bool = False, uncertainty: bool = False,
-                  min_size: int = 0, fill_holes: bool = False, instances: str = "none", min_distance: int = 5,
-                  return_probabilities: bool = False, rgb: bool | None = None, precision: str = "auto",
-                  cancel: Any = None, out: Any = None) -> Generator[Tiles | Message, None, Prediction]:
+                  tile: int | None = None, overlap: float = 0.25, threshold: float | None = None,
+                  batch_size: int | None = None, tta: bool | None = None, uncertainty: bool = False,
+                  min_size: int = 0, fill_holes: bool | None = None, keep_largest: bool | None = None,
+                  instances: str = "none", min_distance: int = 5, return_probabilities: bool = False,
+                  rgb: bool | None = None, precision: str = "auto", cancel: Any = None,
+                  out: Any = None) -> Generator[Tiles | Message, None, Prediction]:
     """Segment ``array``, yielding :class:`Tiles` progress (in tiles) per tile batch; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
@@ -419,10 +420,18 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     ``out``: an array-like (numpy memmap, zarr array) of the labels' shape and dtype that the labels are
     written into, block by block (``Prediction.labels`` is then ``out``).
 
+    ``threshold``, ``tta``, ``keep_largest`` and ``fill_holes`` left at None take the model file's own
+    choice (``model.postprocess``, chosen on validation data by :mod:`.tuning`), else 0.5 and off
+    (:func:`~napari_unet_seg.postprocessing.prediction_settings`).
+
     A 3D model (``model.spatial_dims == 3``) predicts a volume ``(Z, Y, X)`` or ``(Z, Y, X, 3)`` as a
     volume, block by block (:mod:`.volume_inference`).
     """
     model = load_model(model)
+    chosen = prediction_settings(model.postprocess, threshold=threshold, tta=tta, keep_largest=keep_largest,
+                                 fill_holes=fill_holes)
+    threshold, tta = chosen["threshold"], chosen["tta"]
+    post = {"min_size": min_size, "keep_largest": chosen["keep_largest"], "fill_holes": chosen["fill_holes"]}
     _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb, model.spatial_dims)
@@ -435,8 +444,8 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
 
         return (yield from predict_volume_steps(
             model, array, network, meter, labels, colour=colour, device=torch_device, tile=tile, overlap=overlap,
-            threshold=threshold, batch_size=batch_size, tta=tta, uncertainty=uncertainty, min_size=min_size,
-            fill_holes=fill_holes, instances=instances, min_distance=min_distance,
+            threshold=threshold, batch_size=batch_size, tta=tta, uncertainty=uncertainty, post=post,
+            instances=instances, min_distance=min_distance,
             return_probabilities=return_probabilities, precision=precision, cancel=cancel))
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
@@ -477,7 +486,7 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
             target = (here, *(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner)))
             _store((labels, probs_out, spread_out), target, inner, probs, spread, model.num_classes, threshold)
             done += count
-        plane = postprocess(labels[here], min_size=min_size, fill_holes=fill_holes)
+        plane = postprocess(labels[here], **post)
         if instances != "none":
             plane = instance_labels(plane, None if probs_out is None else probs_out[here], mode=instances,
                                     min_distance=min_distance, offset=last_id)
@@ -494,7 +503,8 @@ def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device:
     Returns uint8 labels of the input's spatial shape (0/1, or class ids; int32 object ids with
     ``instances``); with ``return_probabilities=True`` and/or ``uncertainty=True`` a tuple
     ``(labels, [probabilities,] [uncertainty])``. Options: ``tile``, ``overlap``, ``threshold``,
-    ``batch_size``, ``tta``, ``min_size``, ``fill_holes``, ``instances``, ``min_distance``, ``rgb``,
+    ``batch_size``, ``tta``, ``min_size``, ``keep_largest``, ``fill_holes``, ``instances``, ``min_distance``,
+    ``rgb``,
     ``precision``, ``cancel`` (see :func:`predict_steps`). ``on_event`` is given each progress event
     (:class:`Tiles`, warning :class:`Message`; warnings are issued as Python warnings without it).
 

@@ -42,6 +42,10 @@ class SegmentationModel:
         normalization: the intensity normalization the network was trained with.
         config: the training configuration (a dict; see :class:`~napari_unet_seg.config.TrainConfig`).
         metrics: validation (and test, when known) metrics of this model.
+        info: provenance (display name, data and terms, the command that made it, lineage).
+        postprocess: what predictions apply unless told otherwise, chosen on validation data
+            (:mod:`~napari_unet_seg.tuning`): ``threshold``, ``tta``, ``keep_largest``, ``fill_holes``, and
+            ``evidence`` (the validation Dice of each); empty for models made before it existed.
         path: the file it was loaded from, if any.
     """
 
@@ -53,6 +57,7 @@ class SegmentationModel:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    postprocess: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -78,7 +83,7 @@ class SegmentationModel:
     def metadata(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "in_channels": self.in_channels,
                 "num_classes": self.num_classes, "normalization": self.normalization,
-                "config": self.config, "metrics": self.metrics, "info": self.info}
+                "config": self.config, "metrics": self.metrics, "info": self.info, "postprocess": self.postprocess}
 
 
 def save_model(path: str | os.PathLike, model: SegmentationModel, *, training_state: dict | None = None) -> Path:
@@ -235,7 +240,7 @@ def load_model(source: str | os.PathLike | SegmentationModel) -> SegmentationMod
     return SegmentationModel(network=network, architecture=arch, in_channels=meta["in_channels"],
                              num_classes=meta["num_classes"], normalization=meta["normalization"],
                              config=meta.get("config", {}), metrics=meta.get("metrics", {}),
-                             info=meta.get("info", {}), path=path)
+                             info=meta.get("info", {}), postprocess=meta.get("postprocess", {}), path=path)
 
 
 def _checked_metadata(path: Path, meta: Any) -> dict[str, Any]:
@@ -261,9 +266,15 @@ def _checked_metadata(path: Path, meta: Any) -> dict[str, Any]:
         raise bad("normalization", norm, f"a mapping whose method is one of {', '.join(NORMALIZATIONS)}")
     if norm["method"] == "percentile" and not all(_number(norm.get(k)) for k in ("low", "high")):
         raise bad("normalization", norm, "percentile bounds low and high as numbers")
-    for name in ("config", "metrics", "info"):
+    for name in ("config", "metrics", "info", "postprocess"):
         if not isinstance(meta.get(name, {}), dict):
             raise bad(name, meta[name], "a mapping")
+    post = meta.get("postprocess", {})
+    if "threshold" in post and not (_number(post["threshold"]) and 0 < post["threshold"] < 1):
+        raise bad("postprocess.threshold", post["threshold"], "a number between 0 and 1")
+    for name in ("tta", "keep_largest", "fill_holes"):
+        if name in post and not isinstance(post[name], bool):
+            raise bad(f"postprocess.{name}", post[name], "true or false")
     for name in ("resize", "patch_size"):
         value = meta.get("config", {}).get(name)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):

@@ -24,9 +24,10 @@ __all__ = ["PREDICT_RULES", "EVALUATE_RULES", "EXPORT_RULES", "SWEEP_RULES", "ch
 #: Keyword arguments of ``predict`` / ``predict_steps``.
 PREDICT_RULES: dict[str, Rule] = {
     "device": Rule("device"), "tile": Rule("int", low=16, optional=True, unit="pixels"),
-    "overlap": Rule("float", low=0, below=1), "threshold": Rule("float", above=0, below=1),
-    "batch_size": Rule("int", low=1, optional=True), "tta": Rule("flag"), "uncertainty": Rule("flag"),
-    "min_size": Rule("int", low=0), "fill_holes": Rule("flag"), "instances": Rule("choice", choices=INSTANCES),
+    "overlap": Rule("float", low=0, below=1), "threshold": Rule("float", above=0, below=1, optional=True),
+    "batch_size": Rule("int", low=1, optional=True), "tta": Rule("flag", optional=True), "uncertainty": Rule("flag"),
+    "min_size": Rule("int", low=0), "fill_holes": Rule("flag", optional=True),
+    "keep_largest": Rule("flag", optional=True), "instances": Rule("choice", choices=INSTANCES),
     "min_distance": Rule("int", low=1), "return_probabilities": Rule("flag"), "rgb": Rule("flag", optional=True),
     "precision": Rule("choice", choices=PRECISIONS), "cancel": Rule("any"),
 }

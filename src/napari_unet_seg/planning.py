@@ -8,7 +8,9 @@ objects such as lesions or cells: PH2 test IoU 0.864 at ``--resize 256`` against
 docs/results.md) or patches at full resolution (thin structures and texture, such as EM membranes); the
 patch and batch size that :func:`~napari_unet_seg.memory.check_training_memory` lets through on the
 device; the epochs that fit a time budget. Foreground sampling and post-processing are proposals stored
-with the plan (training does not apply them yet). :meth:`Plan.apply` fills only the settings not given.
+with the plan; training tries the proposed post-processing (keep the largest object) on its validation
+images after the last epoch and keeps it only where Dice rises (:mod:`.tuning`). :meth:`Plan.apply` fills
+only the settings not given.
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ class Plan:
             else:
                 out.append(f"  {flag} {_value(value)}: {self.reasons[name]}")
         for name, value in self.proposals.items():
-            out.append(f"  {name} {value} (proposed, not applied yet): {self.reasons[name]}")
+            status = "tried on the validation images after training, with the threshold" if name == "postprocess" \
+                else "proposed, not applied yet"
+            out.append(f"  {name} {value} ({status}): {self.reasons[name]}")
         for name in ("classes", "data"):
             if name in self.reasons:
                 out.append(f"  note: {self.reasons[name]}")
@@ -396,7 +400,8 @@ def _epochs(kind: str, budget: float, train_count: int, size: int) -> tuple[int,
 
 
 def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """Foreground sampling and post-processing (stored with the plan; training does not apply them yet)."""
+    """Foreground sampling (stored with the plan, not applied yet) and the post-processing that training tries
+    on its validation images after the last epoch (:mod:`.tuning`)."""
     rare = 0 < fp.foreground < _RARE and not whole
     if whole:
         sampling = "whole images: every sample holds the object"

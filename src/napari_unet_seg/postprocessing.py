@@ -1,4 +1,5 @@
-"""Post-processing of label arrays: small objects removed and holes filled, per class, in 2D or in 3D.
+"""Post-processing of label arrays: small objects removed, the largest object kept and holes filled, per
+class, in 2D or in 3D; and the settings a prediction applies (the caller's, else the model's own choice).
 
 An image ``(Y, X)`` is post-processed in 2D. A volume ``(Z, Y, X)`` is one 3D array (a 3D model's labels):
 its objects are 3D connected components and its holes 3D cavities; with ``spatial_dims=2`` each slice is
@@ -13,12 +14,25 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["postprocess", "labels_dims"]
+__all__ = ["postprocess", "labels_dims", "CHOICES", "prediction_settings"]
+
+#: What a prediction applies when neither the caller nor the model file says otherwise. A model file's
+#: ``postprocess`` (chosen on validation data by :mod:`.tuning`) overrides these; the caller's options
+#: override both.
+CHOICES = {"threshold": 0.5, "tta": False, "keep_largest": False, "fill_holes": False}
 
 
-def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False,
+def prediction_settings(chosen: dict, **given) -> dict:
+    """:data:`CHOICES` as a job applies them: each of ``given`` that is not None, else the model's
+    ``chosen`` value (its file's ``postprocess``), else the default."""
+    return {name: given[name] if given.get(name) is not None else chosen.get(name, default)
+            for name, default in CHOICES.items()}
+
+
+def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = False, keep_largest: bool = False,
                 spatial_dims: int | None = None) -> np.ndarray:
-    """Remove objects smaller than ``min_size`` pixels (voxels) and fill holes, per class.
+    """Remove objects smaller than ``min_size`` pixels (voxels), keep only the largest object (per class),
+    and fill holes, per class, in that order.
 
     ``labels``: class ids ``(Y, X)`` or ``(Z, Y, X)``. ``spatial_dims``: 3 (the default for a volume)
     treats a volume as one, 2 (the default for an image) each of its slices as an image. The input is
@@ -29,14 +43,15 @@ def postprocess(labels: np.ndarray, *, min_size: int = 0, fill_holes: bool = Fal
     """
     labels = np.asarray(labels)
     spatial_dims = labels_dims(labels, spatial_dims, "post-process")
-    if not min_size and not fill_holes:
+    steps = (min_size, keep_largest, fill_holes)
+    if not any(steps):
         return labels
     if labels.ndim == 3 and spatial_dims == 2:
-        return np.stack([_postprocess(plane, min_size, fill_holes) for plane in labels])
-    return _postprocess(labels, min_size, fill_holes)
+        return np.stack([_postprocess(plane, *steps) for plane in labels])
+    return _postprocess(labels, *steps)
 
 
-def _postprocess(labels: np.ndarray, min_size: int, fill_holes: bool) -> np.ndarray:
+def _postprocess(labels: np.ndarray, min_size: int, keep_largest: bool, fill_holes: bool) -> np.ndarray:
     from scipy.ndimage import binary_fill_holes
     from skimage.morphology import remove_small_objects
 
@@ -50,9 +65,25 @@ def _postprocess(labels: np.ndarray, min_size: int, fill_holes: bool) -> np.ndar
                 remove_small_objects(region, min_size=min_size)
             out[region & ~kept] = 0
             region = kept
+        if keep_largest:
+            kept = _largest(region)
+            out[region & ~kept] = 0
+            region = kept
         if fill_holes:
             out[binary_fill_holes(region) & (out == 0)] = value
     return out
+
+
+def _largest(region: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean array (the array itself when it holds one or none)."""
+    from scipy.ndimage import label
+
+    components, count = label(region)
+    if count <= 1:
+        return region
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(sizes.argmax())
 
 
 def _has_max_size() -> bool:

@@ -35,11 +35,11 @@ from .dataset import (PatchDataset, Sample, build_augmentation, is_volume, load_
 from .device_batches import DeviceBatches, fits_on_device
 from .device import describe_device, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
-from .events import Batch, Checkpoint, Epoch, Message, drain
+from .events import Batch, Checkpoint, Epoch, Message, drain, messages_only
 from .memory import check_training_memory
 from .image_io import read_image, read_spacing
 from .metrics import segmentation_metrics
-from .model_file import SegmentationModel, _out_channels, load_model, read_metadata
+from .model_file import SegmentationModel, _out_channels, load_model, read_metadata, save_model
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
 from .pairing import pair_files
@@ -291,7 +291,7 @@ def validate_steps(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, 
     model = working_copy(model, device) if pairs else model  # one copy of the weights for all images
     for pair in pairs:
         steps = predict_steps(model, pair.image, device=str(device), return_probabilities=True, cancel=cancel)
-        result = yield from _messages_only(steps)
+        result = yield from messages_only(steps)
         scores = segmentation_metrics(result.labels, pair.truth, model.num_classes)
         probs = torch.from_numpy(result.probabilities)
         probs = probs[None] if model.num_classes == 2 else probs
@@ -304,17 +304,6 @@ def validate_steps(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, 
     totals = distributed.sum_across(totals)
     count = totals.pop("count")
     return {name: value / count if count else float("nan") for name, value in totals.items()}
-
-
-def _messages_only(steps):
-    """Pass on the Messages of a job generator (not its Tiles) and return its result."""
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(event, Message):
-            yield event
 
 
 def validate(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, *, device: torch.device | str = "cpu",
@@ -453,7 +442,8 @@ def _write_epoch(run: TrainingRun, run_dir: Path, improved: bool) -> Generator[C
 
 def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arrays, val_arrays, cancel,
            given: Sequence[str] = ()) -> Generator[Message, None, tuple[TrainingRun, list[ValPair], Any]]:
-    """The run object (resumed, or from random or starting weights), its validation pairs and batch source."""
+    """The run object (resumed, or from random or starting weights), its validation pairs (all of them, not
+    this process's share) and batch source."""
     device = distributed.local_device(config.device)
     start = load_model(initial_model) if initial_model is not None else None
     stored = load_model(run_dir / "last.pt") if resume else None
@@ -472,13 +462,13 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
         yield Message(f"3D patches of {'x'.join(map(str, patch))} voxels (Z x Y x X), spacing "
                       f"{', '.join(f'{v:g}' for v in config.spacing)}")
     run = TrainingRun(config, model, device)
-    val_set = val_set[distributed.rank()::distributed.world_size()]
+    shard = val_set[distributed.rank()::distributed.world_size()]
     if resume:
         run.load_state_dict(read_run_state(run_dir / "last.pt"))
         yield Message(f"resuming {run_dir} after epoch {run.epoch}")
     elif start is not None:
         distributed.share_buffers(run.network)
-        run.start_dice = (yield from validate_steps(run.model, val_set, run.loss_fn, device=device,
+        run.start_dice = (yield from validate_steps(run.model, shard, run.loss_fn, device=device,
                                                     cancel=cancel))["val_dice"]
         yield Message(f"starting model {start.name}: val Dice {run.start_dice:.4f} on the validation images")
     source = _batch_source(config, train_set, device, patch)
@@ -518,6 +508,28 @@ def _run_epochs(run: TrainingRun, run_dir: Path, val_set, source, cancel) -> Gen
     if run.history and plotted != run.history[-1]["epoch"] and distributed.is_main():
         plot_curves(run_dir / "curves.png", run.history)
     return status
+
+
+def _choose_postprocessing(run: TrainingRun, best: Path, val_set: Sequence[ValPair], cancel
+                           ) -> Generator[Message, None, None]:
+    """Choose the best model's threshold and post-processing on the validation images (:mod:`.tuning`) and
+    store them in ``best.pt``; a cancel leaves ``best.pt`` as it was."""
+    from .tuning import choose_postprocessing_steps, describe_postprocessing
+
+    if not best.exists() or not val_set:
+        return
+    model = load_model(best)
+    proposed = run.config.extra.get("plan", {}).get("proposals", {}).get("postprocess", [])
+    yield Message(f"choosing the threshold and post-processing on {len(val_set)} validation image(s)")
+    try:
+        model.postprocess = yield from choose_postprocessing_steps(
+            model, val_set, device=str(run.device), keep_largest="keep_largest" in proposed, cancel=cancel)
+    except JobCancelled:
+        yield Message("cancelled while choosing the post-processing: best.pt keeps threshold 0.5 and none",
+                      "warning")
+        return
+    save_model(best, model)
+    yield Message(f"post-processing stored in best.pt: {describe_postprocessing(model.postprocess)}")
 
 
 def _result(run: TrainingRun, run_dir: Path, status: str) -> tuple[TrainResult, list[Message]]:
@@ -562,7 +574,10 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
             clean_stale_files(run_dir, RUN_FILES)
         run, val_set, source = yield from _setup(config, run_dir, resume, initial_model, arrays, val_arrays, cancel,
                                                  given)
-        status = yield from _run_epochs(run, run_dir, val_set, source, cancel)
+        shard = val_set[distributed.rank()::distributed.world_size()]
+        status = yield from _run_epochs(run, run_dir, shard, source, cancel)
+        if distributed.is_main() and status != "cancelled":
+            yield from _choose_postprocessing(run, run_dir / "best.pt", val_set, cancel)
         distributed.barrier()  # the files are written before any process reports them
     result, messages = _result(run, run_dir, status)
     yield from messages

@@ -93,11 +93,12 @@ def _isotropic_plane(model: SegmentationModel) -> bool:
 
 def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn.Module, meter: _TileMeter,
                          labels: Any, *, colour: bool, device: torch.device, tile: int | None, overlap: float,
-                         threshold: float, batch_size: int | None, tta: bool, uncertainty: bool, min_size: int,
-                         fill_holes: bool, instances: str, min_distance: int, return_probabilities: bool,
+                         threshold: float, batch_size: int | None, tta: bool, uncertainty: bool, post: dict,
+                         instances: str, min_distance: int, return_probabilities: bool,
                          precision: str, cancel: Any) -> Generator[Tiles | Message, None, Prediction]:
     """:func:`~napari_unet_seg.inference.predict_steps` for a 3D model (options checked there; ``labels``
-    the array to fill, ``network`` and ``meter`` the working copy to run)."""
+    the array to fill, ``network`` and ``meter`` the working copy to run, ``post`` the options of
+    :func:`~napari_unet_seg.postprocessing.postprocess`)."""
     spatial = tuple(int(n) for n in array.shape[:3])
     turns = _isotropic_plane(model)
     regions, roi, batch_size, windows = _plan(model, spatial, device, tile, batch_size, overlap,
@@ -130,8 +131,8 @@ def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn
         _store((labels, probs_out, spread_out), target, inner, probs, spread, model.num_classes, threshold)
         del probs, spread
         done += count
-    if min_size or fill_holes or instances != "none":  # these need the whole labels in memory
-        whole = postprocess(np.asarray(labels[...]), min_size=min_size, fill_holes=fill_holes, spatial_dims=3)
+    if any(post.values()) or instances != "none":  # these need the whole labels in memory
+        whole = postprocess(np.asarray(labels[...]), **post, spatial_dims=3)
         if instances != "none":  # the watershed's distance in physical units when the voxel spacing is known
             spacing = model.spacing if model.spacing and len(model.spacing) == 3 else None
             whole = instance_labels(whole, probs_out, mode=instances, min_distance=min_distance, spatial_dims=3,

@@ -41,11 +41,11 @@ def test_layer_array_and_names():
 
 def test_segment_options_map_widget_values_to_predict_keywords():
     options = params.segment_options(device="cpu", tile=0, overlap=0.5, threshold=0.3, tta=1, min_size=12,
-                                     probabilities=True, rgb=True, instances="watershed", min_distance=4,
-                                     uncertainty=1)
+                                     keep_largest=1, probabilities=True, rgb=True, instances="watershed",
+                                     min_distance=4, uncertainty=1)
     assert options == {"device": "cpu", "tile": None, "overlap": 0.5, "threshold": 0.3, "tta": True,
-                       "min_size": 12, "return_probabilities": True, "rgb": True, "instances": "watershed",
-                       "min_distance": 4, "uncertainty": True}
+                       "min_size": 12, "keep_largest": True, "fill_holes": False, "return_probabilities": True,
+                       "rgb": True, "instances": "watershed", "min_distance": 4, "uncertainty": True}
     assert params.segment_options(tile=128)["tile"] == 128
     import inspect
 

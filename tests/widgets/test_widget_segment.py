@@ -191,3 +191,31 @@ def test_the_shipped_model_follows_the_kind_of_image(make_napari_viewer, tiny_mo
     widget.models.add(tiny_model)  # a model file the user chose is kept whatever the image
     widget.image.value = rgb
     assert widget.model.value == str(tiny_model)
+
+
+def test_the_models_own_post_processing_fills_the_controls_and_is_applied(make_napari_viewer, tiny_model,
+                                                                          tmp_path, wait_job):
+    from napari_unet_seg.model_file import load_model, save_model
+
+    model = load_model(tiny_model)
+    model.postprocess = {"threshold": 0.35, "tta": True, "keep_largest": True, "fill_holes": True,
+                         "evidence": {"images": 2, "plain_dice": 0.8, "chosen_dice": 0.82, "best_dice_with_tta": 0.82}}
+    tuned = save_model(tmp_path / "tuned.pt", model)
+    viewer = make_napari_viewer()
+    image, _ = synthetic_pair((64, 64), seed=5)
+    viewer.add_image(image, name="cells")
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tuned
+    assert (widget.threshold.value, widget.tta.value, widget.keep_largest.value, widget.fill_holes.value) == (
+        0.35, True, True, True)
+    assert wait_job(widget.run()) == "done"
+    labels = viewer.layers["cells labels"].data
+    np.testing.assert_array_equal(labels, predict(tuned, image, device="cpu"))
+    from skimage.measure import label
+
+    assert label(labels).max() <= 1  # one object kept
+    widget.fill_holes.value = widget.keep_largest.value = False  # the user's ticks win over the model's
+    assert widget.options()["keep_largest"] is False and widget.options()["fill_holes"] is False
+    model.postprocess = {}
+    widget.model_file.value = save_model(tmp_path / "plain.pt", model)  # no choice of its own: the defaults
+    assert (widget.threshold.value, widget.tta.value, widget.keep_largest.value) == (0.5, False, False)

@@ -22,12 +22,13 @@ FLAG_LABELS: dict[str, str | None] = {
     "--threshold": "threshold", "--min-size": "min object size", "--instances": "instances",
     "--min-distance": "min distance", "--spatial-dims": "dimensions", "--spacing": "voxel spacing",
     "--tta": "test-time augmentation", "--uncertainty": "add uncertainty layer",
+    "--keep-largest": "keep largest object", "--fill-holes": "fill holes",
     "--skip-unpaired": None, "--resume": None, "--resize": None, "--workers": None, "--weight-decay": None,
     "--early-stop": None, "--val-images": None, "--val-masks": None,
 }
 
 #: Flags whose control is a check box: "pass --overwrite" reads "tick 'overwrite'".
-CHECKBOXES = frozenset({"--overwrite", "--tta", "--uncertainty"})
+CHECKBOXES = frozenset({"--overwrite", "--tta", "--uncertainty", "--keep-largest", "--fill-holes"})
 
 _INSTALL = re.compile(r"[;,]?\s*\(?[^;,()]*\b(?:pip|conda|mamba)\s+install\b[^;)]*\)?", re.IGNORECASE)
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")

@@ -59,6 +59,16 @@ def model_dims(value: str | os.PathLike) -> int | None:
     return int((meta.get("architecture") or {}).get("kwargs", {}).get("spatial_dims", 2))
 
 
+def model_postprocess(value: str | os.PathLike) -> dict:
+    """The threshold and post-processing a model applies by default (its own choice, made on its validation
+    images, else the plain defaults); the defaults when it cannot be read."""
+    from ..postprocessing import prediction_settings
+
+    meta = _metadata(value)
+    chosen = meta.get("postprocess") if isinstance(meta, dict) else None
+    return prediction_settings(chosen if isinstance(chosen, dict) else {})
+
+
 def model_channels(value: str | os.PathLike) -> int | None:
     """Input channels (1 gray, 3 colour) of a shipped model or model file, None when it cannot be read."""
     meta = _metadata(value)

@@ -60,12 +60,13 @@ def uncertainty_name(image_name: str) -> str:
 
 
 def segment_options(*, device: str = "auto", tile: int = 0, overlap: float = 0.25, threshold: float = 0.5,
-                    tta: bool = False, min_size: int = 0, probabilities: bool = False,
-                    rgb: bool | None = None, instances: str = "none", min_distance: int = 5,
-                    uncertainty: bool = False) -> dict[str, Any]:
+                    tta: bool = False, min_size: int = 0, keep_largest: bool = False, fill_holes: bool = False,
+                    probabilities: bool = False, rgb: bool | None = None, instances: str = "none",
+                    min_distance: int = 5, uncertainty: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``predict_steps`` from the Segment widget's values (tile 0: the model's own)."""
     return {"device": str(device), "tile": int(tile) or None, "overlap": float(overlap),
             "threshold": float(threshold), "tta": bool(tta), "min_size": int(min_size),
+            "keep_largest": bool(keep_largest), "fill_holes": bool(fill_holes),
             "return_probabilities": bool(probabilities), "rgb": rgb, "instances": str(instances),
             "min_distance": int(min_distance), "uncertainty": bool(uncertainty)}
 

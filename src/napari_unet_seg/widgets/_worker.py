@@ -113,8 +113,12 @@ def start_job(what: str, make_steps: Callable[[threading.Event], Generator], *,
     widget can re-enable its buttons. Errors are shown as napari notifications and in the ``status``
     Label when given (see :func:`report_error`).
     ``what`` names the job in those messages (``"segmentation"``, ``"training"``, ...). When the Qt
-    widget ``owner`` is destroyed (its dock closed), the job is cancelled.
+    widget ``owner`` is destroyed (its dock closed), the job is cancelled. Jobs use the physical CPU cores
+    less one (:func:`~napari_unet_seg.device.threads_beside_ui`).
     """
+    from ..device import threads_beside_ui
+
+    threads_beside_ui()  # the job's CPU work leaves the napari window a core
     job = Job(what)
     job.state = RUNNING
     steps = make_steps(job.cancel_event)

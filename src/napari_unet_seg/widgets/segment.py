@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..events import Tiles
 from ..instances import INSTANCE_MODES
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
-from ._models import ModelPicker, model_channels, model_dims
+from ._models import ModelPicker, model_channels, model_dims, model_postprocess
 from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
 from ._worker import Job, free_gpu_memory, report_error, start_job
 
@@ -70,6 +70,9 @@ class SegmentWidget(Docked, Container):
                             tooltip="average the predictions of the four flips: smoother, 4x slower")
         self.min_size = SpinBox(label="min object size", value=0, min=0, max=10**8,
                                 tooltip="objects smaller than this many pixels are removed (0: keep all)")
+        self.keep_largest = CheckBox(text="keep largest object", value=False,
+                                     tooltip="keep only the largest object of each class (one lesion per image)")
+        self.fill_holes = CheckBox(text="fill holes", value=False, tooltip="fill holes inside objects")
         self.instances = ComboBox(label="instances", choices=INSTANCE_MODES, value="none",
                                   tooltip="none: class labels; components: one id per connected object; "
                                           "watershed: also splits touching objects (binary models)")
@@ -83,15 +86,26 @@ class SegmentWidget(Docked, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = status_label()
+        cleanup = Container(widgets=[self.keep_largest, self.fill_holes], layout="horizontal", labels=False)
         self.advanced = Advanced([self.device, self.tile, self.overlap, self.threshold, self.tta, self.min_size,
-                                  self.instances, self.min_distance, self.probabilities, self.uncertainty])
+                                  cleanup, self.instances, self.min_distance, self.probabilities, self.uncertainty])
         build(self, [Container(widgets=[self.image, self.model, self.model_file]), self.advanced],
               [Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                Container(widgets=[self.progress]), self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image)
+        self.model.changed.connect(self._on_model)
         self._on_image(self.image.value)
+        self._on_model(self.model.value)
+
+    def _on_model(self, value: Any) -> None:
+        """Show the chosen model's own threshold and post-processing (chosen on its validation images)."""
+        if not value:
+            return
+        chosen = model_postprocess(value)
+        self.threshold.value, self.tta.value = chosen["threshold"], chosen["tta"]
+        self.keep_largest.value, self.fill_holes.value = chosen["keep_largest"], chosen["fill_holes"]
 
     def _on_image(self, layer: Any) -> None:
         """With a shipped model chosen, switch to a shipped model made for this image's kind (gray or RGB;
@@ -116,6 +130,7 @@ class SegmentWidget(Docked, Container):
         """The keyword arguments this widget passes to ``predict_steps``."""
         return segment_options(device=self.device.value, tile=self.tile.value, overlap=self.overlap.value,
                                threshold=self.threshold.value, tta=self.tta.value, min_size=self.min_size.value,
+                               keep_largest=self.keep_largest.value, fill_holes=self.fill_holes.value,
                                probabilities=self.probabilities.value, rgb=rgb, instances=self.instances.value,
                                min_distance=self.min_distance.value, uncertainty=self.uncertainty.value)
 
