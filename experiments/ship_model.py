@@ -12,6 +12,7 @@ from pathlib import Path
 
 from napari_unet_seg.evaluation import evaluate
 from napari_unet_seg.model_file import load_model, save_model
+from napari_unet_seg.pretrained import TERMS
 from napari_unet_seg.tuning import choose_postprocessing, describe_postprocessing
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "napari_unet_seg" / "pretrained"
@@ -38,11 +39,12 @@ def main() -> None:
     print(f"post-processing: {describe_postprocessing(model.postprocess)}")
     scores = evaluate(model, args.test_images, args.test_masks, device="cpu")
     model.metrics = {**model.metrics, "test_dice": scores["dice"], "test_iou": scores["iou"],
-                     "test_accuracy": scores["accuracy"], "test_count": scores["count"]}
+                     "test_accuracy": scores["accuracy"], "test_count": scores["count"],
+                     "test_thresholded_jaccard": scores["thresholded_jaccard"], "test_failed": scores["failed"]}
     from napari_unet_seg.config import TrainConfig
 
     # the command that made it (train, or a sweep's run), and the equivalent plain train command
-    model.info = {**model.info, "display_name": args.display_name, "data": args.data,
+    model.info = {**model.info, **TERMS.get(args.name, {}), "display_name": args.display_name, "data": args.data,
                   "train_command": TrainConfig.from_dict(model.config).as_command()}
     path = save_model(TARGET / f"{args.name}.pt", model)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): test Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f}, "

@@ -34,6 +34,11 @@ _ISIC_CITES = [
              "dermatoscopic images of common pigmented skin lesions. Scientific Data 5: 180161",
      "doi": "10.1038/sdata.2018.161"},
 ]
+_PH2_CITES = [
+    {"text": "Mendonça, Ferreira, Marques, Marçal, Rozeira (2013) PH2 - A dermoscopic image database for research "
+             "and benchmarking. 35th Annual International Conference of the IEEE EMBC, 5437-5440",
+     "doi": "10.1109/EMBC.2013.6610779"},
+]
 LUCCHI_TERMS = ("EPFL CVLab Electron Microscopy Dataset (Lucchi et al. 2012, mouse hippocampus CA1 FIB-SEM, "
                 "about 5 nm voxels): non-commercial research and benchmarking use, with citation of Lucchi et al. 2012")
 LUCCHI_CITES = [
@@ -51,9 +56,10 @@ LUCCHI_CITES = [
 TERMS = {
     "em-membranes": {"license": "CC-BY-NC-4.0", "data_license": _ISBI, "cite": _ISBI_CITES, "sample": "em",
                      "authors": ["napari-unet-seg developers"]},
-    "dermoscopy-lesions": {"license": "CC-BY-NC-4.0", "sample": "dermoscopy", "cite": _ISIC_CITES,
+    "dermoscopy-lesions": {"license": "CC-BY-NC-4.0", "sample": "dermoscopy", "cite": _ISIC_CITES + _PH2_CITES,
                            "data_license": "CC BY-NC 4.0 (International Skin Imaging Collaboration, ISIC 2018 "
-                                           "Task 1): attribution, non-commercial use only",
+                                           "Task 1): attribution, non-commercial use only; PH2 (Mendonça et al. "
+                                           "2013): research and benchmarking use, with citation",
                            "authors": ["napari-unet-seg developers"]},
     "mitochondria-em3d": {"license": "CC-BY-NC-4.0", "data_license": LUCCHI_TERMS, "cite": LUCCHI_CITES,
                           "sample": "em3d", "spacing_unit": "µm", "authors": ["napari-unet-seg developers"]},
