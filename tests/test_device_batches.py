@@ -84,6 +84,12 @@ def test_processes_share_an_epoch_without_overlap():
 REFERENCE = Path(__file__).parent / "data" / "batches_2d_reference.npz"
 
 
+#: The reference images hold raw values up to 235: interpolation (grid_sample, MONAI's warps) run by
+#: another thread count or vector path differs by up to 1.4e-4 there (float32 rounding of the sampling
+#: coordinates); another random draw or transform differs by whole intensity levels.
+IMAGE_ATOL = 1e-3
+
+
 def _reference_samples():
     """The 2D samples of ``data/batches_2d_reference.npz``, which holds the batches the code before 3D
     support (commit 5af2392) made from them: DeviceBatches(patch 16, batch 4, seed 3) with ``none`` and
@@ -99,7 +105,7 @@ def test_2d_batches_are_those_of_the_code_before_3d(preset):
     batches = list(DeviceBatches(_reference_samples(), 16, preset, torch.device("cpu")).epoch(4, seed=3))
     images, masks = torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy()
     assert np.array_equal(masks, reference[f"device_{preset}_masks"])
-    assert np.allclose(images, reference[f"device_{preset}_images"], rtol=0, atol=1e-5)
+    assert np.allclose(images, reference[f"device_{preset}_images"], rtol=0, atol=IMAGE_ATOL)
     same = list(DeviceBatches(_reference_samples(), (16, 16), preset, torch.device("cpu"),
                               foreground=0.0).epoch(4, seed=3))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, same))
@@ -112,7 +118,7 @@ def test_2d_patch_dataset_items_are_those_of_the_code_before_3d(preset):
     items = [ds[i] for i in range(len(ds))]
     assert np.array_equal(torch.stack([i[1] for i in items]).numpy(), reference[f"dataset_{preset}_masks"])
     assert np.allclose(torch.stack([i[0] for i in items]).numpy(), reference[f"dataset_{preset}_images"],
-                       rtol=0, atol=1e-5)
+                       rtol=0, atol=IMAGE_ATOL)
 
 
 def _volume_with_rare_foreground(shape=(24, 48, 48)):
