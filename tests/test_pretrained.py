@@ -32,9 +32,12 @@ def test_dermoscopy_model_ships_small_with_its_provenance():
     model = load_model("dermoscopy-lesions")
     assert model.path.stat().st_size < 10e6 and model.in_channels == 3 and model.config["resize"] == 256
     assert display_name("dermoscopy-lesions") == "Dermoscopy lesions (U-Net)" == model.info["display_name"]
-    assert model.config["command"].startswith("napari-unet-seg sweep isic2018-cpu")
-    assert model.info["train_command"].startswith("napari-unet-seg train ")
+    assert model.config["command"].startswith("napari-unet-seg train --images ")  # train's plan, nothing else
+    assert model.config["extra"]["plan"]["settings"]["resize"] == 256
+    assert model.info["train_command"].startswith("napari-unet-seg train ") and "PH2" in model.info["data"]
     assert model.metrics["test_count"] == 117 and model.metrics["test_dice"] >= 0.88
+    # its threshold and post-processing, chosen on its 121 validation images, are what predict applies
+    assert model.postprocess["evidence"]["images"] == 121 and 0 < model.postprocess["threshold"] < 1
 
 
 @pytest.mark.parametrize("name", ["ISIC_0000013", "ISIC_0000086", "ISIC_0000139"])
