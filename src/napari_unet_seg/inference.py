@@ -397,6 +397,16 @@ def _output(out: Any, shape: tuple[int, ...], dtype: type) -> Any:
     return out
 
 
+def _settings(model: SegmentationModel, threshold: float | None, tta: bool | None, min_size: int,
+              keep_largest: bool | None, fill_holes: bool | None) -> tuple[float, bool, dict]:
+    """``(threshold, tta, post)``: the options given, else the model's own choice, else the defaults;
+    ``post`` holds the keywords of :func:`postprocess`."""
+    chosen = prediction_settings(model.postprocess, threshold=threshold, tta=tta, keep_largest=keep_largest,
+                                 fill_holes=fill_holes)
+    post = {"min_size": min_size, "keep_largest": chosen["keep_largest"], "fill_holes": chosen["fill_holes"]}
+    return chosen["threshold"], chosen["tta"], post
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float | None = None,
                   batch_size: int | None = None, tta: bool | None = None, uncertainty: bool = False,
@@ -428,10 +438,7 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     volume, block by block (:mod:`.volume_inference`).
     """
     model = load_model(model)
-    chosen = prediction_settings(model.postprocess, threshold=threshold, tta=tta, keep_largest=keep_largest,
-                                 fill_holes=fill_holes)
-    threshold, tta = chosen["threshold"], chosen["tta"]
-    post = {"min_size": min_size, "keep_largest": chosen["keep_largest"], "fill_holes": chosen["fill_holes"]}
+    threshold, tta, post = _settings(model, threshold, tta, min_size, keep_largest, fill_holes)
     _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb, model.spatial_dims)
