@@ -6,7 +6,9 @@ speed issues target (CPU: predict >= 3x MONAI defaults; CUDA: >= 15x defaults an
 plus the Dice between our masks and the fp32 defaults' masks (reduced precision must not change them).
 ``predict`` runs the network as :func:`napari_unet_seg.fusion.inference_network` prepares it (batch norm
 folded into the convolutions, a copy made inside each call); ``--fused`` adds that network alone, beside
-the unfused one, to show what folding gives.
+the unfused one, to show what folding gives. ``predict`` without ``on_event`` runs the network in the
+calling thread, where glibc keeps its freed activations for reuse (:mod:`napari_unet_seg.heap`); with
+``on_event`` (the widgets, a terminal's progress) it runs in a thread of its own: both are timed.
 
     python benchmarks/bench_predict.py                       # CPU or CUDA (auto), 2048x2048, U-Net
     python benchmarks/bench_predict.py --fused --repeats 3   # + the fused network alone
@@ -30,6 +32,11 @@ import time
 
 import numpy as np
 import torch
+
+
+#: What MONAI's defaults do after the network: a 0.5 threshold, nothing else (a trained model's own choice of
+#: test-time augmentation or post-processing would time other work).
+PLAIN = {"threshold": 0.5, "tta": False, "keep_largest": False, "fill_holes": False}
 
 
 def _sync() -> None:
@@ -123,10 +130,13 @@ def main() -> None:
     def network_alone() -> None:
         alone(network.to(device, memory_format=torch.channels_last))
 
-    def ours() -> np.ndarray:
-        return predict(model, image, device=str(device))
+    def ours() -> np.ndarray:  # the defaults' work: no test-time augmentation or post-processing
+        return predict(model, image, device=str(device), **PLAIN)
 
-    variants = {"monai": monai_defaults, "alone": network_alone, "ours": ours}
+    def ours_with_progress() -> np.ndarray:  # the widgets' and a terminal's path: the network in a thread
+        return predict(model, image, device=str(device), on_event=lambda event: None, **PLAIN)
+
+    variants = {"monai": monai_defaults, "alone": network_alone, "ours": ours, "ours progress": ours_with_progress}
     if args.fused:
         variants["alone fused"] = lambda: alone(fused)
     timed = _timed_in_turns(variants, args.repeats)
@@ -145,11 +155,14 @@ def main() -> None:
           f"{rates['alone']:8.2f} Mpixel/s")
     print(f"napari_unet_seg.predict (numpy in, uint8 labels out):                            "
           f"{rates['ours']:8.2f} Mpixel/s")
+    print(f"predict with progress events (network in a thread: widgets, a terminal):         "
+          f"{rates['ours progress']:8.2f} Mpixel/s")
     if args.fused:
         print(f"network alone, fused (inference_network: batch norm folded, channels_last):      "
               f"{rates['alone fused']:8.2f} Mpixel/s")
     target = 15 if device.type == "cuda" else 3
     print(f"ratio predict / MONAI defaults: {rates['ours'] / rates['monai']:.2f}  (target >= {target})")
+    print(f"ratio predict with progress events / MONAI defaults: {rates['ours progress'] / rates['monai']:.2f}")
     print(f"ratio predict / network alone:  {rates['ours'] / rates['alone']:.2f}  (target >= 0.8 on CUDA)")
     if args.fused:
         print(f"ratio network alone fused / unfused: {rates['alone fused'] / rates['alone']:.2f}")
@@ -205,7 +218,8 @@ def main_3d(args: argparse.Namespace) -> None:
         return torch.sigmoid(out[0, 0]).cpu().numpy()
 
     def ours(image: np.ndarray) -> np.ndarray:
-        return predict(model, image, device=str(device), precision=args.precision, return_probabilities=True)[1]
+        return predict(model, image, device=str(device), precision=args.precision, return_probabilities=True,
+                       **PLAIN)[1]
 
     crop = volume[:32, :64, :64]
     variants = {"monai": lambda: monai_defaults(volume), "ours": lambda: ours(volume)}

@@ -16,11 +16,22 @@ crops of ``--patch-size``^3 (foreground oversampling 0.33) from synthetic volume
 for each augmentation preset, beside one training step of a 3D U-Net on a resident batch.
 
     python benchmarks/bench_train.py --spatial-dims 3 --batch-size 2 --patch-size 64 --width 0.5
+
+``--precision`` trains the same folder three times for ``--epochs`` epochs from the same seed (the same
+batches, so the same number of steps): plain fp32 as training ran before (contiguous tensors, freed memory
+given back to the system), the default (fp32, channels-last, the heap kept: :mod:`napari_unet_seg.heap`)
+and, for comparison only, the default under bfloat16 autocast (not used for training: see
+``training_run.training_precision``). It prints each variant's training steps per second, the ratio to plain
+fp32 and the validation Dice after the last epoch.
+
+    python benchmarks/bench_train.py --precision --images ../shared/data/isbi2012-em/images \
+        --masks ../shared/data/isbi2012-em/masks_membrane --epochs 12
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import platform
 import tempfile
@@ -56,11 +67,57 @@ def folder_rate(args, images: str, masks: str, out: str, workers: int) -> tuple[
     return batches / timed, batches
 
 
+@contextlib.contextmanager
+def _training_with(precision: tuple, heap: bool = True):
+    """Training steps under ``precision`` (``training_run.training_precision``'s answer), the heap kept or not."""
+    from napari_unet_seg import training, training_run
+
+    saved = training_run.training_precision, training.retained_heap
+    training_run.training_precision = lambda device, amp: precision
+    if not heap:
+        training.retained_heap = lambda enabled=True: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        training_run.training_precision, training.retained_heap = saved
+
+
+def precision_comparison(args, images: str, masks: str, out: str) -> None:
+    """Print steps/s and the final validation Dice of plain fp32, fp32 channels-last and the default."""
+    from napari_unet_seg.events import Batch, Epoch
+    from napari_unet_seg.training import train_steps
+
+    variants = {"plain fp32 (contiguous, heap given back)": lambda: _training_with((None, False), heap=False),
+                "default (fp32, channels-last, heap kept)": contextlib.nullcontext,
+                "bf16 autocast, channels-last, heap kept": lambda: _training_with((torch.bfloat16, True))}
+    results = {}
+    for name, context in variants.items():
+        seconds, steps, dice = 0.0, 0, None
+        with context():
+            events = train_steps(images=images, masks=masks, out=out, model=args.model, width=args.width,
+                                 epochs=args.epochs, batch_size=args.batch_size, patch_size=args.patch_size,
+                                 augment=args.augment, device=args.device, val_fraction=0.1, curves_every=0,
+                                 overwrite=True, seed=0)
+            started = None
+            for event in events:  # an epoch's steps: from the previous validation's end to its last batch
+                if isinstance(event, Epoch):
+                    started, dice = time.perf_counter(), event.metrics["val_dice"]
+                elif isinstance(event, Batch) and started is not None and event.batch == event.batches:
+                    seconds, steps, started = seconds + time.perf_counter() - started, steps + event.batches, None
+        results[name] = (steps / seconds, steps, dice)
+        print(f"{name:48s} {steps / seconds:6.2f} steps/s  ({steps} timed steps)  val Dice {dice:.4f}", flush=True)
+    base_rate, _, base_dice = next(iter(results.values()))
+    for name, (rate, _, dice) in list(results.items())[1:]:
+        print(f"{name}: {rate / base_rate:.2f}x plain fp32, val Dice {dice - base_dice:+.4f} (target: within 0.01)")
+
+
 def resident_rate(args, channels: int, steps: int, spatial_dims: int = 2) -> float:
     """Steps per second of the same network, loss and optimizer on one batch already on the device."""
     from napari_unet_seg.device import resolve_device
+    from napari_unet_seg.fusion import channels_last_format
     from napari_unet_seg.losses import build_loss
     from napari_unet_seg.models import build_network, network_kwargs
+    from napari_unet_seg.training_run import training_precision
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -69,15 +126,18 @@ def resident_rate(args, channels: int, steps: int, spatial_dims: int = 2) -> flo
     network.train()
     loss_fn = build_loss("dicece", 2).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    dtype, channels_last = training_precision(device, amp=True)  # as train_steps runs by default
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     patch = (args.patch_size,) * spatial_dims
     images = torch.rand(args.batch_size, channels, *patch, device=device)
     masks = (torch.rand(args.batch_size, 1, *patch, device=device) > 0.5).float()
+    if channels_last:
+        network = network.to(memory_format=channels_last_format(network))
+        images = images.contiguous(memory_format=channels_last_format(network))
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = network(images)
         loss = loss_fn(logits.float(), masks)
         scaler.scale(loss).backward()
@@ -173,6 +233,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--spatial-dims", type=int, choices=(2, 3), default=2,
                         help="3: time the 3D batch making (device vs DataLoader) instead")
+    parser.add_argument("--precision", action="store_true",
+                        help="compare plain fp32, fp32 channels-last and the default precision instead")
     args = parser.parse_args()
     if args.spatial_dims == 3:
         return batch_times_3d(args, resolve_device(args.device))
@@ -182,6 +244,12 @@ def main() -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         images, masks = (args.images, args.masks) if args.images else write_synthetic_folder(tmp, 24, (512, 512))
+        if args.precision:
+            print(f"device: {device} ({_cpu_name() if device.type == 'cpu' else device}, {torch.get_num_threads()} "
+                  f"threads); torch {torch.__version__}; model {args.model} width {args.width}; batch "
+                  f"{args.batch_size} x {args.patch_size}^2; augment {args.augment}; {args.epochs} epochs; "
+                  f"data {images}")
+            return precision_comparison(args, images, masks, f"{tmp}/run")
         from napari_unet_seg.pairing import pair_files
         from napari_unet_seg.image_io import read_image
 

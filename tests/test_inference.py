@@ -71,8 +71,31 @@ def test_threshold_tta_and_probabilities(model):
 
 def test_cancel_stops_prediction(model):
     image, _ = synthetic_pair((64, 64), seed=9)
-    with pytest.raises(JobCancelled):
+    with pytest.raises(JobCancelled):  # predict without on_event: the network runs in the calling thread
         predict(model, image, device="cpu", cancel=lambda: True)
+    with pytest.raises(JobCancelled):
+        predict(model, image, device="cpu", cancel=lambda: True, on_event=lambda event: None)
+
+
+def test_without_progress_the_network_runs_in_the_calling_thread(model):
+    import threading
+
+    from napari_unet_seg.inference import working_copy
+
+    stack = np.stack([synthetic_pair((64, 80), seed=s)[0] for s in range(3)])
+    threads, copy = [], working_copy(model, "cpu")  # the network predict runs as it is
+    copy.network.register_forward_pre_hook(lambda module, args: threads.append(threading.get_ident()))
+    runs = {}
+    for progress in (True, False):
+        events, threads[:] = [], []
+        runs[progress] = drain(predict_steps(copy, stack, device="cpu", tile=32, progress=progress),
+                               events.append).labels, events, set(threads)
+    (threaded, events_threaded, in_threads), (inline, events_inline, in_caller) = runs[True], runs[False]
+    assert np.array_equal(threaded, inline)
+    assert in_caller == {threading.get_ident()} and threading.get_ident() not in in_threads
+    total = events_inline[-1].total
+    assert [e.done for e in events_inline] == [total * z // 3 for z in (1, 2, 3)]  # one Tiles per slice
+    assert len(events_threaded) >= len(events_inline)
 
 
 def test_postprocess_min_size_and_holes():

@@ -58,7 +58,8 @@ def _add_train(sub) -> None:
     model.add_argument("--scheduler", choices=SCHEDULERS, default=_DEFAULT.scheduler)
     model.add_argument("--early-stop", type=int, default=_DEFAULT.early_stop,
                        help="stop after N epochs without better val Dice")
-    model.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    model.add_argument("--no-amp", dest="amp", action="store_false",
+                       help="no mixed precision on CUDA (the CPU trains in float32)")
     run = p.add_argument_group("run")
     run.add_argument("--out", default=_DEFAULT.out, help="run folder (best.pt, last.pt, history.csv, curves.png)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

@@ -27,6 +27,7 @@ from .device import free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Message, Tiles, drain
 from .fusion import inference_network
+from .heap import retained_heap
 from .instances import check_instances, instance_labels
 from .model_file import SegmentationModel, load_model
 from .normalization import intensity_range, is_rgb, normalize, to_channels_first
@@ -267,13 +268,19 @@ class _TileMeter:
 
 
 def _with_tiles(work: Callable[[Callable[[int], None], Callable[[], bool]], Any], cancel: Any, start: int,
-                count: int, total: int) -> Generator[Tiles, None, Any]:
+                count: int, total: int, progress: bool = True) -> Generator[Tiles, None, Any]:
     """Run ``work(report, stop)`` (one block's tiles) in a thread and yield :class:`Tiles` as it reports
     progress (``start`` .. ``start + count`` of ``total`` tile steps); return its result.
 
     ``stop()`` is true when ``cancel`` is set or the generator is closed early; the work then ends at
-    its next tile batch with :class:`JobCancelled`, which is raised here.
+    its next tile batch with :class:`JobCancelled`, which is raised here. Without ``progress`` the work
+    runs in the calling thread and one :class:`Tiles` follows it (whose allocations glibc can keep for
+    reuse: :mod:`.heap`).
     """
+    if not progress:
+        value = work(lambda units: None, lambda: is_cancelled(cancel))
+        yield Tiles(start + count, total)
+        return value
     reports: queue.SimpleQueue = queue.SimpleQueue()
     stopped, outcome = threading.Event(), {}
 
@@ -413,7 +420,7 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
                   min_size: int = 0, fill_holes: bool | None = None, keep_largest: bool | None = None,
                   instances: str = "none", min_distance: int = 5, return_probabilities: bool = False,
                   rgb: bool | None = None, precision: str = "auto", cancel: Any = None,
-                  out: Any = None) -> Generator[Tiles | Message, None, Prediction]:
+                  out: Any = None, progress: bool = True) -> Generator[Tiles | Message, None, Prediction]:
     """Segment ``array``, yielding :class:`Tiles` progress (in tiles) per tile batch; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
@@ -428,7 +435,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     the mean over classes of each class's std). ``instances`` (``components`` or ``watershed``, binary
     models) turns the labels into int32 object ids, unique across a stack (:mod:`.instances`).
     ``out``: an array-like (numpy memmap, zarr array) of the labels' shape and dtype that the labels are
-    written into, block by block (``Prediction.labels`` is then ``out``).
+    written into, block by block (``Prediction.labels`` is then ``out``). ``progress=False`` yields
+    :class:`Tiles` per block only, not during a block's tiles, and runs the network in the calling thread
+    (faster on a CPU: :mod:`.heap`).
 
     ``threshold``, ``tta``, ``keep_largest`` and ``fill_holes`` left at None take the model file's own
     choice (``model.postprocess``, chosen on validation data by :mod:`.tuning`), else 0.5 and off
@@ -446,17 +455,29 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
     labels = _output(out, spatial, np.uint8 if instances == "none" else np.int32)
     network, meter = _working_network(model, torch_device)
-    if model.spatial_dims == 3:
-        from .volume_inference import predict_volume_steps
+    options = dict(colour=colour, device=torch_device, tile=tile, overlap=overlap, threshold=threshold,
+                   batch_size=batch_size, tta=tta, uncertainty=uncertainty, post=post, instances=instances,
+                   min_distance=min_distance, return_probabilities=return_probabilities, precision=precision,
+                   cancel=cancel, progress=progress)
+    with retained_heap(torch_device.type == "cpu"):
+        if model.spatial_dims == 3:
+            from .volume_inference import predict_volume_steps
 
-        return (yield from predict_volume_steps(
-            model, array, network, meter, labels, colour=colour, device=torch_device, tile=tile, overlap=overlap,
-            threshold=threshold, batch_size=batch_size, tta=tta, uncertainty=uncertainty, post=post,
-            instances=instances, min_distance=min_distance,
-            return_probabilities=return_probabilities, precision=precision, cancel=cancel))
+            return (yield from predict_volume_steps(model, array, network, meter, labels, **options))
+        return (yield from _predict_planes(model, array, network, meter, labels, **options))
+
+
+def _predict_planes(model: SegmentationModel, array: Any, network: torch.nn.Module, meter: _TileMeter, labels: Any,
+                    *, colour: bool, device: torch.device, tile: int | None, overlap: float, threshold: float,
+                    batch_size: int | None, tta: bool, uncertainty: bool, post: dict, instances: str,
+                    min_distance: int, return_probabilities: bool, precision: str, cancel: Any,
+                    progress: bool) -> Generator[Tiles | Message, None, Prediction]:
+    """:func:`predict_steps` for a 2D model: an image, or a stack slice by slice (arguments as in
+    :func:`~napari_unet_seg.volume_inference.predict_volume_steps`)."""
+    spatial = tuple(labels.shape)
     stack, plane_shape = len(spatial) == 3, tuple(spatial[-2:])
     resize = model.config.get("resize")
-    regions, roi, batch_size, windows = _plan(model, plane_shape, torch_device, tile, batch_size, overlap,
+    regions, roi, batch_size, windows = _plan(model, plane_shape, device, tile, batch_size, overlap,
                                               len(views(tta, uncertainty)))
     slices = spatial[0] if stack else 1
     total = slices * sum(windows)
@@ -473,14 +494,15 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
         value_range = intensity_range(image, model.normalization)  # of the whole plane, for every block
         for (outer, inner), count in zip(regions, windows):
             tensor = torch.from_numpy(normalize(image[(slice(None), *outer)], model.normalization,
-                                                value_range)).to(torch_device)
+                                                value_range)).to(device)
             if resize:  # resized for the model, and its output scaled back
                 tensor = F.interpolate(tensor[None], size=(resize, resize), mode="bilinear", antialias=True)[0]
             options = dict(num_classes=model.num_classes, tile=roi, overlap=overlap, batch_size=batch_size, tta=tta,
                            uncertainty=uncertainty, precision=precision, channels_last=True,
                            on_out_of_memory=lowered.append)
             probs = yield from _with_tiles(lambda report, stop: meter.run(report, lambda: probabilities(
-                network, tensor, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total)
+                network, tensor, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total,
+                progress)
             probs, spread = (probs[0], probs[1].mean(dim=0, keepdim=True)) if uncertainty else (probs, None)
             if resize:
                 probs = F.interpolate(probs[None], size=plane_shape, mode="bilinear")[0]
@@ -513,13 +535,14 @@ def predict(model: SegmentationModel | str | os.PathLike, array: Any, *, device:
     ``batch_size``, ``tta``, ``min_size``, ``keep_largest``, ``fill_holes``, ``instances``, ``min_distance``,
     ``rgb``,
     ``precision``, ``cancel`` (see :func:`predict_steps`). ``on_event`` is given each progress event
-    (:class:`Tiles`, warning :class:`Message`; warnings are issued as Python warnings without it).
+    (:class:`Tiles`, warning :class:`Message`; warnings are issued as Python warnings without it, and
+    progress is reported per block only, which is faster: ``progress`` of :func:`predict_steps`).
 
     Example:
         >>> labels = predict("em-membranes", image)          # doctest: +SKIP
     """
     steps = predict_steps(model, array, device=device, return_probabilities=return_probabilities,
-                          uncertainty=uncertainty, **options)
+                          uncertainty=uncertainty, progress=on_event is not None, **options)
     result: Prediction = drain(steps, on_event or _warn)
     extra = ([result.probabilities] if return_probabilities else []) + ([result.uncertainty] if uncertainty else [])
     return (result.labels, *extra) if extra else result.labels

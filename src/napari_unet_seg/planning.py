@@ -35,8 +35,10 @@ SAMPLE = 32
 #: The settings a plan may fill (the :class:`~napari_unet_seg.config.TrainConfig` fields).
 PLANNED = ("spatial_dims", "spacing", "resize", "patch_size", "batch_size", "epochs", "normalization")
 #: CPU-seconds per megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs
-#: of 140 images in 20 minutes on the 2-core CPU (issue 17). GPUs: an assumption (not measured here).
-SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6), "cuda": 0.04, "mps": 0.2}
+#: of 140 images in 20 minutes on the 2-core CPU (issue 17), times the speed-up of channels-last training in
+#: the kept heap measured side by side on the same command (3 epochs, 182 images: 7.3 -> 4.85 s an epoch).
+#: GPUs: an assumption (not measured here).
+SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6) * 4.85 / 7.3, "cuda": 0.04, "mps": 0.2}
 #: Whole objects: the largest one spans at least this share of the image side and fills at least
 #: ``_COMPACT`` of its bounding box, with at most ``_FEW`` objects per image.
 _LARGE, _COMPACT, _FEW = 0.25, 0.3, 5

@@ -36,6 +36,7 @@ from .device_batches import DeviceBatches, fits_on_device
 from .device import describe_device, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, drain, messages_only
+from .heap import retained_heap
 from .memory import check_training_memory
 from .image_io import read_image, read_spacing
 from .metrics import segmentation_metrics
@@ -290,7 +291,8 @@ def validate_steps(model: SegmentationModel, pairs: Sequence[ValPair], loss_fn, 
     totals = {"count": 0.0, "val_loss": 0.0, "val_dice": 0.0, "val_iou": 0.0, "val_accuracy": 0.0}
     model = working_copy(model, device) if pairs else model  # one copy of the weights for all images
     for pair in pairs:
-        steps = predict_steps(model, pair.image, device=str(device), return_probabilities=True, cancel=cancel)
+        steps = predict_steps(model, pair.image, device=str(device), return_probabilities=True, cancel=cancel,
+                              progress=False)
         result = yield from messages_only(steps)
         scores = segmentation_metrics(result.labels, pair.truth, model.num_classes)
         probs = torch.from_numpy(result.probabilities)
@@ -575,7 +577,8 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         run, val_set, source = yield from _setup(config, run_dir, resume, initial_model, arrays, val_arrays, cancel,
                                                  given)
         shard = val_set[distributed.rank()::distributed.world_size()]
-        status = yield from _run_epochs(run, run_dir, shard, source, cancel)
+        with retained_heap(run.device.type == "cpu"):
+            status = yield from _run_epochs(run, run_dir, shard, source, cancel)
         if distributed.is_main() and status != "cancelled":
             yield from _choose_postprocessing(run, run_dir / "best.pt", val_set, cancel)
         distributed.barrier()  # the files are written before any process reports them

@@ -24,6 +24,7 @@ from . import distributed
 from .config import TrainConfig
 from .errors import UserError
 from .events import Checkpoint
+from .fusion import channels_last_format
 from .losses import build_loss
 from .model_file import SegmentationModel, load_model, load_training_state, save_model
 
@@ -55,6 +56,17 @@ def _grad_scaler(enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
+def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, channels-last)`` of training steps on ``device``: float16 autocast on CUDA
+    with ``amp`` (and a GradScaler); channels-last float32 on the CPU. bfloat16 autocast is not used for
+    training on the CPU, though faster where native: on synthetic volumes at lr 0.03 its loss turned NaN
+    where float32 converged, and it is not reproducible run to run, so a resumed run would not be the run
+    it claims to be (``benchmarks/bench_train.py --precision`` measures all three)."""
+    if device.type == "cuda":
+        return (torch.float16 if amp else None), False
+    return None, device.type == "cpu"
+
+
 def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -68,16 +80,20 @@ class TrainingRun:
 
     def __init__(self, config: TrainConfig, model: SegmentationModel, device: torch.device) -> None:
         self.config, self.model, self.device = config, model, device
+        self.autocast, channels_last = training_precision(device, config.amp)
+        network = model.network.to(device)
+        self.memory_format = channels_last_format(network) if channels_last else None
+        if self.memory_format is not None:
+            network = network.to(memory_format=self.memory_format)
         # network: the module validated and saved; trained: the one trained (a DDP wrapper when distributed)
-        self.network, self.trained = distributed.wrap(model.network.to(device), device)
+        self.network, self.trained = distributed.wrap(network, device)
         model.network = self.network
         self.batch_size = config.batch_size  # halved for the rest of the run when the GPU runs out of memory
         self.loss_fn = build_loss(config.loss, config.classes).to(device)
         self.optimizer = _optimizer(config, self.network.parameters())
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.5, patience=5)
                         if config.scheduler == "plateau" else None)
-        self.use_amp = config.amp and device.type == "cuda"
-        self.scaler = _grad_scaler(self.use_amp)
+        self.scaler = _grad_scaler(self.autocast == torch.float16)
         self.epoch, self.history, self.waited = 0, [], 0
         self.best_score, self.best_epoch = -math.inf, 0
         self.start_dice: float | None = None
@@ -99,8 +115,10 @@ class TrainingRun:
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
         """One optimizer step on a batch; returns its loss."""
         images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        if self.memory_format is not None:
+            images = images.contiguous(memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             logits = self.trained(images)
         loss = self.loss_fn(logits.float(), masks)
         self.scaler.scale(loss).backward()

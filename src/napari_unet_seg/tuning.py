@@ -62,7 +62,7 @@ def _predicted(model: SegmentationModel, pair: Any, tta: bool, device: str, canc
     from .inference import predict_steps
 
     steps = predict_steps(model, pair.image, device=device, return_probabilities=True, tta=tta, threshold=0.5,
-                          keep_largest=False, fill_holes=False, cancel=cancel)
+                          keep_largest=False, fill_holes=False, cancel=cancel, progress=False)
     return (yield from messages_only(steps)).probabilities
 
 

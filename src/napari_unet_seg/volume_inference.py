@@ -95,7 +95,8 @@ def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn
                          labels: Any, *, colour: bool, device: torch.device, tile: int | None, overlap: float,
                          threshold: float, batch_size: int | None, tta: bool, uncertainty: bool, post: dict,
                          instances: str, min_distance: int, return_probabilities: bool,
-                         precision: str, cancel: Any) -> Generator[Tiles | Message, None, Prediction]:
+                         precision: str, cancel: Any, progress: bool
+                         ) -> Generator[Tiles | Message, None, Prediction]:
     """:func:`~napari_unet_seg.inference.predict_steps` for a 3D model (options checked there; ``labels``
     the array to fill, ``network`` and ``meter`` the working copy to run, ``post`` the options of
     :func:`~napari_unet_seg.postprocessing.postprocess`)."""
@@ -120,7 +121,8 @@ def predict_volume_steps(model: SegmentationModel, array: Any, network: torch.nn
                        uncertainty=uncertainty, precision=precision, channels_last=True, turns=turns,
                        on_out_of_memory=lowered.append)
         probs = yield from _with_tiles(lambda report, stop, block=tensor: meter.run(report, lambda: probabilities(
-            network, block, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total)
+            network, block, on_window=meter.windows_done, cancel=stop, **options)), cancel, done, count, total,
+            progress)
         del tensor  # the block's input is not needed while its output is stored
         probs, spread = (probs[0], probs[1].mean(dim=0, keepdim=True)) if uncertainty else (probs, None)
         if lowered:
