@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +224,19 @@ def test_a_configs_command_line_parses_back_to_the_same_settings():
     args = vars(build_parser().parse_args(shlex.split(words)))
     parsed = TrainConfig(**{k: v for k, v in args.items() if k not in ("command", "resume")})
     assert parsed == config
+
+
+def test_the_console_shows_this_packages_warnings_not_its_libraries(monkeypatch, capsys):
+    import warnings
+
+    from napari_unet_seg import commands
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    commands._warnings_to_console()
+    ours = str(Path(commands.__file__).with_name("training.py"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as numcodecs sets it for its own notice
+        warnings.warn_explicit("crc32c usage is deprecated", DeprecationWarning, "numcodecs/__init__.py", 106)
+        warnings.warn_explicit("non-tuple sequence for indexing", UserWarning, "monai/transforms/utils.py", 1)
+        warnings.warn_explicit("2 masks are empty", UserWarning, ours, 1)
+    assert capsys.readouterr().err == "warning: 2 masks are empty\n"

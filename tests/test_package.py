@@ -119,7 +119,7 @@ def test_no_display_under_ci_fails():
     out = _pytest_without_display(ci=True)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "widget tests cannot run under CI: no display" in out.stdout
-    assert re.search(r"1 passed, 1 error", out.stdout)
+    assert re.search(r"1 passed, (\d+ warnings?, )?1 error", out.stdout)  # old libraries add warnings
 
 
 @pytest.mark.parametrize("name", ["unet", "basic_unet", "attention_unet", "segnet"])

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 # torch's CPU allocator asks Linux for 2 MiB pages for tensors of 2 MiB and more when this is set before its
-# first allocation (PyTorch's CPU tuning guide); the network's large activations are then mapped 512 times
-# fewer page faults at a time (see .heap). THP_MEM_ALLOC_ENABLE=0 turns it off.
+# first allocation (PyTorch's CPU tuning guide): a network's large activations then cost 512 times fewer page
+# faults (docs/performance.md; see also .heap). THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _LAZY = {

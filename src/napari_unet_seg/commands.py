@@ -48,8 +48,18 @@ class ConsoleProgress:
         self.stream.flush()
 
 
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
 def _warnings_to_console() -> None:
-    warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
+    """This package's warnings as one ``warning: ...`` line each. Those of the libraries under it are notices
+    to programmers that the user cannot act on (numcodecs shows its deprecation at import whatever the
+    filters say; MONAI 1.3 makes torch warn about its indexing), so the console leaves them out."""
+    def show(message, category, filename, *args, **kwargs) -> None:
+        if str(Path(filename).resolve()).startswith(_PACKAGE):
+            print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 @contextmanager
