@@ -56,7 +56,8 @@ def retained_heap(enabled: bool = True) -> Iterator[None]:
     of the blocks running at the same time (jobs may overlap), what is free goes back to the system.
 
     Memory use does not grow: a freed tile's activations are reused instead of being given back and
-    faulted in again. This works for the allocations of the thread that runs the block's main work
+    faulted in again. The settings are the process's, so memory that other threads free meanwhile (napari
+    closing a layer during a training job) also stays until the block ends. This works for the allocations of the thread that runs the block's main work
     (glibc's other arenas map chunks above 64 MiB anyway: torch's huge pages cover those).
     """
     global _users
