@@ -117,6 +117,15 @@ def test_epochs_follow_the_budget(tmp_path):
     assert short.settings["epochs"] < long.settings["epochs"] <= 300
 
 
+def test_an_epoch_is_timed_by_the_patches_it_draws(tmp_path):
+    whole = plan(fingerprint(*_write(tmp_path / "whole", _lines(count=4, size=256))), device="cpu", budget=0.5)
+    tiled = plan(fingerprint(*_write(tmp_path / "tiled", _lines(count=4, size=512))), device="cpu", budget=0.5)
+    assert whole.settings["patch_size"] == tiled.settings["patch_size"] == 256
+    assert "x 1 sample of 256²" in whole.reasons["epochs"] and "x 4 patches of 256²" in tiled.reasons["epochs"]
+    # four patches a 512² image (crops.patch_count), so four times the time an epoch, a quarter of the epochs
+    assert whole.settings["epochs"] == pytest.approx(4 * tiled.settings["epochs"], abs=4)
+
+
 def test_apply_fills_only_what_was_not_given(tmp_path):
     chosen = plan(fingerprint(*_write(tmp_path, _discs())), device="cpu")
     config = chosen.apply(TrainConfig(epochs=3), given={"epochs"})

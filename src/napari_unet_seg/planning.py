@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .crops import patch_count
 from .errors import UserError
 
 __all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "PLANNED", "MIN_DEPTH", "ANISOTROPY",
@@ -393,12 +394,14 @@ def _geometry(fp: Fingerprint, kind: str, device: str, model: str, width: float,
     return {"resize": None, "patch_size": size, "batch_size": batch}, reasons, False
 
 
-def _epochs(kind: str, budget: float, train_count: int, size: int) -> tuple[int, str]:
-    """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why."""
-    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * size**2 / 1e6
+def _epochs(kind: str, budget: float, train_count: int, size: int, per_image: int) -> tuple[int, str]:
+    """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why: an epoch trains
+    ``per_image`` patches of ``size``² from each image (as many as the median image holds, :func:`patch_count`)."""
+    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * per_image * size**2 / 1e6
     epochs = int(min(300, max(20, budget * 60 / max(seconds, 1e-9))))
-    return epochs, (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images of {size}² "
-                    f"per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
+    patches = f"{per_image} patches" if per_image > 1 else "1 sample"
+    return epochs, (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images x {patches} "
+                    f"of {size}² per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
 
 
 def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
@@ -519,7 +522,9 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
         return chosen
     train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
     settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
-    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, settings["patch_size"])
+    size = settings["patch_size"]
+    per_image = 1 if whole else patch_count((fp.sizes[0][1], fp.sizes[1][1]), (size, size))
+    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, size, per_image)
     settings["normalization"] = "percentile"
     reasons["normalization"] = (f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): per-image "
                                 "1-99.8 percentiles, robust to outliers and to exposure between images")
