@@ -132,7 +132,23 @@ def test_resume_continues_a_run(tmp_path, synthetic_dir):
     assert "resuming" in done.stderr and "epoch 2/2" in done.stderr
 
 
+def test_start_from_fine_tunes_a_model_keeping_its_network(tmp_path, synthetic_dir, tiny_model):
+    images, masks = synthetic_dir
+    done = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "ft", "--start-from", tiny_model,
+               "--epochs", 1, "--batch-size", 4, "--patch-size", 32, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"starting model .*: val Dice [0-9.]+ on the validation images", done.stderr), done.stderr
+    info = cli("info", tmp_path / "ft" / "best.pt").stdout
+    assert f"fine-tuned from: {tiny_model.resolve()}" in info and "--start-from" in info
+    from napari_unet_seg.model_file import load_model
+
+    tuned, start = load_model(tmp_path / "ft" / "best.pt"), load_model(tiny_model)
+    assert tuned.config["width"] == start.config["width"] == 0.25  # the start's width, not the default 1
+
+
 @pytest.mark.parametrize("args, message", [
+    (["train", "--images", "x", "--masks", "y", "--start-from", "{tmp}/none.pt"], "no such file"),
+    (["train", "--out", "{tmp}/r", "--resume", "--start-from", "em-membranes"], "give one of them"),
     (["train", "--images", "/no/such", "--masks", "/no/such", "--out", "{tmp}/x"], "does not exist"),
     (["train", "--model", "vnet"], "invalid choice: 'vnet'"),
     (["train", "--epochs", "many"], "invalid int value"),

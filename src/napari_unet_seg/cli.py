@@ -14,7 +14,7 @@ __all__ = ["build_parser", "given_options", "main", "TRAIN_ONLY"]
 
 _DEFAULT = TrainConfig()
 #: The train options that are not TrainConfig fields, with their defaults.
-TRAIN_ONLY = {"plan_only": False, "plan": True, "budget": 20.0}
+TRAIN_ONLY = {"plan_only": False, "plan": True, "budget": 20.0, "start_from": None}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +64,9 @@ def _add_train(sub) -> None:
     run.add_argument("--out", default=_DEFAULT.out, help="run folder (best.pt, last.pt, history.csv, curves.png)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    run.add_argument("--start-from", metavar="MODEL", default=argparse.SUPPRESS,
+                     help="fine-tune: start a new run from this model's weights (a .pt file or a shipped model "
+                          "name), keeping its architecture, width and classes")
     run.add_argument("--seed", type=int, default=_DEFAULT.seed)
     run.add_argument("--workers", type=int, default=_DEFAULT.workers,
                      help="0: batches cut and augmented on the device from cached images; N: N DataLoader "

@@ -93,9 +93,10 @@ def run_train(args: Namespace) -> int:
         setattr(args, name, getattr(args, name, value))
     fields = {k: v for k, v in vars(args).items()
               if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
+    start = _starting_model(args, fields)
     plan_lines = []
     if args.plan_only or (args.plan and not args.resume):
-        config, plan_lines = _planned_config(args, fields)
+        config, plan_lines = _planned_config(args, fields, start)
         if args.plan_only:
             print("\n".join(plan_lines))
             return 0
@@ -117,7 +118,7 @@ def run_train(args: Namespace) -> int:
             result = train(resume=True, on_event=progress, cancel=cancel, **fields)
         else:
             config = TrainConfig(**{"extra": {}, **fields}, command=args.command_line)
-            result = train(config, on_event=progress, cancel=cancel)
+            result = train(config, initial_model=start, on_event=progress, cancel=cancel)
     best = result.best_metrics
     if main and best:
         print(f"best epoch {result.best_epoch}: val Dice {best['val_dice']:.4f}  IoU {best['val_iou']:.4f}  "
@@ -127,9 +128,25 @@ def run_train(args: Namespace) -> int:
     return 130 if result.status == "cancelled" else 0
 
 
-def _planned_config(args: Namespace, fields: dict):
+def _starting_model(args: Namespace, fields: dict):
+    """The model ``--start-from`` names (loaded, so that a bad one is refused before any planning), with its
+    architecture, width and (under ``--spatial-dims auto``) dimensions set in ``fields``; else None."""
+    if args.start_from is None:
+        return None
+    if args.resume:
+        raise UserError("--start-from starts a new run from a model and --resume continues a run; give one of them")
+    from .model_file import load_model
+
+    start = load_model(args.start_from)
+    fields["model"], fields["width"] = start.architecture["name"], float(start.config.get("width", args.width))
+    if fields.get("spatial_dims") == "auto":
+        fields["spatial_dims"] = str(start.spatial_dims)
+    return start
+
+
+def _planned_config(args: Namespace, fields: dict, start=None):
     """``(config, lines)``: the settings with the data's plan filled in where ``args`` gave none, and the
-    measurements and the plan as printed."""
+    measurements and the plan as printed; fine-tuning ``start`` fixes the dimensions unless given."""
     from .config import Rule, TrainConfig, check_value
     from .planning import fingerprint, plan
 
@@ -141,7 +158,10 @@ def _planned_config(args: Namespace, fields: dict):
     chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
                   val_fraction=0.0 if config.val_images else config.val_fraction,
                   spatial_dims=config.spatial_dims, spacing=config.spacing)
-    chosen.apply(config, args.given if hasattr(args, "given") else ())
+    given = args.given if hasattr(args, "given") else ()
+    if start is not None and "spatial_dims" not in given and "spatial_dims" in chosen.reasons:
+        chosen.reasons["spatial_dims"] = f"the model to fine-tune ({start.name}) is {start.spatial_dims}D"
+    chosen.apply(config, given)
     return config, measured.lines() + chosen.lines()
 
 
