@@ -129,3 +129,36 @@ def test_two_processes_train_like_one(tmp_path, capsys):
     assert "exitcode  : 2" in failed.stderr  # rank 0's status in torchrun's report
     assert "napari_unet_seg/" not in failed.stderr  # no traceback from our code on any rank
     assert (run / "best.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_two_processes_train_volumes_in_3d(tmp_path):
+    """3D runs under torchrun: one set of files, a 3D model, and the last epoch's figures those of last.pt on
+    all three validation volumes (2 on rank 0, 1 on rank 1)."""
+    from volume_helpers import blobs, write_volumes
+
+    from napari_unet_seg.dataset import mask_to_classes
+    from napari_unet_seg.image_io import read_image
+    from napari_unet_seg.losses import build_loss
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.pairing import pair_files
+    from napari_unet_seg.training import ValPair, validate
+
+    images, masks = write_volumes(tmp_path / "train", [blobs(k, (16, 32, 32)) for k in range(4)], (1.0, 1.0, 1.0))
+    val_images, val_masks = write_volumes(tmp_path / "val", [blobs(10 + k, (16, 32, 32)) for k in range(3)],
+                                          (1.0, 1.0, 1.0))
+    run = tmp_path / "ddp"
+    done = torchrun("train", "--images", images, "--masks", masks, "--val-images", val_images, "--val-masks",
+                    val_masks, "--width", 0.125, "--patch-size", 32, "--epochs", 2, "--batch-size", 4, "--augment",
+                    "none", "--device", "cpu", "--out", run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    assert "distributed training: 2 processes, 2 patches each per batch" in done.stderr
+    assert done.stderr.count("epoch 2/2") == 1 and "3D patches of 16x32x32 voxels" in done.stderr
+    last = load_model(run / "last.pt")
+    assert last.spatial_dims == 3
+    pairs = [ValPair(p.image.name, read_image(p.image), mask_to_classes(read_image(p.mask), 2, spatial_dims=3))
+             for p in pair_files(val_images, val_masks)]
+    again = validate(last, pairs, build_loss("dicece", 2), device=torch.device("cpu"))
+    for key in ("val_loss", "val_dice", "val_iou", "val_accuracy"):
+        assert read_history(run / "history.csv")[-1][key] == pytest.approx(again[key], abs=1e-4), key

@@ -117,6 +117,22 @@ def test_epochs_follow_the_budget(tmp_path):
     assert short.settings["epochs"] < long.settings["epochs"] <= 300
 
 
+def test_the_epochs_reason_tells_the_time_they_take_not_the_budget(tmp_path):
+    """Capped at 300 (tiny images) or floored at 20, the epochs do not fill the budget: the reason says so."""
+    import re
+
+    measured = fingerprint(*_write(tmp_path, _discs(count=4, size=64)))
+    for budget, epochs in ((600, 300), (0.01, 20)):
+        chosen = plan(measured, device="cpu", budget=budget)
+        assert chosen.settings["epochs"] == epochs
+        reason = chosen.reasons["epochs"]
+        each = float(re.search(r"at ~([0-9.]+) s an epoch", reason).group(1))
+        took = re.match(r"about (\d+) min|under a minute", reason)
+        assert took, reason
+        assert (float(took.group(1)) if took.group(1) else 0) == pytest.approx(epochs * each / 60, abs=1)
+        assert f"budget {budget:g} min, kept in 20..300" in reason
+
+
 def test_an_epoch_is_timed_by_the_patches_it_draws(tmp_path):
     whole = plan(fingerprint(*_write(tmp_path / "whole", _lines(count=4, size=256))), device="cpu", budget=0.5)
     tiled = plan(fingerprint(*_write(tmp_path / "tiled", _lines(count=4, size=512))), device="cpu", budget=0.5)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from sweep_helpers import data_lines, write_sweep
+from volume_helpers import blobs, write_volumes
 
 from napari_unet_seg.errors import UserError
 from napari_unet_seg.events import Batch, Epoch, Message
@@ -180,6 +181,26 @@ def test_missing_files_and_folders(tmp_path, synthetic_dir):
     spec = load_sweep(path, check_data=False)  # checked again before anything runs
     with pytest.raises(UserError, match="does not exist"):
         sweep(spec, tmp_path / "out", device="cpu")
+
+
+def test_a_sweep_over_volumes_trains_and_scores_them_in_3d(tmp_path):
+    """Volumes split like images, each run trained in 3D with the files' spacing and scored per volume."""
+    from napari_unet_seg.model_file import load_model
+
+    write_volumes(tmp_path / "data", [blobs(k) for k in range(5)], spacing=(1.0, 1.0, 1.0))
+    path = write_sweep(tmp_path, "images: data/images\nmasks: data/masks\nsplit:\n  test_count: 1\n"
+                       "  val_range: [0, 0]\n" + FAST.replace("width: 0.125", "width: 0.25") +
+                       "models: [unet, basic_unet]\n")
+    rows = sweep(path, tmp_path / "out", device="cpu")
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    test = json.loads((tmp_path / "out" / "split.json").read_text())["test"]
+    for row in rows:
+        model = load_model(tmp_path / "out" / row["run"] / "best.pt")
+        assert model.spatial_dims == 3 and model.spacing == [1.0, 1.0, 1.0] and model.config["patch_shape"] == [
+            16, 32, 32]
+        scores = json.loads((tmp_path / "out" / row["run"] / "test_scores.json").read_text())
+        assert scores["volumes"] == 1 and [s["name"] for s in scores["per_image"]] == [f"{test[0]}.tif"]
+        assert scores["per_image"][0]["shape"] == [16, 48, 48] and row["test_dice"] == scores["dice"]
 
 
 def test_sweep_module_imports_no_qt():

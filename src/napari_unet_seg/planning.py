@@ -398,10 +398,24 @@ def _epochs(kind: str, budget: float, train_count: int, size: int, per_image: in
     """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why: an epoch trains
     ``per_image`` patches of ``size``² from each image (as many as the median image holds, :func:`patch_count`)."""
     seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * per_image * size**2 / 1e6
-    epochs = int(min(300, max(20, budget * 60 / max(seconds, 1e-9))))
+    epochs = _fitting_epochs(budget, seconds, 20)
     patches = f"{per_image} patches" if per_image > 1 else "1 sample"
-    return epochs, (f"about {budget:g} min at ~{seconds:.1f} s an epoch on {kind} ({train_count} images x {patches} "
-                    f"of {size}² per epoch{', assumed speed' if kind != 'cpu' else ''}), kept in 20..300")
+    return epochs, _epochs_reason(epochs, seconds, budget, kind, 20, f"{train_count} images x {patches} of {size}² "
+                                                                     "per epoch")
+
+
+def _fitting_epochs(budget: float, seconds: float, fewest: int) -> int:
+    """The epochs of ``seconds`` each that fill ``budget`` minutes, kept in ``fewest``..300."""
+    return int(min(300, max(fewest, budget * 60 / max(seconds, 1e-9))))
+
+
+def _epochs_reason(epochs: int, seconds: float, budget: float, kind: str, fewest: int, what: str) -> str:
+    """Why ``epochs``: the time they take at the estimated ``seconds`` an epoch, against the budget."""
+    each = f"~{seconds:.1f} s" if seconds >= 0.1 else "under 0.1 s"
+    total = epochs * seconds / 60
+    took = f"about {total:.0f} min" if total >= 1 else "under a minute"
+    return (f"{took} at {each} an epoch on {kind} ({what}{', assumed speed' if kind != 'cpu' else ''}); "
+            f"budget {budget:g} min, kept in {fewest}..300")
 
 
 def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
@@ -476,17 +490,16 @@ def _plan_3d(fp: Fingerprint, kind: str, device: str, budget: float, model: str,
     edge, batch, shape, note = _fitting_3d(_EDGE_3D[kind], wanted, spacing, extents, device, model, width)
     voxels = train_count * fp.depth[1] * fp.sizes[0][1] * fp.sizes[1][1]
     seconds = _COST_3D * SECONDS_PER_MEGAPIXEL[kind] * voxels / 1e6
-    epochs = int(min(300, max(10, budget * 60 / max(seconds, 1e-9))))
+    epochs = _fitting_epochs(budget, seconds, 10)
     return {"resize": None, "patch_size": edge, "batch_size": batch, "epochs": epochs}, {
         "resize": "volumes are trained at full resolution, on 3D patches",
         "patch_size": (f"{_EDGE_3D[kind]} voxels on {kind} along the finest axis, in physical units per axis: patches "
                        f"of {'x'.join(map(str, shape))} (Z x Y x X) voxels, as far as memory allows"),
         "batch_size": f"{_BATCH_3D[kind]} 3D patches on {kind} (nnU-Net's batch), halved until the memory "
                       f"estimate fits{note}",
-        "epochs": (f"about {budget:g} min at ~{seconds:.0f} s an epoch on {kind} ({train_count} volumes of "
-                   f"~{voxels / train_count / 1e6:.1f} M voxels, every voxel about once an epoch; "
-                   f"{_COST_3D:g}x the 2D time per voxel{', assumed speed' if kind != 'cpu' else ''}), "
-                   "kept in 10..300")}
+        "epochs": _epochs_reason(epochs, seconds, budget, kind, 10, f"{train_count} volumes of ~"
+                                 f"{voxels / train_count / 1e6:.1f} M voxels, every voxel about once an epoch; "
+                                 f"{_COST_3D:g}x the 2D time per voxel")}
 
 
 def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: str = "unet", width: float = 1.0,
