@@ -191,8 +191,10 @@ def test_a_sweep_over_volumes_trains_and_scores_them_in_3d(tmp_path):
     path = write_sweep(tmp_path, "images: data/images\nmasks: data/masks\nsplit:\n  test_count: 1\n"
                        "  val_range: [0, 0]\n" + FAST.replace("width: 0.125", "width: 0.25") +
                        "models: [unet, basic_unet]\n")
-    rows = sweep(path, tmp_path / "out", device="cpu")
+    events = []
+    rows = sweep(path, tmp_path / "out", device="cpu", on_event=events.append)
     assert [row["status"] for row in rows] == ["completed", "completed"]
+    assert sum("accuracy" in text and text.endswith(" on 1 volume(s)") for text in _messages(events)) == 2
     test = json.loads((tmp_path / "out" / "split.json").read_text())["test"]
     for row in rows:
         model = load_model(tmp_path / "out" / row["run"] / "best.pt")

@@ -109,8 +109,6 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
     When the GPU runs out of memory, the tile batch is halved and the image redone;
     ``on_out_of_memory(new_batch_size)`` is told (else a warning is issued).
     """
-    from monai.inferers import sliding_window_inference
-
     device = image.device
     dtype = autocast_dtype(device, precision)
 
@@ -142,25 +140,7 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
             size = (*tile[:-2], tile[-1], tile[-2]) if k % 2 else tile
             roi = tuple(min(edge, extent) for edge, extent in zip(size, view.shape[2:]))
             weights = separable_gaussian(roi, device) if axes == 3 else None
-            while True:
-                try:
-                    out = sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
-                                                   overlap=overlap, mode="gaussian", roi_weight_map=weights)
-                    break
-                except RuntimeError as error:
-                    if not is_out_of_memory(error):
-                        raise
-                    if batch_size == 1:
-                        raise UserError(f"out of GPU memory even for one tile of {'x'.join(map(str, roi))} "
-                                        f"{'voxels' if axes == 3 else 'pixels'}; "
-                                        "use a smaller tile size or the CPU") from None
-                # Out of the except block, the failed attempt's tensors are released.
-                batch_size //= 2
-                free_cuda_memory()
-                if on_out_of_memory is not None:
-                    on_out_of_memory(batch_size)
-                else:
-                    warnings.warn(f"out of GPU memory: tile batch size lowered to {batch_size}", stacklevel=2)
+            out, batch_size = _sliding_windows(view, roi, batch_size, run, overlap, weights, on_out_of_memory)
             out = torch.rot90(out, -k, (-2, -1)) if k else out
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
@@ -174,6 +154,33 @@ def probabilities(network: torch.nn.Module, image: torch.Tensor, *, num_classes:
     if uncertainty:
         return (total / len(chosen))[0], torch.sqrt(m2.clamp_min(0) / len(chosen))[0]
     return (total / len(chosen))[0]
+
+
+def _sliding_windows(view: torch.Tensor, roi: tuple[int, ...], batch_size: int, run: Callable, overlap: float,
+                     weights: torch.Tensor | None, on_out_of_memory: Callable[[int], None] | None
+                     ) -> tuple[torch.Tensor, int]:
+    """MONAI's gaussian-blended sliding windows over ``view``, the tile batch halved (and the view redone)
+    each time the GPU runs out of memory; returns the output and the batch size that fitted."""
+    from monai.inferers import sliding_window_inference
+
+    while True:
+        try:
+            return sliding_window_inference(view, roi_size=roi, sw_batch_size=batch_size, predictor=run,
+                                            overlap=overlap, mode="gaussian", roi_weight_map=weights), batch_size
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            if batch_size == 1:
+                raise UserError(f"out of GPU memory even for one tile of {'x'.join(map(str, roi))} "
+                                f"{'voxels' if len(roi) == 3 else 'pixels'}; "
+                                "use a smaller tile size or the CPU") from None
+        # Out of the except block, the failed attempt's tensors are released.
+        batch_size //= 2
+        free_cuda_memory()
+        if on_out_of_memory is not None:
+            on_out_of_memory(batch_size)
+        else:
+            warnings.warn(f"out of GPU memory: tile batch size lowered to {batch_size}", stacklevel=3)
 
 
 def separable_gaussian(roi: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -157,28 +157,8 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
     device = check_options({"device": device}, SWEEP_RULES, "sweep")["device"]
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for the sweep")
-    for key in ("images", "masks", "val_images", "val_masks", "test_images", "test_masks"):
-        folder = getattr(spec, key)
-        if folder is not None and not folder.is_dir():
-            raise UserError(f"{spec.name}: {key}: folder {folder} does not exist; check the path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot create it ({error.strerror}); choose another folder") from None
-    if spec.text:
-        atomic_write(out / "sweep.yaml", lambda tmp: Path(tmp).write_text(spec.text))
-    data = {"images": spec.images, "masks": spec.masks, "val_images": spec.val_images, "val_masks": spec.val_masks}
-    test = (spec.test_images, spec.test_masks) if spec.test_images else None
-    if spec.split is not None:
-        folders, message = _materialize_split(spec, out)
-        yield message
-        data["images"], data["masks"] = folders["train" if "train" in folders else "trainval"]
-        if "val" in folders:
-            data["val_images"], data["val_masks"] = folders["val"]
-        test = folders["test"]
+    out = _prepared_out(spec, Path(out))
+    data, test = yield from _data_folders(spec, out)
     total = len(spec.runs)
     yield Message(f"sweep {spec.name}: {total} run(s) -> {out}")
     rows: list[dict] = []
@@ -210,13 +190,7 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
                     break
                 _write_json(run_dir / _STATE, {"status": status, "trained": True, "tested": False})
             if test is not None:
-                began = time.perf_counter()
-                scores = yield from _test_steps(run_dir / "best.pt", *test, device=device,
-                                                skip_unpaired=spec.skip_unpaired, cancel=cancel)
-                scores.update(images=str(test[0]), masks=str(test[1]), seconds=time.perf_counter() - began)
-                _write_json(run_dir / _TEST_SCORES, scores)
-                yield Message(f"{head}: test Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  accuracy "
-                              f"{scores['accuracy']:.4f} on {scores['count']} images")
+                yield from _tested(run_dir, test, device, spec.skip_unpaired, cancel, head)
             _write_json(run_dir / _STATE, {"status": status, "trained": True, "tested": test is not None})
         except JobCancelled:
             yield Message(f"{head}: cancelled while testing; the run is trained, a new sweep call tests it",
@@ -230,6 +204,51 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
     _write_tables(out, spec, rows)
     yield Message(f"comparison of {len(rows)} run(s): {out / 'comparison.csv'}, {out / 'comparison.md'}")
     return rows
+
+
+def _prepared_out(spec: SweepSpec, out: Path) -> Path:
+    """The sweep folder, created, with a copy of the sweep file; its data folders checked first."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the sweep")
+    for key in DATA_KEYS:
+        folder = getattr(spec, key)
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{spec.name}: {key}: folder {folder} does not exist; check the path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create it ({error.strerror}); choose another folder") from None
+    if spec.text:
+        atomic_write(out / "sweep.yaml", lambda tmp: Path(tmp).write_text(spec.text))
+    return out
+
+
+def _data_folders(spec: SweepSpec, out: Path) -> Generator[Message, None, tuple[dict, tuple | None]]:
+    """``(data, test)``: the runs' training and validation folders and the test pair of folders (or None),
+    those of the fixed split (written under ``out``) when the sweep has one."""
+    data = {"images": spec.images, "masks": spec.masks, "val_images": spec.val_images, "val_masks": spec.val_masks}
+    test = (spec.test_images, spec.test_masks) if spec.test_images else None
+    if spec.split is not None:
+        folders, message = _materialize_split(spec, out)
+        yield message
+        data["images"], data["masks"] = folders["train" if "train" in folders else "trainval"]
+        if "val" in folders:
+            data["val_images"], data["val_masks"] = folders["val"]
+        test = folders["test"]
+    return data, test
+
+
+def _tested(run_dir: Path, test: tuple, device: str, skip_unpaired: bool, cancel: Any, head: str
+            ) -> Generator[Tiles | Message, None, None]:
+    """Score the run's ``best.pt`` on the test folders into its test_scores.json."""
+    began = time.perf_counter()
+    scores = yield from _test_steps(run_dir / "best.pt", *test, device=device, skip_unpaired=skip_unpaired,
+                                    cancel=cancel)
+    scores.update(images=str(test[0]), masks=str(test[1]), seconds=time.perf_counter() - began)
+    _write_json(run_dir / _TEST_SCORES, scores)
+    items = f"{scores['volumes']} volume(s)" if scores.get("volumes") else f"{scores['count']} image(s)"
+    yield Message(f"{head}: test Dice {scores['dice']:.4f}  IoU {scores['iou']:.4f}  accuracy "
+                  f"{scores['accuracy']:.4f} on {items}")
 
 
 def sweep(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, device: str = "auto", cancel: Any = None,
