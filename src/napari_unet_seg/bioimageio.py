@@ -185,22 +185,9 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
     channels = ["gray"] if model.in_channels == 1 else ["red", "green", "blue"]
     outputs = ["foreground"] if binary else [f"class{k}" for k in range(model.num_classes)]
     norm = model.normalization
-    preprocessing = []
-    if norm.get("method", "percentile") != "none":
-        low, high = (norm.get("low", 1.0), norm.get("high", 99.8)) if norm.get("method") != "minmax" else (0.0, 100.0)
-        preprocessing.append({"id": "scale_range", "kwargs": {"axes": ["channel", *names], "min_percentile": low,
-                                                              "max_percentile": high}})
     given = authors or model.info.get("authors") or ["napari-unet-seg user"]
     cites = [{"text": cite_text, "doi": doi}] if doi else []
     cites += [{"text": _MONAI[0], "doi": _MONAI[1]}] + list(model.info.get("cite", []))
-    weights: dict[str, Any] = {}
-    torch_version = torch.__version__.split("+")[0]
-    if "torchscript" in files:
-        weights["torchscript"] = {**_file(folder, files["torchscript"]), "pytorch_version": torch_version}
-    if "onnx" in files:
-        weights["onnx"] = {**_file(folder, files["onnx"]), "opset_version": ONNX_OPSET}
-        if "torchscript" in files:
-            weights["onnx"]["parent"] = "torchscript"
     metrics = {k: v if isinstance(v, int) else round(float(v), 4) for k, v in model.metrics.items()
                if isinstance(v, (int, float))}
     name = model.info.get("display_name") or f"{label} {task} ({model.name})"
@@ -227,7 +214,7 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
             "test_tensor": _file(folder, "test_input.npy"),
             "sample_tensor": _file(folder, "sample_input.tif"),
             "data": {"type": "float32"},
-            "preprocessing": preprocessing,
+            "preprocessing": _preprocessing(norm, names),
         }],
         "outputs": [{
             "id": "probabilities",
@@ -240,7 +227,7 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
             "data": {"type": "float32", "range": [0.0, 1.0]},
             "postprocessing": [{"id": "sigmoid"}] if binary else [{"id": "softmax", "kwargs": {"axis": "channel"}}],
         }],
-        "weights": weights,
+        "weights": _weights(folder, files),
         "config": {"napari_unet_seg": {
             "version": __version__, "architecture": model.architecture, "normalization": norm,
             "num_classes": model.num_classes, "metrics": metrics,
@@ -249,6 +236,28 @@ def _rdf(model: SegmentationModel, folder: Path, files: dict[str, str], authors:
             "logits_to_probabilities": "sigmoid" if binary else "softmax",
             "postprocess": prediction_settings(model.postprocess)}},
     }
+
+
+def _preprocessing(norm: dict, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The model's normalization as bioimage.io preprocessing: ``scale_range`` over its percentiles."""
+    if norm.get("method", "percentile") == "none":
+        return []
+    low, high = (norm.get("low", 1.0), norm.get("high", 99.8)) if norm.get("method") != "minmax" else (0.0, 100.0)
+    return [{"id": "scale_range", "kwargs": {"axes": ["channel", *names], "min_percentile": low,
+                                             "max_percentile": high}}]
+
+
+def _weights(folder: Path, files: dict[str, str]) -> dict[str, Any]:
+    """The weights entries of the exported formats (ONNX converted from the TorchScript when both exist)."""
+    weights: dict[str, Any] = {}
+    if "torchscript" in files:
+        weights["torchscript"] = {**_file(folder, files["torchscript"]),
+                                  "pytorch_version": torch.__version__.split("+")[0]}
+    if "onnx" in files:
+        weights["onnx"] = {**_file(folder, files["onnx"]), "opset_version": ONNX_OPSET}
+        if "torchscript" in files:
+            weights["onnx"]["parent"] = "torchscript"
+    return weights
 
 
 def _scales(model: SegmentationModel) -> dict[str, dict[str, Any]]:
