@@ -93,7 +93,7 @@ def run_train(args: Namespace) -> int:
         setattr(args, name, getattr(args, name, value))
     fields = {k: v for k, v in vars(args).items()
               if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
-    start = _starting_model(args, fields)
+    start = _starting_model(args)
     plan_lines = []
     if args.plan_only or (args.plan and not args.resume):
         config, plan_lines = _planned_config(args, fields, start)
@@ -128,41 +128,26 @@ def run_train(args: Namespace) -> int:
     return 130 if result.status == "cancelled" else 0
 
 
-def _starting_model(args: Namespace, fields: dict):
-    """The model ``--start-from`` names (loaded, so that a bad one is refused before any planning), with its
-    architecture, width and (under ``--spatial-dims auto``) dimensions set in ``fields``; else None."""
+def _starting_model(args: Namespace):
+    """The model ``--start-from`` names, loaded (so that a bad one is refused before any planning); else None."""
     if args.start_from is None:
         return None
     if args.resume:
         raise UserError("--start-from starts a new run from a model and --resume continues a run; give one of them")
     from .model_file import load_model
 
-    start = load_model(args.start_from)
-    fields["model"], fields["width"] = start.architecture["name"], float(start.config.get("width", args.width))
-    if fields.get("spatial_dims") == "auto":
-        fields["spatial_dims"] = str(start.spatial_dims)
-    return start
+    return load_model(args.start_from)
 
 
 def _planned_config(args: Namespace, fields: dict, start=None):
     """``(config, lines)``: the settings with the data's plan filled in where ``args`` gave none, and the
-    measurements and the plan as printed; fine-tuning ``start`` fixes the dimensions unless given."""
-    from .config import Rule, TrainConfig, check_value
-    from .planning import fingerprint, plan
+    measurements and the plan as printed; fine-tuning ``start`` fixes the network (and dimensions unless given)."""
+    from .config import TrainConfig
+    from .planning import plan_training
 
-    check_value("--budget", args.budget, Rule("float", above=0, unit="minutes"))
     config = TrainConfig(**fields).validate(memory=False)
-    if not config.images or not config.masks:
-        raise UserError("give the training data: --images DIR and --masks DIR")
-    measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
-    chosen = plan(measured, device=config.device, budget=args.budget, model=config.model, width=config.width,
-                  val_fraction=0.0 if config.val_images else config.val_fraction,
-                  spatial_dims=config.spatial_dims, spacing=config.spacing)
-    given = args.given if hasattr(args, "given") else ()
-    if start is not None and "spatial_dims" not in given and "spatial_dims" in chosen.reasons:
-        chosen.reasons["spatial_dims"] = f"the model to fine-tune ({start.name}) is {start.spatial_dims}D"
-    chosen.apply(config, given)
-    return config, measured.lines() + chosen.lines()
+    lines = plan_training(config, budget=args.budget, given=getattr(args, "given", ()), start=start)
+    return config, lines
 
 
 class _FirstPrinting:

@@ -28,7 +28,7 @@ import numpy as np
 from .crops import patch_count
 from .errors import UserError
 
-__all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "PLANNED", "MIN_DEPTH", "ANISOTROPY",
+__all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "plan_training", "PLANNED", "MIN_DEPTH", "ANISOTROPY",
            "choose_spatial_dims", "resolve_spatial_dims", "common_spacing", "patch_shape"]
 
 #: The most pairs a fingerprint reads (drawn with a fixed seed when a folder holds more).
@@ -549,3 +549,35 @@ def _spacing_reason(spacing, stated, notes) -> str:
     if notes:
         return notes[0]
     return "as the files state it" if stated and list(stated) == list(spacing) else "as given"
+
+
+def plan_training(config, *, budget: float = 20.0, given: Iterable[str] = (), arrays=None, start=None) -> list[str]:
+    """Measure the training data of ``config`` (its folders, or ``arrays`` of ``(image, mask)`` pairs: napari
+    layers) and set the plan's settings on it, except those in ``given`` (the user's, kept). A model to
+    fine-tune (``start``) fixes the architecture and width planned for, and the dimensions unless given.
+    Returns the measurements and the plan, one line per choice with its reason (the CLI's printout).
+
+    Raises:
+        UserError: a bad budget, no training data, or what reading the data raises.
+    """
+    from .config import Rule, check_value
+
+    check_value("--budget", budget, Rule("float", above=0, unit="minutes"))
+    given = set(given)
+    if start is not None:
+        config.model, config.width = start.architecture["name"], float(start.config.get("width", config.width))
+        if "spatial_dims" not in given:
+            config.spatial_dims = start.spatial_dims
+    if arrays is not None:
+        measured = fingerprint([image for image, _ in arrays], [mask for _, mask in arrays], seed=config.seed)
+    elif config.images and config.masks:
+        measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
+    else:
+        raise UserError("give the training data: --images DIR and --masks DIR")
+    chosen = plan(measured, device=config.device, budget=budget, model=config.model, width=config.width,
+                  val_fraction=0.0 if config.val_images else config.val_fraction,
+                  spatial_dims=config.spatial_dims, spacing=config.spacing)
+    if start is not None and "spatial_dims" not in given and "spatial_dims" in chosen.reasons:
+        chosen.reasons["spatial_dims"] = f"the model to fine-tune ({start.name}) is {start.spatial_dims}D"
+    chosen.apply(config, given)
+    return measured.lines() + chosen.lines()

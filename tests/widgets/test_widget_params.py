@@ -225,3 +225,26 @@ def test_evaluation_table_of_volumes_adds_the_pooled_row():
     assert rows == [["v.tif", 0.5, 0.4, 0.9], ["mean", 0.5, 0.4, 0.9], [params.POOLED, 0.7, 0.6, 0.95]]
     _, rows = params.evaluation_table({**result, "volumes": 0})  # 2D images: as before
     assert [r[0] for r in rows] == ["v.tif", "mean"]
+
+
+def test_settings_left_auto_are_planned_and_the_others_given():
+    assert params.given_settings(epochs=0, batch_size=0, patch_size=0) == set()
+    assert params.given_settings(epochs=5, batch_size=0, patch_size=64, spatial_dims=3, spacing="2, 1, 1") == {
+        "epochs", "patch_size", "spatial_dims", "spacing"}
+    config = params.train_config(out="run", images="i", masks="m", epochs=0, batch_size=0, patch_size=0)
+    defaults = TrainConfig()
+    assert (config.epochs, config.batch_size, config.patch_size) == (defaults.epochs, defaults.batch_size,
+                                                                     defaults.patch_size)
+
+
+def test_the_plan_in_the_widgets_words():
+    plan = {"settings": {"resize": 256, "patch_size": 256, "batch_size": 8, "epochs": 63, "normalization": "percentile"},
+            "reasons": {"epochs": "about 60 min at ~57.0 s an epoch on cpu (...); budget 60 min, kept in 20..300"},
+            "kept": {"batch_size": 4}}
+    assert params.plan_summary(plan) == ("settings from the data: image size resized to 256², patch size 256, epochs "
+                                         "63, normalization percentile (about 60 min)")
+    volume = {"settings": {"spatial_dims": 3, "spacing": [0.005] * 3, "resize": None, "epochs": 10},
+              "reasons": {"epochs": "about 5 min at ~30.0 s an epoch"}, "kept": {"epochs": 10}}
+    assert params.plan_summary(volume) == ("settings from the data: dimensions 3D volumes, voxel spacing 0.005, "
+                                           "0.005, 0.005, image size full resolution")
+    assert params.plan_summary({"settings": {"epochs": 3}, "kept": {"epochs": 3}}) == "settings: all as set"

@@ -72,6 +72,30 @@ def test_train_one_epoch_from_folders(make_napari_viewer, synthetic_dir, tmp_pat
     assert "done" in widget.status.value and "run/best.pt" in widget.status.value
 
 
+def test_settings_left_auto_are_chosen_from_the_data(make_napari_viewer, synthetic_dir, tmp_path, wait_job,
+                                                     notifications):
+    """Settings left at "auto" (here the patch and batch sizes) come from the plan, those set (epochs) are
+    kept, and the plan is told and stored in the model as on the command line."""
+    from napari_unet_seg.model_file import load_model
+
+    viewer = make_napari_viewer()
+    images, masks = synthetic_dir
+    _, fresh = viewer.window.add_plugin_dock_widget("napari-unet-seg", "Train")
+    assert [fresh.epochs.native.text(), fresh.batch_size.native.text(), fresh.patch_size.native.text()] == [
+        "auto"] * 3  # the defaults: chosen from the data
+    widget = _train_widget(viewer, images=images, masks=masks, out=tmp_path / "run", epochs=2, batch_size=0,
+                           patch_size=0)
+    assert "batch size auto, patch size auto" in widget.advanced.values.text()
+    assert wait_job(widget.start(), timeout=60_000) == "done"
+    plan = load_model(tmp_path / "run" / "best.pt").config["extra"]["plan"]
+    assert plan["kept"] == {"epochs": 2}
+    told = [text for level, text in notifications if text.startswith("settings from the data:")]
+    assert len(told) == 1 and "epochs" not in told[0], told
+    for name in ("batch_size", "patch_size"):
+        assert f"{name.replace('_', ' ')} {plan['settings'][name]}," in told[0], told
+    assert len(widget.history) == 2 == widget.epoch_progress.max
+
+
 def test_train_from_layers(make_napari_viewer, tmp_path, wait_job):
     viewer = make_napari_viewer()
     pairs = [synthetic_pair((48, 48), seed=s) for s in range(3)]

@@ -34,7 +34,10 @@ def summary(widgets: Sequence[Any]) -> str:
             if value:
                 parts.append(widget.text)
             continue
-        if isinstance(value, float):
+        special = getattr(getattr(widget, "native", None), "specialValueText", None)
+        if special is not None and special() and value == widget.min:
+            value = special()  # a spin box at its least value shows its special text ("auto")
+        elif isinstance(value, float):
             value = f"{value:g}"
         parts.append(f"{widget.label} {value}")
     return ", ".join(parts)

@@ -20,7 +20,7 @@ __all__ = [
     "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
     "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
     "not_a_volume",
-    "train_config", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
+    "AUTO", "train_config", "given_settings", "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
     "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
 
@@ -119,6 +119,45 @@ def check_layer_shapes(image_shape: Sequence[int], labels_shape: Sequence[int], 
                         f"{spatial}; pick a Labels layer painted on that image")
 
 
+#: A Train spin box at this value shows "auto": the setting is chosen from the data (the plan).
+AUTO = 0
+
+_PLAN_LABELS = {"spatial_dims": "dimensions", "spacing": "voxel spacing", "resize": "image size",
+                "patch_size": "patch size", "batch_size": "batch size", "epochs": "epochs",
+                "normalization": "normalization"}
+
+
+def given_settings(*, epochs: int, batch_size: int, patch_size: int, spatial_dims: str | int = "auto",
+                   spacing: str | Sequence[float] | None = None) -> set[str]:
+    """The planned settings (:data:`~napari_unet_seg.planning.PLANNED`) that the Train widget's values set
+    (the plan keeps them): spin boxes not at :data:`AUTO`, dimensions other than auto, a spacing typed."""
+    given = {name for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patch_size", patch_size))
+             if int(value) != AUTO}
+    if spatial_dims != "auto":
+        given.add("spatial_dims")
+    if spacing:
+        given.add("spacing")
+    return given
+
+
+def plan_summary(plan: Mapping[str, Any]) -> str:
+    """A stored plan (``config.extra["plan"]``) in one line of the widget's words: what it chose."""
+    chosen = []
+    for name, value in plan.get("settings", {}).items():
+        if name in plan.get("kept", {}):
+            continue
+        if name == "resize":
+            value = "full resolution" if value is None else f"resized to {value}²"
+        elif name == "spatial_dims":
+            value = "3D volumes" if int(value) == 3 else "2D"
+        elif name == "spacing":
+            value = ", ".join(f"{v:g}" for v in value)
+        chosen.append(f"{_PLAN_LABELS.get(name, name)} {value}")
+    epochs = plan.get("reasons", {}).get("epochs", "")
+    took = f" ({epochs.split(' at ')[0]})" if "epochs" not in plan.get("kept", {}) and " at " in epochs else ""
+    return f"settings from the data: {', '.join(chosen)}{took}" if chosen else "settings: all as set"
+
+
 def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | None = None,
                  masks: str | os.PathLike | None = None, from_layers: bool = False, model: str = "unet",
                  width: float = 1.0, classes: int = 2, loss: str = "dicece", optimizer: str = "adamw",
@@ -126,7 +165,8 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
                  val_fraction: float = 0.1, augment: str = "light", device: str = "auto",
                  overwrite: bool = False, spatial_dims: str | int = "auto",
                  spacing: str | Sequence[float] | None = None) -> TrainConfig:
-    """The validated :class:`TrainConfig` of the Train widget's values.
+    """The validated :class:`TrainConfig` of the Train widget's values (those at :data:`AUTO` hold the
+    defaults until the plan sets them).
 
     With ``from_layers`` the folders are ignored (the data come from layers, see :func:`layer_pairs`).
     ``spacing``: ``Z, Y, X`` numbers (text or a sequence); empty or None reads it from the data.
@@ -144,7 +184,9 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
         raise UserError(f"images folder and masks folder are both {images_dir}; choose the folder of the masks")
     config = TrainConfig(images=images_dir, masks=masks_dir, out=out_dir, model=str(model), width=float(width),
                          classes=int(classes), loss=str(loss), optimizer=str(optimizer), lr=float(lr),
-                         epochs=int(epochs), batch_size=int(batch_size), patch_size=int(patch_size),
+                         epochs=int(epochs) or TrainConfig.epochs,
+                         batch_size=int(batch_size) or TrainConfig.batch_size,
+                         patch_size=int(patch_size) or TrainConfig.patch_size,
                          val_fraction=float(val_fraction), augment=str(augment), device=str(device),
                          overwrite=bool(overwrite), command=WIDGET_COMMAND, curves_every=0,
                          spatial_dims=spatial_dims, spacing=spacing or None)

@@ -24,8 +24,9 @@ from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import (DIMENSIONS, check_layer_shapes, dims_choice, dims_value, kept_files, layer_array, layer_pairs,
-                      model_label, not_a_volume, optional_path, plane_key, resolve_dims, scale_text, train_config)
+from ._params import (AUTO, DIMENSIONS, check_layer_shapes, dims_choice, dims_value, given_settings, kept_files,
+                      layer_array, layer_pairs, model_label, not_a_volume, optional_path, plan_summary, plane_key,
+                      resolve_dims, scale_text, train_config)
 from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -57,8 +58,12 @@ def start_settings(model: str) -> dict[str, Any]:
     return settings
 
 
-def _training_steps(config, layers: dict | None, initial: str | None, cancel):
-    """``train_steps`` with the layers' data turned into pairs first, in the worker thread."""
+def _training_steps(config, layers: dict | None, initial: str | None, cancel, *, budget: float,
+                    given: set[str]):
+    """``train_steps`` in the worker thread, after the layers' data are turned into pairs and the settings
+    not ``given`` are chosen from the data (:func:`~napari_unet_seg.planning.plan_training`)."""
+    from ..model_file import load_model
+    from ..planning import plan_training
     from ..training import train_steps
 
     arrays = None
@@ -67,7 +72,19 @@ def _training_steps(config, layers: dict | None, initial: str | None, cancel):
                              layer_array(layers["labels"], layers["labels_multiscale"]), rgb=layers["rgb"],
                              image_name=layers["image_name"], labels_name=layers["labels_name"],
                              spatial_dims=config.spatial_dims)
+    start = load_model(initial) if initial is not None else None
+    plan_training(config, budget=budget, given=given, arrays=arrays, start=start)
+    yield Message(plan_summary(config.extra["plan"]))
     return (yield from train_steps(config, arrays=arrays, initial_model=initial, cancel=cancel))
+
+
+def _auto_spin(label: str, most: int, tooltip: str, step: int = 1) -> FloatSpinBox:
+    """A whole-number spin box whose least value, :data:`AUTO`, reads "auto" (chosen from the data) and is its
+    default. A Qt double spin box with no decimals: magicgui's integer one (superqt's) has no special text."""
+    box = FloatSpinBox(label=label, value=AUTO, min=AUTO, max=most, step=step, tooltip=tooltip)
+    box.native.setDecimals(0)
+    box.native.setSpecialValueText("auto")
+    return box
 
 
 class TrainWidget(Docked, Container):
@@ -112,12 +129,15 @@ class TrainWidget(Docked, Container):
         self.loss = ComboBox(label="loss", choices=LOSS_NAMES, value="dicece")
         self.optimizer = ComboBox(label="optimizer", choices=OPTIMIZERS, value="adamw")
         self.lr = FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-5)
-        self.epochs = SpinBox(label="epochs", value=50, min=1, max=100_000)
-        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=4096)
-        self.patch_size = SpinBox(label="patch size", value=256, min=16, max=8192, step=16,
-                                  tooltip="edge of the random square crops trained on, in pixels; 3D: along "
-                                          "the finest axis (coarser axes are shorter, in physical units), and "
-                                          "256 left as is means 64 on a CPU, 96 on a GPU")
+        self.epochs = _auto_spin("epochs", 100_000, "passes over the training data; auto: as many as fill the "
+                                 "time budget at this device's measured speed")
+        self.batch_size = _auto_spin("batch size", 4096, "patches a step; auto: from the device's memory")
+        self.patch_size = _auto_spin("patch size", 8192, "edge of the random square crops trained on, in pixels "
+                                     "(3D: along the finest axis, coarser axes shorter in physical units); auto: "
+                                     "whole images resized for large compact objects (lesions), else 256² patches "
+                                     "at full resolution (3D: 64 voxels on a CPU, 96 on a GPU)", step=16)
+        self.budget = FloatSpinBox(label="time budget (min)", value=20.0, min=0.5, max=10_000.0, step=5.0,
+                                   tooltip="minutes of training that 'epochs' auto is sized for")
         self.dims = ComboBox(label="dimensions", choices=list(DIMENSIONS), value="auto",
                              tooltip="2D slices: train on the slices of stacks (a 2D network); 3D volumes: train "
                                      "on whole volumes (a 3D network); auto: 3D for stacks deep enough whose "
@@ -143,8 +163,8 @@ class TrainWidget(Docked, Container):
         self.batch_progress = ProgressBar(label="batches", value=0, min=0, max=1)
         self.status = status_label()
         self.advanced = Advanced([self.model, self.model_width, self.classes, self.dims, self.spacing, self.loss,
-                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.val_fraction,
-                                  self.augment, self.device])
+                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.budget,
+                                  self.val_fraction, self.augment, self.device])
         build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
                                         self.add_button, self.start_from, self.start_file, self.out,
                                         self.overwrite, self.epochs]), self.advanced],
@@ -300,7 +320,7 @@ class TrainWidget(Docked, Container):
         self.best_path, self.initial, self.run_dir = None, initial, Path(config.out)
         self.show_plot()
         self.plot.clear()
-        self.epoch_progress.max, self.epoch_progress.value = config.epochs, 0
+        self.epoch_progress.max, self.epoch_progress.value = max(1, int(self.epochs.value)), 0
         self.batch_progress.value = 0
         what = f"fine-tuning {model_label(initial)}" if initial else f"training a new {config.model}"
         if why == "chosen":
@@ -309,7 +329,12 @@ class TrainWidget(Docked, Container):
             what += f" ({why})"
         set_status(self.status, f"{what} -> {config.out}")
         self._set_running(True)
-        self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel),
+        given = given_settings(epochs=self.epochs.value, batch_size=self.batch_size.value,
+                               patch_size=self.patch_size.value, spatial_dims=config.spatial_dims,
+                               spacing=config.spacing)
+        budget = self.budget.value
+        self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel,
+                                                                        budget=budget, given=given),
                              on_event=self._on_event, on_finish=self._on_finish, owner=self.native,
                              status=self.status)
         return self.job
