@@ -139,7 +139,8 @@ def test_start_from_fine_tunes_a_model_keeping_its_network(tmp_path, synthetic_d
     assert done.returncode == 0, done.stderr
     assert re.search(r"starting model .*: val Dice [0-9.]+ on the validation images", done.stderr), done.stderr
     info = cli("info", tmp_path / "ft" / "best.pt").stdout
-    assert f"fine-tuned from: {tiny_model.resolve()}" in info and "--start-from" in info
+    assert f"fine-tuned from: {tiny_model.resolve()}" in info
+    assert re.search(r"trained with: .*--start-from", info) and f"--no-plan --start-from {tiny_model.resolve()}" in info
     from napari_unet_seg.model_file import load_model
 
     tuned, start = load_model(tmp_path / "ft" / "best.pt"), load_model(tiny_model)

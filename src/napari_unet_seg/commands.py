@@ -355,7 +355,7 @@ def _plan_line(plan: dict) -> str:
     chosen = [f"--{k.replace('_', '-')} {'none' if v is None else v}" + (" (given instead)" if k in kept else "")
               for k, v in plan.get("settings", {}).items()]
     proposed = [f"{k} {v}" for k, v in plan.get("proposals", {}).items()]
-    return f"{', '.join(chosen)}; proposed: {', '.join(proposed)}"
+    return ", ".join(chosen) + (f"; proposed: {', '.join(proposed)}" if proposed else "")
 
 
 def run_info(args: Namespace) -> int:
@@ -381,7 +381,8 @@ def run_info(args: Namespace) -> int:
         print(f"plan: {_plan_line(plan)}")
     print(f"post-processing: {describe_postprocessing(meta.get('postprocess', {}))}")
     if config:
-        print(f"settings as a train command: {TrainConfig.from_dict(config).as_command()}")
+        start = f" --start-from {parent.get('path') or parent.get('name')}" if isinstance(parent, dict) else ""
+        print(f"settings as a train command: {TrainConfig.from_dict(config).as_command()}{start}")
     print("\n".join(terms_lines(info)))
     return 0
 
