@@ -30,8 +30,9 @@ def rss_mib() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(out: str | Path, epochs: int = 300, mark: int = 10) -> dict:
-    """Train ``epochs`` epochs into ``out``; RSS (MiB) after epoch ``mark`` and after the last one."""
+def measure(out: str | Path, epochs: int = 300, mark: int = 10, also: tuple[int, ...] = ()) -> dict:
+    """Train ``epochs`` epochs into ``out``; RSS (MiB) after epoch ``mark`` and after the last one (and after
+    the epochs ``also``: ``rss_at`` holds them all)."""
     from napari_unet_seg.events import Epoch
     from napari_unet_seg.sample_data import synthetic_pair
     from napari_unet_seg.training import train_steps
@@ -42,12 +43,12 @@ def measure(out: str | Path, epochs: int = 300, mark: int = 10) -> dict:
     marks: dict[int, float] = {}
     began = time.perf_counter()
     for event in steps:
-        if isinstance(event, Epoch) and event.epoch in (mark, epochs):
+        if isinstance(event, Epoch) and event.epoch in (mark, epochs, *also):
             gc.collect()
             marks[event.epoch] = rss_mib()
     seconds = time.perf_counter() - began
     return {"epochs": epochs, "mark": mark, "rss_mark": marks[mark], "rss_end": marks[epochs],
-            "growth": marks[epochs] - marks[mark], "ratio": marks[epochs] / marks[mark],
+            "growth": marks[epochs] - marks[mark], "ratio": marks[epochs] / marks[mark], "rss_at": marks,
             "seconds_per_epoch": seconds / epochs}
 
 

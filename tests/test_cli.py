@@ -182,6 +182,44 @@ def test_cli_module_imports_no_heavy_packages():
     assert out.stdout.strip() == "False"
 
 
+def test_ctrl_c_during_a_write_to_stderr_is_not_a_reentrant_write(tmp_path, monkeypatch):
+    """The first Ctrl-C can arrive while the main thread writes a progress line to stderr: the handler's own
+    line must not go through the same buffered writer (CI once died with "reentrant call inside
+    <_io.BufferedWriter name='<stderr>'>")."""
+    import io
+    import signal
+    import threading
+
+    from napari_unet_seg.commands import _ctrl_c_cancels
+
+    target = open(tmp_path / "stderr.txt", "wb")  # noqa: SIM115 - closed below
+
+    class Raw(io.RawIOBase):
+        fired = True  # armed inside the block below
+
+        def writable(self):
+            return True
+
+        def fileno(self):
+            return target.fileno()
+
+        def write(self, data):
+            if not Raw.fired:  # Ctrl-C lands in the middle of this write
+                Raw.fired = True
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            return os.write(target.fileno(), bytes(data))
+
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(Raw()), line_buffering=True))
+    cancel = threading.Event()
+    with _ctrl_c_cancels(cancel):
+        Raw.fired = False
+        print("epoch 1/9  loss 0.5", file=sys.stderr)
+    sys.stderr.flush()
+    target.close()
+    written = (tmp_path / "stderr.txt").read_text()
+    assert cancel.is_set() and "stopping after this batch" in written and "epoch 1/9" in written
+
+
 def test_ctrl_c_stops_training_with_consistent_files(tmp_path, synthetic_dir):
     import signal
 

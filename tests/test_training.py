@@ -206,7 +206,12 @@ def test_fine_tuning_keeps_the_starting_models_architecture_and_classes(tmp_path
 
 @pytest.mark.slow
 def test_long_run_does_not_grow_host_memory(tmp_path):
-    """The quick form of benchmarks/bench_memory.py: RSS after epoch 30 against after epoch 10."""
+    """The quick form of benchmarks/bench_memory.py: RSS after epochs 10, 20 and 30.
+
+    A leak grows every interval; glibc's heap, kept during a job (heap.py), may step up once while it
+    extends and then stays flat (measured: +12 MiB between epochs 10 and 20 of one 80-epoch run, then
+    flat to epoch 80; none in a 40-epoch run; +24 MiB in a CI test process). So the smaller of the two
+    10-epoch growths must stay small, and the whole growth bounded."""
     import importlib.util
     from pathlib import Path
 
@@ -214,8 +219,10 @@ def test_long_run_does_not_grow_host_memory(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_memory", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.measure(tmp_path / "run", epochs=30, mark=10)
-    assert result["growth"] < 20, result  # MiB; a figure or a history copy kept per epoch would show here
+    result = bench.measure(tmp_path / "run", epochs=30, mark=10, also=(20,))
+    rss = result["rss_at"]
+    # MiB; a figure kept per epoch (> 0.4 MiB an epoch) would show in both intervals
+    assert min(rss[20] - rss[10], rss[30] - rss[20]) < 4 and result["growth"] < 40, result
 
 
 @pytest.mark.parametrize("extra", [{}, {"resize": 40}])  # patches / whole images resized for the network

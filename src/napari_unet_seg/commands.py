@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -62,6 +63,16 @@ def _warnings_to_console() -> None:
     warnings.showwarning = show
 
 
+def _tell(text: str) -> None:
+    """Write ``text`` to stderr from a signal handler: to its file descriptor, not through ``sys.stderr``,
+    since the handler may run while the main thread is inside a write to it (a reentrant buffered write
+    raises RuntimeError)."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured or closed): say nothing
+        pass
+
+
 @contextmanager
 def _ctrl_c_cancels(cancel: threading.Event):
     """The first Ctrl-C sets ``cancel`` (training stops after the batch, files stay whole); the second stops now."""
@@ -73,7 +84,7 @@ def _ctrl_c_cancels(cancel: threading.Event):
         if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
-        print("\nnapari-unet-seg: stopping after this batch (Ctrl-C again to stop at once)", file=sys.stderr)
+        _tell("\nnapari-unet-seg: stopping after this batch (Ctrl-C again to stop at once)\n")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -98,6 +98,30 @@ class TrainWidget(Docked, Container):
         self.initial: str | None = None
         self.run_dir: Path | None = None
         self.added: dict[tuple, Path] = {}  # pairs added by this widget: (folders, name, content) -> image file
+        self._data_controls()
+        self._setting_controls()
+        self._run_controls()
+        self.advanced = Advanced([self.model, self.model_width, self.classes, self.dims, self.spacing, self.loss,
+                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.budget,
+                                  self.val_fraction, self.augment, self.device])
+        build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
+                                        self.add_button, self.start_from, self.start_file, self.out,
+                                        self.overwrite, self.epochs]), self.advanced],
+              [Container(widgets=[self.start_button, self.finetune_button, self.cancel_button, self.plot_button],
+                         layout="horizontal", labels=False),
+               Container(widgets=[self.epoch_progress, self.batch_progress]), self.status])
+        self.plot = TrainingPlot()
+        self.lines, self.table = self.plot.lines, self.plot.table
+        self.plot_dock = None
+        self._connect()
+        self._on_source(self.source.value)
+        self._on_start_from(self.start_from.value)
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: self.plot_dock is None and self._guarded_hidden_plot())
+
+    def _data_controls(self) -> None:
+        """The training data (folders or layers), the pair to add, the model to start from."""
         self.source = RadioButtons(label="training data", choices=[FOLDERS, LAYERS], value=FOLDERS,
                                    orientation="horizontal")
         self.images = FileEdit(label="images folder", mode="d", nullable=True)
@@ -113,11 +137,14 @@ class TrainWidget(Docked, Container):
                                      tooltip="save the image layer and its labels as a new pair in the images and "
                                              "masks folders: a 2D image, the current slice of a stack trained in "
                                              "2D slices, or the whole volume trained in 3D (with its spacing)")
-        self.start_models = ModelPicker(viewer, new_model=True)
+        self.start_models = ModelPicker(self.viewer, new_model=True)
         self.start_from, self.start_file = self.start_models.combo, self.start_models.file
         self.start_from.label, self.start_file.label = "start from", "start from file"
         self.start_from.tooltip = ("new model: random weights; a model: fine-tune it (its architecture and "
                                    "classes are kept). Stays as chosen after a run.")
+
+    def _setting_controls(self) -> None:
+        """The network and training settings (most of them shown under Advanced), output and device."""
         self.model = ComboBox(label="model", choices=MODEL_NAMES, value="unet",
                               tooltip="network architecture: U-Net variants (MONAI) or SegNet")
         self.model_width = FloatSpinBox(label="width", value=1.0, min=0.125, max=4.0, step=0.125,
@@ -153,6 +180,9 @@ class TrainWidget(Docked, Container):
         self.overwrite = CheckBox(text="overwrite", value=False,
                                   tooltip="replace a run that the output folder already holds")
         self.device = device_combo()
+
+    def _run_controls(self) -> None:
+        """The buttons, progress bars and status line."""
         self.start_button = PushButton(text="Start")
         self.finetune_button = PushButton(text="Fine-tune",
                                           tooltip="continue training the 'start from' model on the training "
@@ -162,18 +192,9 @@ class TrainWidget(Docked, Container):
         self.epoch_progress = ProgressBar(label="epochs", value=0, min=0, max=1)
         self.batch_progress = ProgressBar(label="batches", value=0, min=0, max=1)
         self.status = status_label()
-        self.advanced = Advanced([self.model, self.model_width, self.classes, self.dims, self.spacing, self.loss,
-                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.budget,
-                                  self.val_fraction, self.augment, self.device])
-        build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
-                                        self.add_button, self.start_from, self.start_file, self.out,
-                                        self.overwrite, self.epochs]), self.advanced],
-              [Container(widgets=[self.start_button, self.finetune_button, self.cancel_button, self.plot_button],
-                         layout="horizontal", labels=False),
-               Container(widgets=[self.epoch_progress, self.batch_progress]), self.status])
-        self.plot = TrainingPlot()
-        self.lines, self.table = self.plot.lines, self.plot.table
-        self.plot_dock = None
+
+    def _connect(self) -> None:
+        """The controls' signals."""
         self.source.changed.connect(self._on_source)
         self.start_button.changed.connect(self.start)
         self.finetune_button.changed.connect(self.fine_tune)
@@ -182,11 +203,6 @@ class TrainWidget(Docked, Container):
         self.add_button.changed.connect(self.add_to_training_set)
         self.start_from.changed.connect(self._on_start_from)
         self.image_layer.changed.connect(self._on_image_layer)
-        self._on_source(self.source.value)
-        self._on_start_from(self.start_from.value)
-        from qtpy.QtCore import QTimer
-
-        QTimer.singleShot(0, lambda: self.plot_dock is None and self._guarded_hidden_plot())
 
     def _guarded_hidden_plot(self) -> None:
         try:
