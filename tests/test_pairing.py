@@ -22,10 +22,15 @@ def _touch(folder: Path, *names: str) -> None:
     ("cell.tif", "cell_mask.tif"), ("cell.tif", "cell_masks.png"), ("cell.tif", "cell_seg.png"),
     ("cell.tif", "cell_label.png"), ("cell.tif", "cell_labels.tif"), ("cell.tif", "cell_gt.png"),
     ("a.JPEG", "a_MASK.PNG"),
+    ("cell.ome.tif", "cell_mask.ome.tif"), ("cell.ome.tiff", "cell_labels.tif"),   # OME-TIFF
+    ("vol.ome.zarr", "vol_mask.zarr"), ("vol.zarr", "vol.ome.zarr"), ("vol.ome.zarr", "vol_seg.tif"),  # zarr stores
 ])
 def test_naming_schemes_pair(tmp_path, image, mask):
-    _touch(tmp_path / "i", image)
-    _touch(tmp_path / "m", mask)
+    for folder, name in (("i", image), ("m", mask)):
+        if name.endswith(".zarr"):
+            (tmp_path / folder / name).mkdir(parents=True)  # a store is a folder
+        else:
+            _touch(tmp_path / folder, name)
     pairs = pair_files(tmp_path / "i", tmp_path / "m")
     assert [(p.image.name, p.mask.name) for p in pairs] == [(image, mask)]
 
@@ -81,6 +86,7 @@ def test_two_masks_for_one_image(tmp_path):
 def test_folder_named_like_an_image_and_other_files_are_ignored(tmp_path):
     _touch(tmp_path / "i", "a.png", "notes.txt", ".hidden.png")
     (tmp_path / "i" / "b.png").mkdir()
+    _touch(tmp_path / "i", "c.zarr")  # a file named like a store is not one
     _touch(tmp_path / "m", "a.png")
     assert [p.name for p in pair_files(tmp_path / "i", tmp_path / "m")] == ["a"]
 

@@ -11,6 +11,7 @@ from skimage.draw import disk, line
 
 from napari_unet_seg.config import TrainConfig
 from napari_unet_seg.errors import UserError
+from napari_unet_seg.model_file import load_model
 from napari_unet_seg.planning import SAMPLE, fingerprint, plan
 
 
@@ -86,10 +87,31 @@ def test_rare_foreground_gets_oversampled(tmp_path):
     measured = fingerprint(*_write(tmp_path, _rare()))
     assert measured.foreground < 0.01 and measured.objects == 3
     chosen = plan(measured, device="cpu")
-    assert chosen.settings["resize"] is None and chosen.proposals["foreground_sampling"] > 0
+    assert chosen.settings["resize"] is None and chosen.settings["foreground_sampling"] == 0.33
     assert "rare" in chosen.reasons["foreground_sampling"]
     common = plan(fingerprint(*_write(tmp_path / "lines", _lines())), device="cpu")
-    assert common.proposals["foreground_sampling"] == 0
+    assert common.settings["foreground_sampling"] == 0
+    whole = plan(fingerprint(*_write(tmp_path / "discs", _discs())), device="cpu")
+    assert whole.settings["foreground_sampling"] == 0 and "whole images" in whole.reasons["foreground_sampling"]
+
+
+def test_train_centres_the_planned_share_of_patches_on_rare_foreground(tmp_path):
+    images, masks = _write(tmp_path, _rare(count=3))
+    run = tmp_path / "run"
+    done = cli("train", "--images", images, "--masks", masks, "--out", run, "--device", "cpu", "--epochs", 1,
+               "--width", 0.25, "--val-fraction", 0.34)
+    assert done.returncode == 0, done.stderr
+    assert "--foreground-sampling 0.33: foreground is rare" in done.stderr
+    assert "33% of the patches centred on foreground" in done.stderr
+    assert load_model(run / "best.pt").config["foreground_sampling"] == 0.33
+    mine = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "mine", "--device", "cpu",
+               "--epochs", 1, "--width", 0.25, "--val-fraction", 0.34, "--foreground-sampling", 1)
+    assert mine.returncode == 0, mine.stderr
+    assert "--foreground-sampling 1.0 (yours kept" in mine.stderr and "100% of the patches" in mine.stderr
+    bad = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "bad", "--foreground-sampling", 1.5)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "napari-unet-seg: error: --foreground-sampling must be in [0, 1], got 1.5"]
+    assert not (tmp_path / "bad").exists()
 
 
 def test_arrays_and_the_sample_limit():
@@ -168,6 +190,8 @@ def test_bad_input_gives_a_plan_with_a_stated_fallback(tmp_path, case):
     text = "\n".join(measured.lines() + chosen.lines())
     if note:
         assert note in chosen.reasons["data"] and note in text
+    if case == "one image":  # a validation folder given: the one pair only trains
+        assert "data" not in plan(measured, device="cpu", val_fraction=0.0).reasons
     if case in ("all empty", "all foreground"):
         assert chosen.settings["resize"] is None and "fallback" in chosen.reasons["resize"]
     if case == "wildly different sizes":

@@ -325,3 +325,72 @@ def test_a_3d_model_fills_the_labels_group_as_predict_labels_the_volume(tmp_path
     written = np.asarray(read_labels(path, "blobs"))
     np.testing.assert_array_equal(written, predict(model_3d, volume, device="cpu"))
     assert 0 < written.mean() < 1 and _image_files(path) == before
+
+
+def _zarr_pairs(root: Path, volume: np.ndarray, unit: str | None = None) -> tuple[Path, Path, list[np.ndarray]]:
+    """Three OME-Zarr volumes (``a.ome.zarr``...) in ``root/images`` and plain zarr masks (``a_mask.zarr``)
+    in ``root/masks``; the OME axes state ``unit`` when given."""
+    from ome_zarr.format import CurrentFormat
+
+    images, masks, truths = root / "images", root / "masks", []
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for k, name in enumerate("abc"):
+        truth = (np.roll(volume, 7 * k, axis=2) > 150).astype(np.uint8)
+        group = zarr.open_group(str(images / f"{name}.ome.zarr"), mode="w")
+        ome_writer.write_image(truth * 200 + 20, group, axes="zyx", scale_factors=(2,), fmt=CurrentFormat(),
+                               scale={"z": 50.0, "y": 10.0, "x": 10.0},
+                               axes_units=dict.fromkeys("zyx", unit) if unit else None)
+        zarr.save_array(str(masks / f"{name}_mask.zarr"), truth)
+        truths.append(truth)
+    return images, masks, truths
+
+
+def test_folders_of_zarr_stores_train_and_evaluate_as_volumes_with_their_spacing(tmp_path, volume):
+    from napari_unet_seg.cli import main
+    from napari_unet_seg.image_io import read_image, read_mask, read_spacing
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.pairing import pair_files
+
+    images, masks, truths = _zarr_pairs(tmp_path, volume, unit="nanometer")
+    pairs = pair_files(images, masks)
+    assert [(p.image.name, p.mask.name) for p in pairs] == [(f"{n}.ome.zarr", f"{n}_mask.zarr") for n in "abc"]
+    assert read_spacing(images / "a.ome.zarr") == [0.05, 0.01, 0.01]  # nm -> um
+    assert isinstance(read_image(images / "b.ome.zarr"), np.ndarray)
+    np.testing.assert_array_equal(read_mask(masks / "b_mask.zarr"), truths[1])
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(images), "--masks", str(masks), "--out", str(run), "--epochs", "1",
+                 "--width", "0.25", "--device", "cpu", "--spatial-dims", "3"]) == 0
+    model = load_model(run / "best.pt")
+    assert model.spatial_dims == 3 and model.config["spacing"] == [0.05, 0.01, 0.01]
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(run / "best.pt"), "--images", str(images), "--masks", str(masks),
+                 "--device", "cpu", "--json", str(scores)]) == 0
+    import json
+
+    assert [row["name"] for row in json.loads(scores.read_text())["per_image"]] == [f"{n}.ome.zarr" for n in "abc"]
+
+
+def test_a_zarr_store_given_as_the_training_folder_is_refused_in_one_line(tmp_path, volume):
+    from cli_helpers import cli, one_line
+
+    images, masks, _ = _zarr_pairs(tmp_path, volume)
+    before = snapshot(tmp_path)
+    done = cli("train", "--images", images / "a.ome.zarr", "--masks", masks, "--out", tmp_path / "run")
+    one_line(done, r"a\.ome\.zarr: holds no image file .*it is itself a zarr store: give the folder that holds it")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_sweep_split_links_zarr_stores_that_pair_again(tmp_path, volume):
+    from napari_unet_seg.pairing import pair_files
+    from napari_unet_seg.sweep import _materialize_split, load_sweep
+
+    images, masks, _ = _zarr_pairs(tmp_path / "data", volume)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"images: {images}\nmasks: {masks}\nsplit:\n  test_fraction: 0.34\n  seed: 0\nepochs: 1\n")
+    folders, _ = _materialize_split(load_sweep(path), tmp_path / "out")
+    sides = {side: [p.name for p in pair_files(*found)] for side, found in folders.items()}
+    assert sorted(sides) == ["test", "trainval"] and len(sides["test"]) == 1
+    assert sorted(sides["test"] + sides["trainval"]) == ["a.ome", "b.ome", "c.ome"]
+    np.testing.assert_array_equal(open_image(folders["test"][0] / f"{sides['test'][0]}.zarr")[0],
+                                  open_image(images / f"{sides['test'][0]}.zarr")[0])

@@ -44,6 +44,9 @@ def _add_train(sub) -> None:
     data.add_argument("--spatial-dims", choices=SPATIAL_DIMS, default=_DEFAULT.spatial_dims,
                       help="2: slice by slice (stacks train on their slices), 3: volumes, auto: chosen from the "
                       "stacks' depth and voxel spacing (see docs/cli.md)")
+    data.add_argument("--foreground-sampling", type=float, metavar="F", default=_DEFAULT.foreground_sampling,
+                      help="share of training patches centred on a foreground pixel, 0..1 (default: the plan's; "
+                      "without one 0.33 in 3D, 0 in 2D)")
     data.add_argument("--spacing", metavar="Z,Y,X", help="voxel spacing of the volumes (overrides what the TIFF "
                       "files state), e.g. 50,4,4")
     model = p.add_argument_group("model and optimisation")

@@ -211,7 +211,12 @@ TRAIN_RULES: dict[str, Rule] = {
     "skip_unpaired": Rule("flag"), "overwrite": Rule("flag"), "amp": Rule("flag"),
     "curves_every": Rule("int", low=0), "command": Rule("text"), "extra": Rule("mapping"),
     "spatial_dims": Rule("dims"), "spacing": Rule("spacing", optional=True),
+    "foreground_sampling": Rule("float", low=0, high=1, optional=True),
 }
+
+
+#: The share of 3D training patches centred on foreground when none is set (nnU-Net's oversampling).
+FOREGROUND_3D = 0.33
 
 
 @dataclass
@@ -222,7 +227,8 @@ class TrainConfig:
     (when set) trains on whole images resized to ``resize x resize`` instead. ``curves_every``: redraw
     ``curves.png`` every N epochs (0: only at the end; the Train widget draws its own plot).
     ``spatial_dims``: ``auto``, 2 (slice by slice) or 3 (volumes); ``spacing``: the voxel spacing
-    (``Z, Y, X``), None to read it from the data.
+    (``Z, Y, X``), None to read it from the data. ``foreground_sampling``: the share of training patches
+    centred on a foreground pixel or voxel (None: :data:`FOREGROUND_3D` in 3D, none in 2D).
     """
 
     images: str | None = None
@@ -257,6 +263,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     spatial_dims: str | int = "auto"
     spacing: list[float] | None = None
+    foreground_sampling: float | None = None
 
     def validate(self, memory: bool = True) -> TrainConfig:
         """Check (and normalize) every value, then, with ``memory``, that a batch fits in memory
@@ -274,6 +281,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def foreground_share(self) -> float:
+        """The share of training patches centred on foreground: ``foreground_sampling``, or the default of
+        the dimensions (:data:`FOREGROUND_3D` in 3D, 0 in 2D)."""
+        if self.foreground_sampling is not None:
+            return self.foreground_sampling
+        return FOREGROUND_3D if self.spatial_dims == 3 else 0.0
 
     def as_command(self) -> str:
         """The ``napari-unet-seg train`` command line of these settings (the options that differ from the

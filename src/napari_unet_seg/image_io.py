@@ -19,7 +19,7 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_layout", "read_mask", "clean_mask", "write_mask",
-           "write_map", "mask_suffix", "atomic_write", "is_image_file", "read_spacing"]
+           "write_map", "mask_suffix", "atomic_write", "is_image_file", "image_stem", "read_spacing"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -29,21 +29,47 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether ``path`` names a file with one of :data:`IMAGE_SUFFIXES` (hidden files excluded)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """Whether ``path`` is a file with one of :data:`IMAGE_SUFFIXES` or a ``.zarr`` store (a folder); hidden
+    ones excluded."""
+    from .zarr_io import is_zarr
+
+    if path.name.startswith("."):
+        return False
+    return path.is_dir() if is_zarr(path) else path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The name without its image suffixes, as image and mask files pair: ``a.ome.tif`` and ``a.ome.zarr``
+    give ``a``."""
+    stem = Path(path).stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one image file into a numpy array (values as stored, no scaling), in its decided layout.
 
     Gray gives ``(Y, X)``; colour ``(Y, X, 3|4)``; a multi-page TIFF ``(Z, Y, X[, C])`` (see
-    :func:`read_image_layout`, which also says whether the last axis is colour).
+    :func:`read_image_layout`, which also says whether the last axis is colour); a ``.zarr`` store its
+    full-resolution level, read whole.
 
     Raises:
         UserError: the path is missing, a folder, of an unsupported type, empty, unreadable, or of a
             layout that cannot be told (the message shows the shape and what to save instead).
     """
-    return read_image_layout(path)[0]
+    return _in_memory(path, read_image_layout(path)[0])
+
+
+def _in_memory(path: str | os.PathLike, array) -> np.ndarray:
+    """``array`` (a lazy zarr level or a numpy array) as a numpy array, refusing one larger than the memory."""
+    if isinstance(array, np.ndarray):
+        return array
+    from .memory import available_ram
+
+    needed, available = array.size * array.dtype.itemsize, available_ram() or 1 << 40
+    if needed > available / 2:
+        raise UserError(f"{path}: its {'x'.join(map(str, array.shape))} level 0 needs {needed / 2**30:.1f} GiB, more "
+                        f"than half the {available / 2**30:.1f} GiB free; crop it (predict reads it block by block)")
+    return np.asarray(array)
 
 
 def read_image_layout(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
@@ -66,8 +92,14 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     Raises:
         UserError: as :func:`read_image`, and for masks that are not labels (see :func:`clean_mask`).
     """
-    path = _checked_path(path)
-    array, colour = _read(path, mask=True)
+    from .zarr_io import is_zarr
+
+    if is_zarr(path):
+        array, colour = read_image_layout(path)
+        array, path = _in_memory(path, array), Path(path)
+    else:
+        path = _checked_path(path)
+        array, colour = _read(path, mask=True)
     lossy = path.suffix.lower() in LOSSY_SUFFIXES
     if colour:
         rgb = array[..., :3]
@@ -246,7 +278,11 @@ def read_spacing(path: str | os.PathLike) -> list[float] | None:
     Read from OME-TIFF ``PhysicalSizeZ/Y/X`` (with their units), else ImageJ ``spacing`` (Z) and ``unit``
     with the ``XResolution``/``YResolution`` tags (pixels per unit; ``ResolutionUnit`` inch or cm).
     """
+    from .zarr_io import is_zarr
+
     path = Path(path)
+    if is_zarr(path):
+        return _zarr_spacing(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     import tifffile
@@ -271,6 +307,17 @@ def read_spacing(path: str | os.PathLike) -> list[float] | None:
             return _in_microns(z + steps, unit)
     except Exception:  # noqa: BLE001 - a spacing that cannot be read is an unknown one
         return None
+
+
+def _zarr_spacing(path: Path) -> list[float] | None:
+    """Level 0's ``scale`` of an OME-Zarr image, in micrometres where its axes state a unit (all alike)."""
+    from .zarr_io import open_image
+
+    _, spacing, info = open_image(path)
+    if spacing is None:
+        return None
+    units = {unit for unit in info.units if unit}
+    return _in_microns(list(spacing), units.pop().lower() if len(units) == 1 else None)
 
 
 def _in_microns(values: list[float], unit: str | None) -> list[float]:

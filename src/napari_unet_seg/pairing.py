@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .image_io import is_image_file
+from .image_io import image_stem, is_image_file
 
 __all__ = ["MASK_SUFFIXES", "Pair", "mask_key", "list_images", "pair_files"]
 
@@ -49,19 +49,19 @@ def list_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"{what} folder {folder}: is a file, not a folder")
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
-    # A folder named like an image is not an image file.
-    files = [p for p in files if p.is_file()]
     if not files:
         others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         found = f"; found only other types ({_shorten(others, 3)}), convert them" if others else ""
-        raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp){found}")
+        inside = "; it is itself a zarr store: give the folder that holds it" if (folder / "zarr.json").is_file() \
+            or (folder / ".zgroup").is_file() or (folder / ".zarray").is_file() else ""
+        raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp, .zarr){inside or found}")
     return files
 
 
 def _index(files: list[Path], key, what: str) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in files:
-        k = key(path.stem)
+        k = key(image_stem(path))
         if k in index:
             raise UserError(f"{what}: {index[k].name} and {path.name} have the same stem {k!r}; keep one of them")
         index[k] = path
@@ -87,7 +87,8 @@ def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpa
     # An exact stem match wins over a suffix-stripped one (the ISBI layout: same name in both folders).
     by_mask: dict[str, Path] = {}
     for path in mask_files:
-        key = path.stem if path.stem in by_image else mask_key(path.stem)
+        stem = image_stem(path)
+        key = stem if stem in by_image else mask_key(stem)
         if key in by_mask:
             raise UserError(f"masks folder {masks}: {by_mask[key].name} and {path.name} both belong to image "
                             f"{key!r}; keep one of them")

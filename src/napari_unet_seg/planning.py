@@ -7,10 +7,10 @@ where a TIFF states it, on at most :data:`SAMPLE` pairs drawn with a fixed seed 
 objects such as lesions or cells: PH2 test IoU 0.864 at ``--resize 256`` against 0.701 with 256² patches,
 docs/results.md) or patches at full resolution (thin structures and texture, such as EM membranes); the
 patch and batch size that :func:`~napari_unet_seg.memory.check_training_memory` lets through on the
-device; the epochs that fit a time budget. Foreground sampling and post-processing are proposals stored
-with the plan; training tries the proposed post-processing (keep the largest object) on its validation
-images after the last epoch and keeps it only where Dice rises (:mod:`.tuning`). :meth:`Plan.apply` fills
-only the settings not given.
+device; the epochs that fit a time budget; the share of patches centred on foreground (rare foreground,
+and every 3D run, as nnU-Net does). Post-processing is a proposal stored with the plan: training tries it
+(keep the largest object, fill holes) on its validation images after the last epoch and keeps it only
+where Dice rises (:mod:`.tuning`). :meth:`Plan.apply` fills only the settings not given.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ __all__ = ["SAMPLE", "Fingerprint", "Plan", "fingerprint", "plan", "plan_trainin
 #: The most pairs a fingerprint reads (drawn with a fixed seed when a folder holds more).
 SAMPLE = 32
 #: The settings a plan may fill (the :class:`~napari_unet_seg.config.TrainConfig` fields).
-PLANNED = ("spatial_dims", "spacing", "resize", "patch_size", "batch_size", "epochs", "normalization")
+PLANNED = ("spatial_dims", "spacing", "resize", "patch_size", "batch_size", "epochs", "normalization",
+           "foreground_sampling")
 #: CPU-seconds per megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs
 #: of 140 images in 20 minutes on the 2-core CPU (issue 17), times the speed-up of channels-last training in
 #: the kept heap measured side by side on the same command (3 epochs, 182 images: 7.3 -> 4.85 s an epoch).
@@ -43,8 +44,9 @@ SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6) * 4.85 / 7.
 #: Whole objects: the largest one spans at least this share of the image side and fills at least
 #: ``_COMPACT`` of its bounding box, with at most ``_FEW`` objects per image.
 _LARGE, _COMPACT, _FEW = 0.25, 0.3, 5
-#: Foreground below this share of the pixels counts as rare.
-_RARE = 0.05
+#: Foreground below this share of the pixels counts as rare; a plan then centres this share of the 2D
+#: patches on foreground (nnU-Net's oversampling, which every 3D plan uses too).
+_RARE, _OVERSAMPLE = 0.05, 0.33
 #: The most mask values a fingerprint lists (label images of many objects hold thousands).
 _VALUES = 64
 
@@ -95,8 +97,8 @@ class Fingerprint:
 
 @dataclass
 class Plan:
-    """Chosen ``settings`` (TrainConfig fields) with their ``reasons``, and ``proposals`` (foreground
-    sampling, post-processing) that training does not apply yet, with theirs."""
+    """Chosen ``settings`` (TrainConfig fields) with their ``reasons``, and ``proposals`` (the
+    post-processing that training tries on its validation images), with theirs."""
 
     settings: dict[str, Any]
     reasons: dict[str, str]
@@ -132,9 +134,8 @@ class Plan:
             else:
                 out.append(f"  {flag} {_value(value)}: {self.reasons[name]}")
         for name, value in self.proposals.items():
-            status = "tried on the validation images after training, with the threshold" if name == "postprocess" \
-                else "proposed, not applied yet"
-            out.append(f"  {name} {value} ({status}): {self.reasons[name]}")
+            out.append(f"  {name} {value} (tried on the validation images after training, with the threshold): "
+                       f"{self.reasons[name]}")
         for name in ("classes", "data"):
             if name in self.reasons:
                 out.append(f"  note: {self.reasons[name]}")
@@ -418,31 +419,32 @@ def _epochs_reason(epochs: int, seconds: float, budget: float, kind: str, fewest
             f"budget {budget:g} min, kept in {fewest}..300")
 
 
-def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """Foreground sampling (stored with the plan, not applied yet) and the post-processing that training tries
-    on its validation images after the last epoch (:mod:`.tuning`)."""
-    rare = 0 < fp.foreground < _RARE and not whole
+def _sampling(fp: Fingerprint, whole: bool) -> tuple[float, str]:
+    """The share of 2D patches centred on foreground, and why."""
     if whole:
-        sampling = "whole images: every sample holds the object"
-    elif rare:
-        sampling = f"foreground is rare ({fp.foreground:.1%} of the pixels): centre half of the patches on foreground"
-    else:
-        sampling = f"foreground {fp.foreground:.1%}: uniform random patches suffice"
+        return 0.0, "whole images: every sample holds the object"
+    if 0 < fp.foreground < _RARE:
+        return _OVERSAMPLE, (f"foreground is rare ({fp.foreground:.1%} of the pixels): a third of the patches "
+                             "centred on foreground (nnU-Net's share)")
+    return 0.0, f"foreground {fp.foreground:.1%} of the pixels: uniform random patches hold enough of it"
+
+
+def _proposals(fp: Fingerprint, whole: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """The post-processing that training tries on its validation images after the last epoch (:mod:`.tuning`)."""
     single = whole and fp.objects <= 1
     post = ("one whole object per image: keep the largest component and fill holes, if validation Dice confirms it"
             if single else "several objects or thin structures: no component filtering")
-    return ({"foreground_sampling": 0.5 if rare else 0.0, "postprocess": ["keep_largest", "fill_holes"] if single
-             else []}, {"foreground_sampling": sampling, "postprocess": post})
+    return {"postprocess": ["keep_largest", "fill_holes"] if single else []}, {"postprocess": post}
 
 
-def _notes(fp: Fingerprint) -> dict[str, str]:
-    """Remarks on the mask values and on bad input (one pair, empty or full masks)."""
+def _notes(fp: Fingerprint, val_fraction: float) -> dict[str, str]:
+    """Remarks on the mask values and on bad input (one pair validating itself, empty or full masks)."""
     notes = {}
     if fp.levels > 2:
         hint = f"give --classes {max(fp.values) + 1} if they are classes" if fp.levels <= 16 else "object ids?"
         notes["classes"] = (f"{fp.levels} mask values ({_join(fp.values, 6)}): trained as foreground (> 0) against "
                             f"background; {hint}")
-    found = ["one pair: it trains and validates" if fp.count == 1 else "",
+    found = ["one pair: it trains and validates" if fp.count == 1 and val_fraction else "",
              f"{fp.empty} sampled mask(s) hold no foreground" if fp.empty else "",
              f"{fp.full} sampled mask(s) are all foreground" if fp.full else ""]
     if any(found):
@@ -521,11 +523,14 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
             held = min(fp.count - 1, max(1, round(fp.count * val_fraction))) if val_fraction and fp.count > 1 else 0
             train_count = fp.count - held
             settings, reasons = _plan_3d(fp, kind, device, budget, model, width, train_count, spacing)
-            settings = {"spatial_dims": 3, "spacing": spacing, **settings, "normalization": "percentile"}
+            settings = {"spatial_dims": 3, "spacing": spacing, **settings, "normalization": "percentile",
+                        "foreground_sampling": _OVERSAMPLE}
             reasons.update(spatial_dims=why, spacing=_spacing_reason(spacing, fp.spacing, notes),
                            normalization=f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): "
-                                         "per-volume 1-99.8 percentiles")
-            return Plan(settings, {**reasons, **_notes(fp)}, {}, fingerprint=fp.to_dict())
+                                         "per-volume 1-99.8 percentiles",
+                           foreground_sampling=f"foreground {fp.foreground:.1%} of the voxels: a third of the 3D "
+                                               "patches centred on foreground (nnU-Net's share)")
+            return Plan(settings, {**reasons, **_notes(fp, val_fraction)}, {}, fingerprint=fp.to_dict())
         if fp.stacks:  # 2D slices of stacks: every slice counts as one image
             fp = Fingerprint(**{**fp.to_dict(), "count": fp.count * fp.depth[1]})
         fp = Fingerprint(**{**fp.to_dict(), "stacks": 0})
@@ -541,8 +546,9 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
     settings["normalization"] = "percentile"
     reasons["normalization"] = (f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): per-image "
                                 "1-99.8 percentiles, robust to outliers and to exposure between images")
+    settings["foreground_sampling"], reasons["foreground_sampling"] = _sampling(fp, whole)
     proposals, why = _proposals(fp, whole)
-    return Plan(settings, {**reasons, **why, **_notes(fp)}, proposals, fingerprint=fp.to_dict())
+    return Plan(settings, {**reasons, **why, **_notes(fp, val_fraction)}, proposals, fingerprint=fp.to_dict())
 
 
 def _spacing_reason(spacing, stated, notes) -> str:

@@ -54,7 +54,10 @@ def _link(source: Path, target: Path) -> None:
     try:
         target.symlink_to(source.resolve())
     except OSError:  # no symlinks here (e.g. Windows without developer mode): copy instead
-        shutil.copy2(source, target)
+        if source.is_dir():  # a zarr store
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
 
 
 def _materialize_split(spec: SweepSpec, out: Path) -> tuple[dict[str, tuple[Path, Path]], Message]:

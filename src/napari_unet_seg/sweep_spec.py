@@ -40,7 +40,7 @@ _OTHER_KEYS = ("description", "skip_unpaired", "split", "grids")
 BASE_COLUMNS = ("model", "loss", "optimizer", "lr", "epochs", "batch_size")
 _SHORT = {"epochs": "e", "batch_size": "bs", "width": "w", "patch_size": "p", "resize": "r", "weight_decay": "wd",
           "val_fraction": "vf", "early_stop": "es", "classes": "c", "scheduler": "sched-", "augment": "aug-",
-          "normalization": "norm-"}
+          "normalization": "norm-", "foreground_sampling": "fg"}
 
 
 @dataclass(frozen=True)

@@ -245,16 +245,15 @@ def _batch_source(config: TrainConfig, samples: list[Sample], device: torch.devi
     or ``(None, dataset, sampler)`` for a DataLoader (MONAI transforms per patch) when ``--workers`` asks
     for worker processes or the images would take too much GPU memory (sampler: None when alone).
     ``patch``: from :func:`_patch`."""
-    if config.workers == 0 and fits_on_device(samples, device):
-        if config.spatial_dims == 3:  # 3D: foreground oversampling, augmentation in physical units
-            return DeviceBatches(samples, patch, config.augment, device, foreground=0.33,
-                                 spacing=config.spacing), None, None
-        return DeviceBatches(samples, patch, config.augment, device), None, None
+    foreground = config.foreground_share()
+    if config.workers == 0 and fits_on_device(samples, device):  # 3D augmentation in physical units
+        return DeviceBatches(samples, patch, config.augment, device, foreground=foreground,
+                             spacing=config.spacing if config.spatial_dims == 3 else None), None, None
     if config.spatial_dims == 3:
         augmentation = build_augmentation(config.augment, patch, spatial_dims=3, spacing=config.spacing)
-        dataset = PatchDataset(samples, patch, augmentation, config.seed, foreground=0.33)
     else:
-        dataset = PatchDataset(samples, patch, build_augmentation(config.augment, config.resize or patch), config.seed)
+        augmentation = build_augmentation(config.augment, config.resize or patch)
+    dataset = PatchDataset(samples, patch, augmentation, config.seed, foreground=foreground)
     return None, dataset, distributed.sampler(dataset, config.seed * 100003)
 
 
@@ -463,6 +462,8 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, initial_model, arra
         model.config = {**config.to_dict(), "patch_shape": list(patch)}  # the patch used (predict's window)
         yield Message(f"3D patches of {'x'.join(map(str, patch))} voxels (Z x Y x X), spacing "
                       f"{', '.join(f'{v:g}' for v in config.spacing)}")
+    if patch is not None and config.foreground_share() > 0:
+        yield Message(f"{config.foreground_share():.0%} of the patches centred on foreground")
     run = TrainingRun(config, model, device)
     shard = val_set[distributed.rank()::distributed.world_size()]
     if resume:

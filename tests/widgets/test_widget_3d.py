@@ -149,6 +149,7 @@ def test_train_a_3d_model_from_layers_then_segment_the_volume_with_it(make_napar
     best = tmp_path / "run" / "best.pt"
     model = load_model(best)
     assert model.spatial_dims == 3 and model.config["spacing"] == [1.0, 0.5, 0.5]
+    assert model.config["foreground_sampling"] == 0.33  # foreground patches auto: the 3D plan's share
     assert list(train.lines["train loss"].get_xdata()) == [1]  # the live curves as in 2D
     # the new model is selected in Segment and marked 3D there
     assert segment.model.value == str(best)
@@ -237,7 +238,7 @@ def test_cancel_a_3d_run_then_fine_tune_its_model_on_the_volume(make_napari_view
     train = _dock(viewer, "Train")
     values = {"source": "layers", "epochs": 500, "batch_size": 2, "patch_size": 16, "model_width": 0.125,
               "val_fraction": 0.0, "device": "cpu", "augment": "none", "out": tmp_path / "run",
-              "dims": "3D volumes"}
+              "dims": "3D volumes", "foreground": "all"}
     for name, value in values.items():
         getattr(train, name).value = value
     train.image_layer.value, train.labels_layer.value = viewer.layers["vol"], viewer.layers["truth"]
@@ -247,7 +248,7 @@ def test_cancel_a_3d_run_then_fine_tune_its_model_on_the_volume(make_napari_view
     assert wait_job(job, timeout=60_000) == "cancelled"
     assert 1 <= len(train.history) < 500 and "kept best.pt, last.pt" in train.status.value
     best = tmp_path / "run" / "best.pt"
-    assert load_model(best).spatial_dims == 3
+    assert load_model(best).spatial_dims == 3 and load_model(best).config["foreground_sampling"] == 1.0
     # continue from it: its dimensions are kept, the run goes to a free folder
     train.start_from.value = str(best)
     assert train.dims.value == "3D volumes" and not train.dims.enabled

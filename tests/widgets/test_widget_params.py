@@ -231,6 +231,11 @@ def test_settings_left_auto_are_planned_and_the_others_given():
     assert params.given_settings(epochs=0, batch_size=0, patch_size=0) == set()
     assert params.given_settings(epochs=5, batch_size=0, patch_size=64, spatial_dims=3, spacing="2, 1, 1") == {
         "epochs", "patch_size", "spatial_dims", "spacing"}
+    assert params.given_settings(epochs=0, batch_size=0, patch_size=0,
+                                 foreground_sampling=params.foreground_value("none (uniform)")) == {"foreground_sampling"}
+    assert params.foreground_value("auto") is None
+    assert params.train_config(out="run", images="i", masks="m",
+                               foreground_sampling=params.foreground_value("half")).foreground_sampling == 0.5
     config = params.train_config(out="run", images="i", masks="m", epochs=0, batch_size=0, patch_size=0)
     defaults = TrainConfig()
     assert (config.epochs, config.batch_size, config.patch_size) == (defaults.epochs, defaults.batch_size,
@@ -248,3 +253,5 @@ def test_the_plan_in_the_widgets_words():
     assert params.plan_summary(volume) == ("settings from the data: dimensions 3D volumes, voxel spacing 0.005, "
                                            "0.005, 0.005, image size full resolution")
     assert params.plan_summary({"settings": {"epochs": 3}, "kept": {"epochs": 3}}) == "settings: all as set"
+    rare = {"settings": {"patch_size": 256, "foreground_sampling": 0.33}, "reasons": {}}
+    assert params.plan_summary(rare) == "settings from the data: patch size 256, foreground patches 33%"

@@ -24,7 +24,7 @@ FLAG_LABELS: dict[str, str | None] = {
     "--tta": "test-time augmentation", "--uncertainty": "add uncertainty layer",
     "--keep-largest": "keep largest object", "--fill-holes": "fill holes",
     "--skip-unpaired": None, "--resume": None, "--resize": None, "--workers": None, "--weight-decay": None,
-    "--early-stop": None, "--val-images": None, "--val-masks": None,
+    "--early-stop": None, "--val-images": None, "--val-masks": None, "--foreground-sampling": None,
 }
 
 #: Flags whose control is a check box: "pass --overwrite" reads "tick 'overwrite'".

@@ -20,7 +20,7 @@ __all__ = [
     "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
     "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
     "not_a_volume",
-    "AUTO", "train_config", "given_settings", "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
+    "AUTO", "FOREGROUND", "foreground_value", "train_config", "given_settings", "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
     "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
 
@@ -122,21 +122,33 @@ def check_layer_shapes(image_shape: Sequence[int], labels_shape: Sequence[int], 
 #: A Train spin box at this value shows "auto": the setting is chosen from the data (the plan).
 AUTO = 0
 
+#: The Train widget's "foreground patches" choices: the share of patches centred on foreground
+#: (``TrainConfig.foreground_sampling``; auto: the plan's).
+FOREGROUND = {"auto": None, "none (uniform)": 0.0, "1 in 3": 0.33, "half": 0.5, "all": 1.0}
+
 _PLAN_LABELS = {"spatial_dims": "dimensions", "spacing": "voxel spacing", "resize": "image size",
                 "patch_size": "patch size", "batch_size": "batch size", "epochs": "epochs",
-                "normalization": "normalization"}
+                "normalization": "normalization", "foreground_sampling": "foreground patches"}
+
+
+def foreground_value(choice: str) -> float | None:
+    """``foreground_sampling`` of a "foreground patches" choice (None: auto)."""
+    return FOREGROUND[choice]
 
 
 def given_settings(*, epochs: int, batch_size: int, patch_size: int, spatial_dims: str | int = "auto",
-                   spacing: str | Sequence[float] | None = None) -> set[str]:
+                   spacing: str | Sequence[float] | None = None, foreground_sampling: float | None = None) -> set[str]:
     """The planned settings (:data:`~napari_unet_seg.planning.PLANNED`) that the Train widget's values set
-    (the plan keeps them): spin boxes not at :data:`AUTO`, dimensions other than auto, a spacing typed."""
+    (the plan keeps them): spin boxes not at :data:`AUTO`, dimensions other than auto, a spacing typed, a
+    foreground share chosen."""
     given = {name for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patch_size", patch_size))
              if int(value) != AUTO}
     if spatial_dims != "auto":
         given.add("spatial_dims")
     if spacing:
         given.add("spacing")
+    if foreground_sampling is not None:
+        given.add("foreground_sampling")
     return given
 
 
@@ -152,6 +164,8 @@ def plan_summary(plan: Mapping[str, Any]) -> str:
             value = "3D volumes" if int(value) == 3 else "2D"
         elif name == "spacing":
             value = ", ".join(f"{v:g}" for v in value)
+        elif name == "foreground_sampling":
+            value = f"{float(value):.0%}"
         chosen.append(f"{_PLAN_LABELS.get(name, name)} {value}")
     epochs = plan.get("reasons", {}).get("epochs", "")
     took = f" ({epochs.split(' at ')[0]})" if "epochs" not in plan.get("kept", {}) and " at " in epochs else ""
@@ -164,7 +178,8 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
                  lr: float = 1e-3, epochs: int = 50, batch_size: int = 8, patch_size: int = 256,
                  val_fraction: float = 0.1, augment: str = "light", device: str = "auto",
                  overwrite: bool = False, spatial_dims: str | int = "auto",
-                 spacing: str | Sequence[float] | None = None) -> TrainConfig:
+                 spacing: str | Sequence[float] | None = None,
+                 foreground_sampling: float | None = None) -> TrainConfig:
     """The validated :class:`TrainConfig` of the Train widget's values (those at :data:`AUTO` hold the
     defaults until the plan sets them).
 
@@ -189,7 +204,8 @@ def train_config(*, out: str | os.PathLike | None, images: str | os.PathLike | N
                          patch_size=int(patch_size) or TrainConfig.patch_size,
                          val_fraction=float(val_fraction), augment=str(augment), device=str(device),
                          overwrite=bool(overwrite), command=WIDGET_COMMAND, curves_every=0,
-                         spatial_dims=spatial_dims, spacing=spacing or None)
+                         spatial_dims=spatial_dims, spacing=spacing or None,
+                         foreground_sampling=foreground_sampling)
     return config.validate()
 
 

@@ -24,9 +24,9 @@ from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import (AUTO, DIMENSIONS, check_layer_shapes, dims_choice, dims_value, given_settings, kept_files,
-                      layer_array, layer_pairs, model_label, not_a_volume, optional_path, plan_summary, plane_key,
-                      resolve_dims, scale_text, train_config)
+from ._params import (AUTO, DIMENSIONS, FOREGROUND, check_layer_shapes, dims_choice, dims_value, foreground_value,
+                      given_settings, kept_files, layer_array, layer_pairs, model_label, not_a_volume, optional_path,
+                      plan_summary, plane_key, resolve_dims, scale_text, train_config)
 from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -102,8 +102,8 @@ class TrainWidget(Docked, Container):
         self._setting_controls()
         self._run_controls()
         self.advanced = Advanced([self.model, self.model_width, self.classes, self.dims, self.spacing, self.loss,
-                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.budget,
-                                  self.val_fraction, self.augment, self.device])
+                                  self.optimizer, self.lr, self.batch_size, self.patch_size, self.foreground,
+                                  self.budget, self.val_fraction, self.augment, self.device])
         build(self, [Container(widgets=[self.source, self.images, self.masks, self.image_layer, self.labels_layer,
                                         self.add_button, self.start_from, self.start_file, self.out,
                                         self.overwrite, self.epochs]), self.advanced],
@@ -163,6 +163,10 @@ class TrainWidget(Docked, Container):
                                      "(3D: along the finest axis, coarser axes shorter in physical units); auto: "
                                      "whole images resized for large compact objects (lesions), else 256² patches "
                                      "at full resolution (3D: 64 voxels on a CPU, 96 on a GPU)", step=16)
+        self.foreground = ComboBox(label="foreground patches", choices=list(FOREGROUND), value="auto",
+                                   tooltip="share of the patches centred on a foreground pixel (thin or rare "
+                                           "structures), the rest drawn anywhere; auto: 1 in 3 in 3D and where "
+                                           "foreground is rare (under 5 %), else none")
         self.budget = FloatSpinBox(label="time budget (min)", value=20.0, min=0.5, max=10_000.0, step=5.0,
                                    tooltip="minutes of training that 'epochs' auto is sized for")
         self.dims = ComboBox(label="dimensions", choices=list(DIMENSIONS), value="auto",
@@ -295,7 +299,8 @@ class TrainWidget(Docked, Container):
                             batch_size=self.batch_size.value, patch_size=self.patch_size.value,
                             val_fraction=self.val_fraction.value, augment=self.augment.value,
                             device=self.device.value, overwrite=self.overwrite.value,
-                            spatial_dims=dims_value(self.dims.value), spacing=self.spacing.value.strip() or None)
+                            spatial_dims=dims_value(self.dims.value), spacing=self.spacing.value.strip() or None,
+                            foreground_sampling=foreground_value(self.foreground.value))
 
     def _initial_model(self, config, fine_tune: bool) -> str | None:
         """The model to start from (None: random weights); with ``fine_tune`` a free output folder."""
@@ -347,7 +352,7 @@ class TrainWidget(Docked, Container):
         self._set_running(True)
         given = given_settings(epochs=self.epochs.value, batch_size=self.batch_size.value,
                                patch_size=self.patch_size.value, spatial_dims=config.spatial_dims,
-                               spacing=config.spacing)
+                               spacing=config.spacing, foreground_sampling=config.foreground_sampling)
         budget = self.budget.value
         self.job = start_job("training", lambda cancel: _training_steps(config, layers, initial, cancel,
                                                                         budget=budget, given=given),
