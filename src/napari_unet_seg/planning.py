@@ -7,7 +7,8 @@ where a TIFF states it, on at most :data:`SAMPLE` pairs drawn with a fixed seed 
 objects such as lesions or cells: PH2 test IoU 0.864 at ``--resize 256`` against 0.701 with 256² patches,
 docs/results.md) or patches at full resolution (thin structures and texture, such as EM membranes); the
 patch and batch size that :func:`~napari_unet_seg.memory.check_training_memory` lets through on the
-device; the epochs that fit a time budget; the share of patches centred on foreground (rare foreground,
+device; the epochs that fit a time budget (an epoch's time from a few of its training steps timed on the
+device, :mod:`.epoch_timing`); the share of patches centred on foreground (rare foreground,
 and every 3D run, as nnU-Net does). Post-processing is a proposal stored with the plan: training tries it
 (keep the largest object, fill holes) on its validation images after the last epoch and keeps it only
 where Dice rises (:mod:`.tuning`). :meth:`Plan.apply` fills only the settings not given.
@@ -36,10 +37,10 @@ SAMPLE = 32
 #: The settings a plan may fill (the :class:`~napari_unet_seg.config.TrainConfig` fields).
 PLANNED = ("spatial_dims", "spacing", "resize", "patch_size", "batch_size", "epochs", "normalization",
            "foreground_sampling")
-#: CPU-seconds per megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs
-#: of 140 images in 20 minutes on the 2-core CPU (issue 17), times the speed-up of channels-last training in
-#: the kept heap measured side by side on the same command (3 epochs, 182 images: 7.3 -> 4.85 s an epoch).
-#: GPUs: an assumption (not measured here).
+#: Where the steps cannot be timed (:func:`plan` without ``timer``, or the timing failed): CPU-seconds per
+#: megapixel of training samples, validation included: PH2 at ``--resize 256``, 165 epochs of 140 images in
+#: 20 minutes on the 2-core CPU (issue 17), times the speed-up of channels-last training in the kept heap
+#: measured side by side on the same command (3 epochs, 182 images: 7.3 -> 4.85 s an epoch). GPUs: assumed.
 SECONDS_PER_MEGAPIXEL = {"cpu": 1200 / (165 * 140 * 256 * 256 / 1e6) * 4.85 / 7.3, "cuda": 0.04, "mps": 0.2}
 #: Whole objects: the largest one spans at least this share of the image side and fills at least
 #: ``_COMPACT`` of its bounding box, with at most ``_FEW`` objects per image.
@@ -395,14 +396,33 @@ def _geometry(fp: Fingerprint, kind: str, device: str, model: str, width: float,
     return {"resize": None, "patch_size": size, "batch_size": batch}, reasons, False
 
 
-def _epochs(kind: str, budget: float, train_count: int, size: int, per_image: int) -> tuple[int, str]:
+def _epochs(kind: str, budget: float, train_count: int, size: int, per_image: int, batch: int,
+            val_pixels: float, timer) -> tuple[int, str]:
     """The epochs that fill about ``budget`` minutes (at least 20, at most 300), and why: an epoch trains
     ``per_image`` patches of ``size``² from each image (as many as the median image holds, :func:`patch_count`)."""
-    seconds = SECONDS_PER_MEGAPIXEL[kind] * train_count * per_image * size**2 / 1e6
-    epochs = _fitting_epochs(budget, seconds, 20)
     patches = f"{per_image} patches" if per_image > 1 else "1 sample"
+    seconds, how = _epoch_seconds(kind, timer, (size, size), batch, train_count * per_image, val_pixels, 1.0)
+    epochs = _fitting_epochs(budget, seconds, 20)
     return epochs, _epochs_reason(epochs, seconds, budget, kind, 20, f"{train_count} images x {patches} of {size}² "
-                                                                     "per epoch")
+                                                                     f"per epoch; {how}")
+
+
+def _epoch_seconds(kind: str, timer, shape: tuple[int, ...], batch: int, patches: int, val_voxels: float,
+                   cost: float, spacing: list[float] | None = None) -> tuple[float, str]:
+    """Seconds an epoch of ``patches`` patches of ``shape`` in batches of ``batch`` takes, validation of
+    ``val_voxels`` included, and how that is known: from steps timed by ``timer(shape, batch, spacing)``
+    (:func:`~napari_unet_seg.epoch_timing.time_training_steps`), else from :data:`SECONDS_PER_MEGAPIXEL`
+    times ``cost`` (also when the timing fails, which the reason then says)."""
+    steps = -(-patches // batch)
+    failed = ""
+    if timer is not None:
+        try:
+            measured = timer(shape, batch, spacing)
+            return measured.epoch(steps, val_voxels), f"{steps} steps of {measured.step:.2f} s timed here"
+        except (RuntimeError, UserError) as error:  # out of memory, an operation the device lacks
+            failed = f"timing the steps failed ({str(error).splitlines()[0][:80]}), so "
+    seconds = cost * SECONDS_PER_MEGAPIXEL[kind] * patches * float(np.prod(shape)) / 1e6
+    return seconds, f"{failed}{'assumed' if kind != 'cpu' else 'a 2-core CPU'}'s speed per voxel"
 
 
 def _fitting_epochs(budget: float, seconds: float, fewest: int) -> int:
@@ -415,8 +435,7 @@ def _epochs_reason(epochs: int, seconds: float, budget: float, kind: str, fewest
     each = f"~{seconds:.1f} s" if seconds >= 0.1 else "under 0.1 s"
     total = epochs * seconds / 60
     took = f"about {total:.0f} min" if total >= 1 else "under a minute"
-    return (f"{took} at {each} an epoch on {kind} ({what}{', assumed speed' if kind != 'cpu' else ''}); "
-            f"budget {budget:g} min, kept in {fewest}..300")
+    return f"{took} at {each} an epoch on {kind} ({what}); budget {budget:g} min, kept in {fewest}..300"
 
 
 def _sampling(fp: Fingerprint, whole: bool) -> tuple[float, str]:
@@ -484,14 +503,18 @@ def _fitting_3d(edge: int, batch: int, spacing, extents, device: str, model: str
                 return edge, batch, shape, " (even this may not fit the free memory)"
 
 
-def _plan_3d(fp: Fingerprint, kind: str, device: str, budget: float, model: str, width: float, train_count: int,
-             spacing: list[float]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``patch_size``, ``batch_size`` and ``epochs`` of 3D training, with their reasons."""
+def _plan_3d(fp: Fingerprint, kind: str, device: str, budget: float, model: str, width: float, counts: tuple[int, int],
+             spacing: list[float], timer) -> tuple[dict[str, Any], dict[str, str]]:
+    """``patch_size``, ``batch_size`` and ``epochs`` of 3D training on ``counts`` = (training, validation)
+    volumes, with their reasons."""
+    train_count, val_count = counts
     extents = [fp.depth[0], fp.sizes[0][0], fp.sizes[1][0]]
     wanted = min(_BATCH_3D[kind], 2 * train_count)
     edge, batch, shape, note = _fitting_3d(_EDGE_3D[kind], wanted, spacing, extents, device, model, width)
-    voxels = train_count * fp.depth[1] * fp.sizes[0][1] * fp.sizes[1][1]
-    seconds = _COST_3D * SECONDS_PER_MEGAPIXEL[kind] * voxels / 1e6
+    median = (fp.depth[1], fp.sizes[0][1], fp.sizes[1][1])
+    voxels = train_count * float(np.prod(median))
+    seconds, how = _epoch_seconds(kind, timer, shape, batch, train_count * patch_count(median, shape),
+                                  val_count * voxels / train_count, _COST_3D, spacing)
     epochs = _fitting_epochs(budget, seconds, 10)
     return {"resize": None, "patch_size": edge, "batch_size": batch, "epochs": epochs}, {
         "resize": "volumes are trained at full resolution, on 3D patches",
@@ -501,15 +524,19 @@ def _plan_3d(fp: Fingerprint, kind: str, device: str, budget: float, model: str,
                       f"estimate fits{note}",
         "epochs": _epochs_reason(epochs, seconds, budget, kind, 10, f"{train_count} volumes of ~"
                                  f"{voxels / train_count / 1e6:.1f} M voxels, every voxel about once an epoch; "
-                                 f"{_COST_3D:g}x the 2D time per voxel")}
+                                 f"{how}")}
 
 
 def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: str = "unet", width: float = 1.0,
-         val_fraction: float = 0.1, spatial_dims: str | int = "auto", spacing: list[float] | None = None) -> Plan:
+         val_fraction: float = 0.1, spatial_dims: str | int = "auto", spacing: list[float] | None = None,
+         val_count: int | None = None, timer=None) -> Plan:
     """Settings for training on the data ``fp`` measured, on ``device``, in about ``budget`` minutes.
 
     ``spatial_dims`` (``auto``, 2 or 3) and ``spacing`` (None: the files') as given; stacks add the
-    choice of 2D or 3D (:func:`resolve_spatial_dims`) to the settings.
+    choice of 2D or 3D (:func:`resolve_spatial_dims`) to the settings. ``val_count``: the validation
+    images of a validation folder (None: ``val_fraction`` of ``fp``'s). ``timer(shape, batch)`` times the
+    training steps of a candidate (a :class:`~napari_unet_seg.epoch_timing.StepTime`; :func:`plan_training`
+    passes one); without it an epoch's time is assumed from :data:`SECONDS_PER_MEGAPIXEL`.
     """
     kind = _device_kind(device)
     if fp.stacks or spatial_dims != "auto":
@@ -521,8 +548,8 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
                 raise UserError(f"--spatial-dims 3: {fp.sampled - fp.stacks} of the {fp.sampled} sampled images "
                                 "are 2D, not volumes; give stacks (Z, Y, X) or use --spatial-dims 2")
             held = min(fp.count - 1, max(1, round(fp.count * val_fraction))) if val_fraction and fp.count > 1 else 0
-            train_count = fp.count - held
-            settings, reasons = _plan_3d(fp, kind, device, budget, model, width, train_count, spacing)
+            counts = (fp.count - held, held if val_count is None else val_count)
+            settings, reasons = _plan_3d(fp, kind, device, budget, model, width, counts, spacing, timer)
             settings = {"spatial_dims": 3, "spacing": spacing, **settings, "normalization": "percentile",
                         "foreground_sampling": _OVERSAMPLE}
             reasons.update(spatial_dims=why, spacing=_spacing_reason(spacing, fp.spacing, notes),
@@ -533,16 +560,22 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
             return Plan(settings, {**reasons, **_notes(fp, val_fraction)}, {}, fingerprint=fp.to_dict())
         if fp.stacks:  # 2D slices of stacks: every slice counts as one image
             fp = Fingerprint(**{**fp.to_dict(), "count": fp.count * fp.depth[1]})
+            val_count = None if val_count is None else val_count * fp.depth[1]
         fp = Fingerprint(**{**fp.to_dict(), "stacks": 0})
-        chosen = plan(fp, device=device, budget=budget, model=model, width=width, val_fraction=val_fraction)
+        chosen = plan(fp, device=device, budget=budget, model=model, width=width, val_fraction=val_fraction,
+                      val_count=val_count, timer=timer)
         chosen.settings = {"spatial_dims": 2, **chosen.settings}
         chosen.reasons["spatial_dims"] = why
         return chosen
     train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
     settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
     size = settings["patch_size"]
-    per_image = 1 if whole else patch_count((fp.sizes[0][1], fp.sizes[1][1]), (size, size))
-    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, size, per_image)
+    median = (fp.sizes[0][1], fp.sizes[1][1])
+    per_image = 1 if whole else patch_count(median, (size, size))
+    held = fp.count - train_count if val_count is None else val_count
+    val_pixels = held * (size**2 if whole else float(np.prod(median)))
+    settings["epochs"], reasons["epochs"] = _epochs(kind, budget, train_count, size, per_image,
+                                                    settings["batch_size"], val_pixels, timer)
     settings["normalization"] = "percentile"
     reasons["normalization"] = (f"values {fp.intensity[0]:g}..{fp.intensity[1]:g} ({_join(fp.dtypes)}): per-image "
                                 "1-99.8 percentiles, robust to outliers and to exposure between images")
@@ -580,10 +613,36 @@ def plan_training(config, *, budget: float = 20.0, given: Iterable[str] = (), ar
         measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
     else:
         raise UserError("give the training data: --images DIR and --masks DIR")
+    timer = None if "epochs" in given else _step_timer(config, max(measured.channels))
     chosen = plan(measured, device=config.device, budget=budget, model=config.model, width=config.width,
                   val_fraction=0.0 if config.val_images else config.val_fraction,
-                  spatial_dims=config.spatial_dims, spacing=config.spacing)
+                  spatial_dims=config.spatial_dims, spacing=config.spacing,
+                  val_count=_val_count(config), timer=timer)
     if start is not None and "spatial_dims" not in given and "spatial_dims" in chosen.reasons:
         chosen.reasons["spatial_dims"] = f"the model to fine-tune ({start.name}) is {start.spatial_dims}D"
     chosen.apply(config, given)
     return measured.lines() + chosen.lines()
+
+
+def _val_count(config) -> int | None:
+    """The images in the validation folder, None without one (or when it cannot be listed: training says why)."""
+    from .pairing import list_images
+
+    try:
+        return len(list_images(config.val_images)) if config.val_images else None
+    except UserError:
+        return None
+
+
+def _step_timer(config, channels: int):
+    """``timer(shape, batch, spacing)`` for :func:`plan`: the training steps of ``config`` (its model, width,
+    classes, device, precision, augmentation) on that batch, timed (:mod:`.epoch_timing`)."""
+    from dataclasses import replace
+
+    from .epoch_timing import time_training_steps
+
+    def timer(shape, batch, spacing):
+        dims = {"spatial_dims": 3, "spacing": spacing} if len(shape) == 3 else {"spatial_dims": 2}
+        return time_training_steps(replace(config, batch_size=batch, **dims), tuple(shape), channels)
+
+    return timer
