@@ -162,3 +162,34 @@ def test_two_processes_train_volumes_in_3d(tmp_path):
     again = validate(last, pairs, build_loss("dicece", 2), device=torch.device("cpu"))
     for key in ("val_loss", "val_dice", "val_iou", "val_accuracy"):
         assert read_history(run / "history.csv")[-1][key] == pytest.approx(again[key], abs=1e-4), key
+
+
+@pytest.mark.slow
+def test_rank_0_plans_and_every_process_trains_by_its_plan(tmp_path):
+    """Without --epochs the plan times training steps, which differ from process to process: rank 0 plans
+    alone and every process gets its settings, so all train the same epochs and the run ends."""
+    from napari_unet_seg.model_file import load_model
+    from napari_unet_seg.sample_data import write_synthetic_folder
+
+    images, masks = write_synthetic_folder(tmp_path / "train", 8, (64, 64))
+    run = tmp_path / "ddp"
+    done = torchrun("train", "--images", images, "--masks", masks, "--width", 0.25, "--budget", 0.05,
+                    "--device", "cpu", "--out", run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    planned = load_model(run / "last.pt").config["epochs"]
+    assert done.stderr.count("timed here") == 1 and done.stderr.count(f"epoch {planned}/{planned}") == 1
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == list(range(1, planned + 1))
+
+
+def test_train_plans_through_rank_0(tmp_path, monkeypatch, alone, synthetic_dir):
+    planned = []
+
+    def on_main(function, *args):
+        planned.append(function.__name__)
+        return function(*args)
+
+    monkeypatch.setattr(distributed, "on_main", on_main)
+    images, masks = synthetic_dir
+    assert main(["train", "--images", str(images), "--masks", str(masks), "--width", "0.25", "--epochs", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert planned[0] == "_planned_config"  # before the run folder is prepared (also on rank 0)

@@ -105,16 +105,16 @@ def run_train(args: Namespace) -> int:
     fields = {k: v for k, v in vars(args).items()
               if k not in ("command", "command_line", "resume", "given", *TRAIN_ONLY)}
     start = _starting_model(args)
+    if args.plan_only:
+        print("\n".join(_planned_config(args, fields, start)[1]))
+        return 0
     plan_lines = []
-    if args.plan_only or (args.plan and not args.resume):
-        config, plan_lines = _planned_config(args, fields, start)
-        if args.plan_only:
-            print("\n".join(plan_lines))
-            return 0
-        fields = {k: v for k, v in vars(config).items() if k in fields}
-        fields["extra"] = config.extra
     cancel = threading.Event()
     with distributed.process_group(args.device), _ctrl_c_cancels(cancel):
+        if args.plan and not args.resume:  # rank 0 plans (it times steps), every process trains by that plan
+            config, plan_lines = distributed.on_main(_planned_config, args, fields, start)
+            fields = {k: v for k, v in vars(config).items() if k in fields}
+            fields["extra"] = config.extra
         main = distributed.is_main()
         if main:
             _warnings_to_console()

@@ -75,7 +75,7 @@ def time_training_steps(config, shape: tuple[int, ...], channels: int, repeats: 
         torch.manual_seed(0)
         network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
         run = TrainingRun(config, SegmentationModel(network, arch, channels, config.classes, {}, config.to_dict()),
-                          device)
+                          device, alone=True)
         with retained_heap(device.type == "cpu"):
             batches = _batches(config, shape, channels, device)
             times = [_timed(lambda: run.train_step(*next(batches)), device) for _ in range(repeats + 1)][1:]

@@ -422,7 +422,7 @@ def _epoch_seconds(kind: str, timer, shape: tuple[int, ...], batch: int, patches
         except (RuntimeError, UserError) as error:  # out of memory, an operation the device lacks
             failed = f"timing the steps failed ({str(error).splitlines()[0][:80]}), so "
     seconds = cost * SECONDS_PER_MEGAPIXEL[kind] * patches * float(np.prod(shape)) / 1e6
-    return seconds, f"{failed}{'assumed' if kind != 'cpu' else 'a 2-core CPU'}'s speed per voxel"
+    return seconds, failed + ("the speed per voxel of a 2-core CPU (PH2)" if kind == "cpu" else "an assumed speed")
 
 
 def _fitting_epochs(budget: float, seconds: float, fewest: int) -> int:
@@ -534,7 +534,7 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
 
     ``spatial_dims`` (``auto``, 2 or 3) and ``spacing`` (None: the files') as given; stacks add the
     choice of 2D or 3D (:func:`resolve_spatial_dims`) to the settings. ``val_count``: the validation
-    images of a validation folder (None: ``val_fraction`` of ``fp``'s). ``timer(shape, batch)`` times the
+    images of a validation folder (None: ``val_fraction`` of ``fp``'s). ``timer(shape, batch, spacing)`` times the
     training steps of a candidate (a :class:`~napari_unet_seg.epoch_timing.StepTime`; :func:`plan_training`
     passes one); without it an epoch's time is assumed from :data:`SECONDS_PER_MEGAPIXEL`.
     """

@@ -78,7 +78,10 @@ def _optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
 class TrainingRun:
     """The state of one run and its steps: ``train_step`` per batch, ``end_epoch`` per epoch, ``save``."""
 
-    def __init__(self, config: TrainConfig, model: SegmentationModel, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, model: SegmentationModel, device: torch.device, *,
+                 alone: bool = False) -> None:
+        """``alone``: this process's steps only, never wrapped for distributed training (timing a plan's
+        steps on rank 0 while the other processes wait)."""
         self.config, self.model, self.device = config, model, device
         self.autocast, channels_last = training_precision(device, config.amp)
         network = model.network.to(device)
@@ -86,7 +89,7 @@ class TrainingRun:
         if self.memory_format is not None:
             network = network.to(memory_format=self.memory_format)
         # network: the module validated and saved; trained: the one trained (a DDP wrapper when distributed)
-        self.network, self.trained = distributed.wrap(network, device)
+        self.network, self.trained = (network, network) if alone else distributed.wrap(network, device)
         model.network = self.network
         self.batch_size = config.batch_size  # halved for the rest of the run when the GPU runs out of memory
         self.loss_fn = build_loss(config.loss, config.classes).to(device)
