@@ -82,7 +82,7 @@ def test_plan_training_times_the_steps_only_when_it_plans_the_epochs(tmp_path, m
     images, masks = _write(tmp_path, _lines(count=4, size=128))
     calls = []
 
-    def recorded(config, shape, channels, repeats=5):
+    def recorded(config, shape, channels, repeats=3):
         calls.append((config.batch_size, config.model, shape, channels))
         return StepTime(0.01, 0.0)
 

@@ -64,18 +64,12 @@ def time_training_steps(config, shape: tuple[int, ...], channels: int, repeats: 
     """
     from .device import resolve_device
     from .heap import retained_heap
-    from .model_file import SegmentationModel, _out_channels
-    from .models import build_network, network_kwargs
+    from .training import _build_model
     from .training_run import TrainingRun
 
     device = resolve_device(config.device)
-    three = {"spatial_dims": 3, "spacing": config.spacing} if config.spatial_dims == 3 else {}
-    arch = {"name": config.model, "kwargs": network_kwargs(config.model, width=config.width, **three)}
     with torch.random.fork_rng(devices=[]):  # the run's own seed and random streams stay untouched
-        torch.manual_seed(0)
-        network = build_network(arch["name"], channels, _out_channels(config.classes), **arch["kwargs"])
-        run = TrainingRun(config, SegmentationModel(network, arch, channels, config.classes, {}, config.to_dict()),
-                          device, alone=True)
+        run = TrainingRun(config, _build_model(config, None, None, channels, {}), device, alone=True)
         with retained_heap(device.type == "cpu"):
             batches = _batches(config, shape, channels, device)
             times = [_timed(lambda: run.train_step(*next(batches)), device) for _ in range(repeats + 1)][1:]
