@@ -120,6 +120,22 @@ def test_predict_writes_instances_and_uncertainty_and_never_overwrites(tmp_path,
     assert read_image(out / "cells.v1_uncertainty.tif").dtype == np.float32 and (out / "cells.v1.png").exists()
 
 
+def test_predict_writes_the_mask_file_it_is_given(tmp_path, tiny_model):
+    import imageio.v3 as iio
+
+    from napari_unet_seg import predict
+    from napari_unet_seg.sample_data import synthetic_pair
+
+    image, _ = synthetic_pair((64, 80), seed=6)
+    iio.imwrite(tmp_path / "cells.png", image)
+    for name in ("mask.png", "mask.tif"):
+        done = cli("predict", "--model", tiny_model, "--input", tmp_path / "cells.png", "--output", tmp_path / name,
+                   "--device", "cpu")
+        assert done.returncode == 0, done.stderr
+        np.testing.assert_array_equal(read_image(tmp_path / name), predict(tiny_model, image, device="cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.png", "mask.png", "mask.tif"]
+
+
 def test_resume_continues_a_run(tmp_path, synthetic_dir):
     images, masks = synthetic_dir
     common = ["--images", images, "--masks", masks, "--out", tmp_path / "r", "--batch-size", 4, "--patch-size", 32,

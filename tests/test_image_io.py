@@ -85,6 +85,30 @@ def test_write_mask_png_and_tiff(tmp_path):
     assert path.suffix == ".tif" and read_image(path).dtype == np.uint32 and read_image(path).max() == 70_000
 
 
+def test_a_named_mask_keeps_its_name_and_tiffs_state_the_spacing(tmp_path):
+    from napari_unet_seg.image_io import read_spacing
+
+    plane = np.array([[0, 1], [1, 0]], np.uint8)
+    assert write_mask(tmp_path / "p.tif", plane, [0.5, 0.25], named=True) == tmp_path / "p.tif"
+    assert read_spacing(tmp_path / "p.tif") == [0.5, 0.25] and np.array_equal(read_image(tmp_path / "p.tif"), plane)
+    ids = np.array([[0, 70_000]], np.int32)  # more ids than a PNG holds: the TIFF beside the named PNG
+    assert write_mask(tmp_path / "q.png", ids, named=True) == tmp_path / "q.tif"
+    stack = write_mask(tmp_path / "s", np.zeros((3, 4, 4), np.uint32) + 70_000, [2.0, 0.5, 0.5])
+    assert read_spacing(stack) == [2.0, 0.5, 0.5] and read_image(stack).dtype == np.uint32
+    assert read_spacing(write_mask(tmp_path / "z", np.zeros((3, 4, 4), np.uint8), [0.5, 0.5])) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_a_stack_of_3_or_4_slices_is_written_as_a_stack_not_as_colour(tmp_path, depth):
+    from napari_unet_seg.image_io import read_image_layout, write_map
+
+    stack = np.arange(depth * 8 * 8).reshape(depth, 8, 8) % 2
+    for path in (write_mask(tmp_path / "m", stack), write_map(tmp_path / "u", stack)):
+        image, colour = read_image_layout(path)
+        assert image.shape == (depth, 8, 8) and not colour, path.name
+        assert np.array_equal(image, stack)
+
+
 def test_write_map_keeps_float32(tmp_path):
     from napari_unet_seg.image_io import write_map
 

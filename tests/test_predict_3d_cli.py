@@ -52,3 +52,30 @@ def test_predict_refuses_a_2d_image_for_a_3d_model_and_writes_nothing(tmp_path, 
     done = cli("predict", "--model", model_3d, "--input", inputs, "--output", out, "--device", "cpu")
     one_line(done, r"b_plane\.png: image of shape \(32, 32\) is a 2D image but the model is 3D")
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_predict_names_the_mask_file_and_keeps_the_voxel_size(tmp_path, model_3d):
+    import tifffile
+
+    from napari_unet_seg.image_io import read_spacing
+
+    volume = np.random.default_rng(1).integers(0, 255, (12, 40, 48), dtype=np.uint8)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, volume, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"spacing": 0.05, "unit": "um", "axes": "ZYX"})
+    done = cli("predict", "--model", model_3d, "--input", source, "--output", tmp_path / "labels.tiff",
+               "--uncertainty", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tiff", "labels_uncertainty.tif", "stack.tif"]
+    assert tifffile.imread(tmp_path / "labels.tiff").shape == volume.shape
+    for written in ("labels.tiff", "labels_uncertainty.tif"):
+        assert read_spacing(tmp_path / written) == [0.05, 0.004, 0.004]
+
+    before = snapshot(tmp_path)
+    one_line(cli("predict", "--model", model_3d, "--input", source, "--output", tmp_path / "labels.png"),
+             r"--output .*labels\.png: a stack's labels do not fit a PNG; name it labels\.tif")
+    one_line(cli("predict", "--model", model_3d, "--input", source, "--output", tmp_path / "labels.tiff"),
+             r"--output .*labels\.tiff: exists already; pass --overwrite")
+    one_line(cli("predict", "--model", model_3d, "--input", tmp_path, "--output", tmp_path / "all.tif"),
+             r"--output .*all\.tif: names one mask file, but --input .* is a folder of 3 image\(s\); give a folder")
+    assert snapshot(tmp_path) == before

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images with a model; one mask file per image")
     p.add_argument("--model", required=True, help="model file (.pt) or shipped model name")
     p.add_argument("--input", required=True, help="image file or folder, or an OME-Zarr image (.zarr folder)")
-    p.add_argument("--output", help="folder for the masks (PNG; TIFF for stacks)")
+    p.add_argument("--output", help="folder for the masks (PNG; TIFF for stacks), or for one input image the "
+                   "mask file itself (NAME.png, NAME.tif)")
     p.add_argument("--labels-group", help="with a .zarr --input: write the labels into it as the OME-Zarr labels "
                    "group NAME (chunk by chunk, instead of --output)")
     p.add_argument("--overwrite", action="store_true", help="replace existing mask files in --output (or the "

@@ -192,16 +192,40 @@ def _predict_options(args: Namespace) -> dict:
             "fill_holes": args.fill_holes}
 
 
-def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace, pixels: int = 0) -> list[Path]:
+#: Suffixes that make ``--output`` name the mask file itself (with one input image).
+MASK_FILE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def _names_one_file(output: Path, source: Path, files: list[Path]) -> bool:
+    """Whether ``--output`` names the mask file of a single input image (a mask suffix, not a folder)."""
+    if output.is_dir() or output.suffix.lower() not in MASK_FILE_SUFFIXES:
+        return False
+    if len(files) != 1 or files[0] != source:
+        raise UserError(f"--output {output}: names one mask file, but --input {source} is a folder of "
+                        f"{len(files)} image(s); give a folder for their masks")
+    return True
+
+
+def _targets(output: Path, source: Path, ndim: int, largest: int, args: Namespace, pixels: int = 0, *,
+             named: bool = False) -> list[Path]:
     """The files predicting ``source`` may write: its mask first (instance ids claim both the PNG and the
     TIFF, taken beyond 65535 objects; planes above ``PNG_MAX_PIXELS`` are TIFF), then with ``--uncertainty``
-    ``<stem>_uncertainty.tif``."""
+    ``<stem>_uncertainty.tif``; in the folder ``output``, or beside the mask file ``output`` if ``named``."""
     from .image_io import mask_suffix
 
     counts = (largest,) if args.instances == "none" else (0, 2**31 - 1)
-    suffixes = dict.fromkeys(mask_suffix(ndim, n, pixels) for n in counts)
-    targets = [output / f"{source.stem}{suffix}" for suffix in suffixes]
-    return targets + ([output / f"{source.stem}_uncertainty.tif"] if args.uncertainty else [])
+    suffixes = list(dict.fromkeys(mask_suffix(ndim, n, pixels) for n in counts))
+    if named:
+        if output.suffix.lower() == ".png" and ".png" not in suffixes:
+            what = "a stack's labels" if ndim > 2 else f"labels of {pixels / 1e6:.0f} megapixels"
+            raise UserError(f"--output {output}: {what} do not fit a PNG; name it {output.stem}.tif")
+        stem, folder = output.stem, output.parent
+        masks = [output] + ([output.with_suffix(".tif")] if output.suffix.lower() == ".png" and len(suffixes) > 1
+                            else [])
+    else:
+        stem, folder = source.stem, output
+        masks = [output / f"{stem}{suffix}" for suffix in suffixes]
+    return masks + ([folder / f"{stem}_uncertainty.tif"] if args.uncertainty else [])
 
 
 def _print_device(device: str) -> None:
@@ -226,7 +250,7 @@ def _print_postprocessing(model, options: dict) -> None:
 
 
 def run_predict(args: Namespace) -> int:
-    from .image_io import read_image_layout, write_map, write_mask
+    from .image_io import read_image_layout, read_spacing, write_map, write_mask
     from .inference import check_input, predict
     from .model_file import load_model
     from .outputs import check_distinct, same_file
@@ -237,7 +261,8 @@ def run_predict(args: Namespace) -> int:
     if _check_labels_group(args, files):
         return _predict_labels_group(model, files[0], args)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
+    named = _names_one_file(output, Path(args.input), files)
+    if output.exists() and not output.is_dir() and not named:
         raise UserError(f"--output {output}: is a file; give a folder")
     inputs = files + ([model.path] if model.path else [])
     planned = []
@@ -249,14 +274,15 @@ def run_predict(args: Namespace) -> int:
             raise UserError(f"{path.name}: {error}") from None
         ndim = image.ndim - int(colour)
         plane = image.shape[ndim - 2:ndim]
-        targets = _targets(output, path, ndim, model.num_classes - 1, args, plane[0] * plane[1])
+        targets = _targets(output, path, ndim, model.num_classes - 1, args, plane[0] * plane[1], named=named)
         for target in targets:
             if any(same_file(target, source) for source in inputs):
                 what = "model file" if model.path and same_file(target, model.path) else "image"
                 raise UserError(f"--output {output}: the output of {path.name} would replace the input {what} "
-                                f"{target.name}; choose another output folder")
+                                f"{target.name}; choose another output {'name' if named else 'folder'}")
             if target.exists() and not args.overwrite:
-                raise UserError(f"--output {output}: {target.name} exists already; pass --overwrite to replace it")
+                which = "" if target == output else f" {target.name}"
+                raise UserError(f"--output {output}:{which} exists already; pass --overwrite to replace it")
         planned.append((path, targets))
     check_distinct(((path, target) for path, targets in planned for target in targets), "--output")
     options = dict(_predict_options(args), instances=args.instances, min_distance=args.min_distance)
@@ -268,9 +294,10 @@ def run_predict(args: Namespace) -> int:
         image, colour = read_image_layout(path)
         result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, on_event=progress, **options)
         labels, spread = result if args.uncertainty else (result, None)
-        written = [write_mask(targets[0], labels)]
+        spacing = read_spacing(path)  # the input's pixel or voxel size, stated in TIFF masks
+        written = [write_mask(targets[0], labels, spacing, named=named)]
         if spread is not None:
-            written.append(write_map(targets[-1], spread))
+            written.append(write_map(targets[-1], spread, spacing))
         print(f"[{index}/{len(planned)}] {path.name} -> {', '.join(map(str, written))}  "
               f"({time.perf_counter() - began:.1f} s)")
     return 0

@@ -12,6 +12,7 @@ import contextlib
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_layout", "read_mask", "clean_mask", "write_mask",
-           "write_map", "mask_suffix", "atomic_write", "is_image_file", "image_stem", "read_spacing"]
+           "write_map", "write_tiff", "mask_suffix", "atomic_write", "is_image_file", "image_stem", "read_spacing"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -487,32 +488,62 @@ def mask_suffix(ndim: int, largest: int, pixels: int = 0) -> str:
     return ".png" if ndim == 2 and largest <= 65535 and pixels <= PNG_MAX_PIXELS else ".tif"
 
 
-def write_mask(path: str | os.PathLike, labels: np.ndarray) -> Path:
+def write_mask(path: str | os.PathLike, labels: np.ndarray, spacing: Sequence[float] | None = None, *,
+               named: bool = False) -> Path:
     """Write a label image: PNG (8-bit up to 255, else 16-bit) for 2D labels up to 65535, TIFF (zlib;
     8, 16 or 32-bit) for stacks, more labels (instance ids) or more than :data:`PNG_MAX_PIXELS` pixels.
 
-    The suffix of ``path`` is replaced to match the chosen format; the written path is returned.
+    The suffix of ``path`` is replaced to match the chosen format, unless ``named`` (the user named the
+    file): then a ``.tif``/``.tiff`` name is kept as TIFF, and only labels a PNG cannot hold leave a
+    ``.png`` name for a ``.tif`` beside it. ``spacing`` (micrometres, ``[Z,] Y, X``) goes into TIFFs as
+    OME ``PhysicalSize``, which :func:`read_spacing` reads back. Returns the written path.
     """
     path = Path(path)
     labels = np.asarray(labels)
     largest = int(labels.max(initial=0))
     dtype = np.uint8 if largest <= 255 else np.uint16 if largest <= 65535 else np.uint32
-    path = path.with_suffix(mask_suffix(labels.ndim, largest, labels.size))
+    suffix = mask_suffix(labels.ndim, largest, labels.size)
+    if not (named and path.suffix.lower() in (".tif", ".tiff")):
+        path = path.with_suffix(suffix)
     if path.suffix == ".png":
         import imageio.v3 as iio
 
         atomic_write(path, lambda tmp: iio.imwrite(tmp, labels.astype(dtype), extension=".png"))
     else:
-        import tifffile
-
-        atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib"))
+        atomic_write(path, lambda tmp: write_tiff(tmp, labels.astype(dtype), spacing))
     return path
 
 
-def write_map(path: str | os.PathLike, values: np.ndarray) -> Path:
-    """Write a float32 map (e.g. uncertainty) as a zlib TIFF at ``path`` (suffix made ``.tif``); return it."""
-    import tifffile
-
+def write_map(path: str | os.PathLike, values: np.ndarray, spacing: Sequence[float] | None = None) -> Path:
+    """Write a float32 map (e.g. uncertainty) as a zlib TIFF at ``path`` (suffix made ``.tif``), with
+    ``spacing`` as in :func:`write_mask`; return it."""
     path = Path(path).with_suffix(".tif")
     values = np.asarray(values, dtype=np.float32)
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, values, compression="zlib"))
+    return atomic_write(path, lambda tmp: write_tiff(tmp, values, spacing))
+
+
+#: Data types an ImageJ TIFF holds (others get their spacing as OME-TIFF physical sizes).
+_IMAGEJ_TYPES = (np.uint8, np.uint16, np.float32)
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[float] | None = None, *,
+               colour: bool = False) -> None:
+    """Write ``array`` (``[Z,] Y, X``, and a last colour axis if ``colour``) as a zlib TIFF, its axes never
+    guessed (a 3-slice stack stays 3 gray planes, not RGB), stating ``spacing`` (micrometres, slowest axis
+    first; a ``[Y, X]`` spacing leaves Z unstated): ImageJ ``spacing`` and resolution for the types ImageJ
+    holds, OME ``PhysicalSize`` otherwise. :func:`read_spacing` reads both back."""
+    import tifffile
+
+    spatial = array.ndim - int(colour)
+    options: dict = {"compression": "zlib", "photometric": "rgb" if colour else "minisblack"}
+    if spacing and spatial in (2, 3):
+        axes = "ZYX"[-spatial:] + ("S" if colour else "")
+        steps = dict(zip("XYZ", [float(v) for v in list(spacing)[::-1]][:spatial]))
+        if array.dtype.type in _IMAGEJ_TYPES and (not colour or array.dtype == np.uint8):
+            z = {"spacing": steps["Z"]} if "Z" in steps else {}
+            options.update(imagej=True, resolution=(1 / steps["X"], 1 / steps["Y"]),
+                           metadata={"axes": axes, "unit": "micron", **z})
+        else:
+            options.update(ome=True, metadata={"axes": axes, **{f"PhysicalSize{a}": v for a, v in steps.items()},
+                                               **{f"PhysicalSize{a}Unit": "µm" for a in steps}})
+    tifffile.imwrite(path, array, **options)

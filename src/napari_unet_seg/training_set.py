@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .image_io import atomic_write, is_image_file, write_mask
+from .image_io import atomic_write, is_image_file, write_mask, write_tiff
 from .pairing import mask_key
 
 __all__ = ["add_pair", "fresh_name", "fresh_folder"]
@@ -86,35 +86,17 @@ def _checked(image: np.ndarray, labels: np.ndarray) -> int:
 
 
 def _write_image(path: Path, image: np.ndarray) -> Path:
-    import tifffile
-
     data = image.astype(np.uint8) if image.dtype == bool else image
-    colour = data.ndim == 3
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, photometric="rgb" if colour else
-                                                           "minisblack", compression="zlib"))
+    return atomic_write(path, lambda tmp: write_tiff(tmp, data, colour=data.ndim == 3))
 
 
 def _write_labels(folder: Path, stem: str, labels: np.ndarray) -> Path:
     return write_mask(folder / f"{stem}.png", labels)  # PNG, or TIFF for ids beyond what PNG holds
 
 
-#: Data types an ImageJ TIFF holds (others get their spacing in OME-TIFF metadata).
-_IMAGEJ_TYPES = (np.uint8, np.uint16, np.float32)
-
-
 def _write_volume(path: Path, volume: np.ndarray, spacing: Sequence[float] | None) -> Path:
     """Write a volume ``(Z, Y, X)`` or ``(Z, Y, X, C)`` as a zlib TIFF with its spacing (micrometres)."""
-    import tifffile
-
-    axes = "ZYX" + ("S" if volume.ndim == 4 else "")
-    options: dict = {"compression": "zlib", "photometric": "rgb" if volume.ndim == 4 else "minisblack"}
-    if spacing is not None and volume.dtype.type in _IMAGEJ_TYPES and (volume.ndim == 3 or volume.dtype == np.uint8):
-        z, y, x = (float(v) for v in spacing)
-        options.update(imagej=True, resolution=(1 / x, 1 / y), metadata={"axes": axes, "spacing": z, "unit": "micron"})
-    elif spacing is not None:
-        z, y, x = (float(v) for v in spacing)
-        options.update(ome=True, metadata={"axes": axes, "PhysicalSizeZ": z, "PhysicalSizeY": y, "PhysicalSizeX": x})
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, volume, **options))
+    return atomic_write(path, lambda tmp: write_tiff(tmp, volume, spacing, colour=volume.ndim == 4))
 
 
 def _volume_labels(labels: np.ndarray) -> np.ndarray:
