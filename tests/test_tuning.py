@@ -62,6 +62,22 @@ def test_keep_largest_is_tried_only_when_asked():
     assert chosen["keep_largest"] is False
 
 
+def test_masks_without_foreground_choose_nothing():
+    from napari_unet_seg.events import Message
+
+    empty = [ValPair(f"empty{seed}", pair.image, np.zeros_like(pair.truth)) for seed, pair in
+             ((seed, _pair(seed)) for seed in range(2))]
+    steps = choose_postprocessing_steps(_model(), empty, device="cpu")
+    messages = []
+    try:
+        while True:
+            messages.append(next(steps))
+    except StopIteration as done:
+        assert done.value == {}
+    assert any(isinstance(m, Message) and "no validation mask holds foreground" in m.text for m in messages)
+    assert drain(choose_postprocessing_steps(_model(shift=0.5), empty[:1] + [_pair(3)], device="cpu"))
+
+
 def test_a_model_already_right_keeps_the_plain_choice():
     model = _model(shift=0.3)
     image = np.zeros((32, 32), np.float32)

@@ -418,7 +418,8 @@ def _epoch_seconds(kind: str, timer, shape: tuple[int, ...], batch: int, patches
     if timer is not None:
         try:
             measured = timer(shape, batch, spacing)
-            return measured.epoch(steps, val_voxels), f"{steps} steps of {measured.step:.2f} s timed here"
+            plural = "s" * (steps != 1)
+            return measured.epoch(steps, val_voxels), f"{steps} step{plural} of {measured.step:.2f} s timed here"
         except (RuntimeError, UserError) as error:  # out of memory, an operation the device lacks
             failed = f"timing the steps failed ({str(error).splitlines()[0][:80]}), so "
     seconds = cost * SECONDS_PER_MEGAPIXEL[kind] * patches * float(np.prod(shape)) / 1e6

@@ -73,8 +73,13 @@ def choose_postprocessing_steps(model: SegmentationModel, pairs: Sequence[Any], 
     as :class:`~napari_unet_seg.training.ValPair`): a dict of :data:`~napari_unet_seg.postprocessing.CHOICES`
     and ``evidence`` (mean validation Dice of the plain prediction, of the choice without and with
     test-time augmentation, and the number of images). ``keep_largest``: also try keeping only the largest
-    object. Yields the messages of the predictions; an empty ``pairs`` returns ``{}``."""
+    object. Yields the messages of the predictions; an empty ``pairs``, or one whose masks hold no
+    foreground (where any threshold that predicts nothing scores a perfect Dice), returns ``{}``."""
     if not pairs:
+        return {}
+    if not any(np.any(np.asarray(pair.truth) > 0) for pair in pairs):
+        yield Message("no validation mask holds foreground: nothing to choose the threshold and post-processing "
+                      "on; keeping threshold 0.5 and none", "warning")
         return {}
     from .inference import working_copy
 
