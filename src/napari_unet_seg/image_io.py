@@ -495,8 +495,8 @@ def write_mask(path: str | os.PathLike, labels: np.ndarray, spacing: Sequence[fl
 
     The suffix of ``path`` is replaced to match the chosen format, unless ``named`` (the user named the
     file): then a ``.tif``/``.tiff`` name is kept as TIFF, and only labels a PNG cannot hold leave a
-    ``.png`` name for a ``.tif`` beside it. ``spacing`` (micrometres, ``[Z,] Y, X``) goes into TIFFs as
-    OME ``PhysicalSize``, which :func:`read_spacing` reads back. Returns the written path.
+    ``.png`` name for a ``.tif`` beside it. TIFFs state ``spacing`` (micrometres, ``[Z,] Y, X``) as
+    :func:`write_tiff` does. Returns the written path.
     """
     path = Path(path)
     labels = np.asarray(labels)
