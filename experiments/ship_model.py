@@ -45,10 +45,21 @@ def main() -> None:
 
     # the command that made it (train, or a sweep's run), and the equivalent plain train command
     model.info = {**model.info, **TERMS.get(args.name, {}), "display_name": args.display_name, "data": args.data,
-                  "train_command": TrainConfig.from_dict(model.config).as_command()}
+                  "train_command": TrainConfig.from_dict(model.config).as_command(), **_lineage(model)}
     path = save_model(TARGET / f"{args.name}.pt", model)
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): test Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f}, "
           f"accuracy {scores['accuracy']:.4f} on {scores['count']} images")
+
+
+def _lineage(model) -> dict:
+    """``{"commands": [...]}``: every command that made a model fine-tuned from a shipped one (the parent's
+    recorded commands, then this run's); empty for a model trained from scratch."""
+    parent = model.info.get("parent", {}).get("name")
+    if not parent or not model.config.get("command"):
+        return {}
+    shipped = load_model(parent)
+    earlier = shipped.info.get("commands") or [shipped.config.get("command")]
+    return {"commands": [c for c in earlier if c] + [model.config["command"]]}
 
 
 if __name__ == "__main__":
