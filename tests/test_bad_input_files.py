@@ -381,6 +381,9 @@ FOREIGN = [
     ("torchscript", "ts.pt", _torchscript, r"a TorchScript export \(load it with torch.jit.load\)"),
     ("bioimageio", "pkg.zip", lambda p, src: _bioimageio_zip(p), r"a bioimage.io package"),
     ("json", "m.json", lambda p, src: p.write_text('{"a": 1}'), r"JSON text"),
+    ("text", "notes.pt", lambda p, src: p.write_text("hi\n"), r"text; napari-unet-seg loads"),
+    ("png", "mask.png", lambda p, src: iio.imwrite(p, np.zeros((8, 8), np.uint8)), r"a PNG image"),
+    ("tiff", "model.tif", lambda p, src: tifffile.imwrite(p, np.zeros((8, 8), np.uint8)), r"a TIFF image"),
     ("state dict", "sd.pt", lambda p, src: torch.save(load_model(src).network.state_dict(), p),
      r"a plain state dict \(weights without architecture"),
 ]

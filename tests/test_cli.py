@@ -134,6 +134,26 @@ def test_predict_writes_the_mask_file_it_is_given(tmp_path, tiny_model):
         assert done.returncode == 0, done.stderr
         np.testing.assert_array_equal(read_image(tmp_path / name), predict(tiny_model, image, device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.png", "mask.png", "mask.tif"]
+    for name in ("mask.jpg", "out/mask.bmp"):  # no folder named like an image, no lossy labels
+        done = cli("predict", "--model", tiny_model, "--input", tmp_path / "cells.png", "--output", tmp_path / name,
+                   "--device", "cpu")
+        assert done.returncode == 2 and f"{name}: masks are written as .png or .tif" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.png", "mask.png", "mask.tif"]
+
+
+def test_predict_names_the_colour_image_it_segments_as_gray(tmp_path, tiny_model):
+    import imageio.v3 as iio
+
+    image, _ = synthetic_pair((64, 80), seed=6)
+    (tmp_path / "in").mkdir()
+    iio.imwrite(tmp_path / "in" / "gray.png", np.stack([image] * 3, axis=-1))
+    iio.imwrite(tmp_path / "in" / "tinted.png", np.stack([image, image // 2, 255 - image], axis=-1))
+    done = cli("predict", "--model", tiny_model, "--input", tmp_path / "in", "--output", tmp_path / "out",
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: tinted.png: a colour image for a model trained on grayscale images: segmented as "
+                      "gray (the mean of its channels); use a colour model if the colour matters"], done.stderr
 
 
 def test_resume_continues_a_run(tmp_path, synthetic_dir):

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,16 @@ def test_dask_and_path_and_odd_inputs(model, tiny_model):
     assert np.array_equal(predict(str(tiny_model), da.from_array(image, chunks=32), device="cpu"), expected)
     assert predict(model, np.array([[5]], np.uint16), device="cpu").shape == (1, 1)
     rgb = np.stack([image] * 3, axis=-1)
-    assert predict(model, rgb, device="cpu").shape == image.shape  # colour to a gray model: converted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gray stored as RGB: converted without a word
+        assert predict(model, rgb, device="cpu").shape == image.shape
+    rgb[..., 2] = 255 - rgb[..., 2]
+    with pytest.warns(UserWarning, match="a colour image for a model trained on grayscale images: segmented as gray"):
+        assert predict(model, rgb, device="cpu").shape == image.shape
+    for channels in (1, 2):  # a channel axis last is not a stack of 1-2 pixel wide slices
+        with pytest.raises(UserError, match=rf"last axis looks like {channels} channel\(s\), not a stack"):
+            predict(model, np.zeros((32, 32, channels), np.float32), device="cpu")
+    assert predict(model, np.zeros((3, 32, 32), np.float32), device="cpu").shape == (3, 32, 32)
     nan_image = image.astype(np.float32)
     nan_image[0, :5] = np.nan
     assert predict(model, nan_image, device="cpu").shape == image.shape

@@ -76,6 +76,21 @@ def test_truncated_empty_foreign_and_future_files(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_misspelt_or_missing_model_name_lists_the_shipped_ones(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"em-membrane: no such file; .*did you mean em-membranes\? shipped: .*"
+                                        r"dermoscopy-lesions, em-membranes, mitochondria-em3d") as info:
+        load_model("em-membrane")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"cells: no such file; .*shipped: ") as info:
+        load_model("cells")
+    assert "did you mean" not in str(info.value)
+    with pytest.raises(UserError, match="no such file; check the path$"):
+        load_model("runs/x/best.pt")  # a path, not a name: no list of names
+    with pytest.raises(UserError, match="model: got NoneType; give a model file"):
+        load_model(None)
+
+
 def test_mismatched_weights_are_reported(tmp_path):
     path = save_model(tmp_path / "m.pt", _model())
     payload = torch.load(path, weights_only=True)

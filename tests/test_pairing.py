@@ -58,8 +58,11 @@ def test_unpaired_files_are_listed(tmp_path):
 def test_no_pair_at_all_is_an_error_even_when_skipping(tmp_path):
     _touch(tmp_path / "i", "a.png")
     _touch(tmp_path / "m", "b.png")
-    with pytest.raises(UserError, match="no pair at all"):
-        pair_files(tmp_path / "i", tmp_path / "m", skip_unpaired=True)
+    for skip in (False, True):  # skipping cannot help: no advice to skip
+        with pytest.raises(UserError, match=r"images .*i, masks .*m: 1 image\(s\) without mask: a.png; 1 mask\(s\) "
+                                            r"without image: b.png \(no pair at all") as info:
+            pair_files(tmp_path / "i", tmp_path / "m", skip_unpaired=skip)
+        assert "--skip-unpaired" not in str(info.value)
 
 
 def test_duplicate_stems_and_bad_folders(tmp_path):

@@ -172,7 +172,24 @@ def test_apply_fills_only_what_was_not_given(tmp_path):
     patches = plan(fingerprint(*_write(tmp_path / "b", _discs())), device="cpu")
     config = patches.apply(TrainConfig(patch_size=48, batch_size=8), given={"patch_size"})
     assert config.resize is None and config.patch_size == 48 and config.batch_size == 8  # size given: batch too
-    assert any("yours kept" in line for line in patches.lines())
+    lines = patches.lines()
+    assert any(line.startswith("  --patch-size 48 (yours kept; ") for line in lines), lines
+    assert any(line.startswith("  --resize none (kept with your --patch-size; ") for line in lines), lines
+
+
+def test_the_batch_is_at_most_the_images_left_after_validation(tmp_path):
+    chosen = plan(fingerprint(*_write(tmp_path, _discs(count=4))), device="cpu")  # 1 of 4 validates, as in train
+    assert chosen.settings["batch_size"] == 3 and "at most the 3 training images" in chosen.reasons["batch_size"]
+
+
+def test_a_3d_model_to_fine_tune_on_images_is_named_as_the_reason(tmp_path):
+    from napari_unet_seg.planning import plan_training
+
+    images, masks = _write(tmp_path, _discs(count=2))
+    config = TrainConfig(images=str(images), masks=str(masks), device="cpu")
+    with pytest.raises(UserError, match=r"^the model to fine-tune \(EM mitochondria \(3D U-Net\)\) is 3D, but 2 of "
+                                        r"the 2 sampled images are 2D, not volumes; fine-tune a 2D model"):
+        plan_training(config, given={"epochs"}, start=load_model("mitochondria-em3d"))
 
 
 @pytest.mark.parametrize("case", ["one image", "all empty", "all foreground", "wildly different sizes"])

@@ -48,6 +48,12 @@ class ConsoleProgress:
         self.stream.write(("\r\033[K" if self.live else "") + text + "\n")
         self.stream.flush()
 
+    def about(self, name: str):
+        """The same, with each message's text prefixed by ``name`` (the file a job of many is on)."""
+        def show(event) -> None:
+            self(Message(f"{name}: {event.text}", event.level) if isinstance(event, Message) else event)
+        return show
+
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 
@@ -194,10 +200,15 @@ def _predict_options(args: Namespace) -> dict:
 
 #: Suffixes that make ``--output`` name the mask file itself (with one input image).
 MASK_FILE_SUFFIXES = (".png", ".tif", ".tiff")
+#: Image files that masks are not written as (lossy, or without a mask's bit depths).
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def _names_one_file(output: Path, source: Path, files: list[Path]) -> bool:
     """Whether ``--output`` names the mask file of a single input image (a mask suffix, not a folder)."""
+    if not output.is_dir() and output.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        raise UserError(f"--output {output}: masks are written as .png or .tif (a {output.suffix} file would change "
+                        f"the labels); name it {output.stem}.png or give a folder")
     if output.is_dir() or output.suffix.lower() not in MASK_FILE_SUFFIXES:
         return False
     if len(files) != 1 or files[0] != source:
@@ -292,7 +303,8 @@ def run_predict(args: Namespace) -> int:
     for index, (path, targets) in enumerate(planned, start=1):
         began = time.perf_counter()
         image, colour = read_image_layout(path)
-        result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, on_event=progress, **options)
+        result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, on_event=progress.about(path.name),
+                         **options)
         labels, spread = result if args.uncertainty else (result, None)
         spacing = read_spacing(path)  # the input's pixel or voxel size, stated in TIFF masks
         written = [write_mask(targets[0], labels, spacing, named=named)]

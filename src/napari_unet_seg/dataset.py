@@ -196,8 +196,15 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[list[int]
         return order, []
     if count == 1:
         return order, order
-    n_val = min(count - 1, max(1, int(round(count * val_fraction))))
+    n_val = validation_count(count, val_fraction)
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def validation_count(count: int, val_fraction: float) -> int:
+    """How many of ``count`` samples :func:`split_indices` keeps for validation (0 for one or none)."""
+    if count < 2 or val_fraction <= 0:
+        return 0
+    return min(count - 1, max(1, int(round(count * val_fraction))))
 
 
 def build_augmentation(preset: str, patch_size: int | Sequence[int], spatial_dims: int = 2,

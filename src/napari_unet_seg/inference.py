@@ -213,6 +213,9 @@ def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 
                         "select one channel or time point first")
     if min(spatial[-2:]) < 1:
         raise UserError(f"image of shape {shape} is empty")
+    if len(spatial) == 3 and shape[-1] <= 2 < 8 <= min(shape[:2]):
+        raise UserError(f"image of shape {shape}: its last axis looks like {shape[-1]} channel(s), not a stack of "
+                        f"{shape[0]} slices {shape[-1]} pixel(s) wide; select one channel (image[..., 0]) first")
     if in_channels == 3 and not colour:
         raise UserError(f"image of shape {shape} is grayscale but the model expects colour (RGB) input; "
                         "use a model trained on grayscale images")
@@ -223,6 +226,15 @@ def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 
         raise UserError(f"volume of shape {shape} has {spatial[0]} slice; a 3D model needs at least 2 "
                         "(give more slices or use a 2D model)")
     return colour, spatial
+
+
+def _coloured(array: Any, samples: int = 256) -> bool:
+    """Whether a colour image's (a colour stack's first plane's) three channels differ anywhere on an even
+    grid of about ``samples`` x ``samples`` pixels (gray stored as RGB, three equal channels, does not count)."""
+    plane = array[0] if len(array.shape) == 4 else array
+    steps = [max(1, n // samples) for n in plane.shape[:2]]
+    grid = np.asarray(plane[::steps[0], ::steps[1], :3])
+    return not (grid == grid[..., :1]).all()
 
 
 def check_input(model: SegmentationModel, array: Any, rgb: bool | None = None) -> None:
@@ -458,6 +470,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     _check_options(overlap, threshold, tile, batch_size, min_size)
     check_instances(instances, model.num_classes, min_distance)
     colour, spatial = _layout(array, model.in_channels, rgb, model.spatial_dims)
+    if colour and model.in_channels == 1 and _coloured(array):
+        yield Message("a colour image for a model trained on grayscale images: segmented as gray (the mean of its "
+                      "channels); use a colour model if the colour matters", "warning")
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
     labels = _output(out, spatial, np.uint8 if instances == "none" else np.int32)

@@ -114,7 +114,7 @@ def _json_default(value: Any) -> Any:
 
 def _read_payload(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise UserError(f"model file {path}: no such file; check the path or pick a shipped model by name")
+        raise UserError(f"model file {path}: no such file; check the path{_shipped_hint(path)}")
     if path.is_dir():
         raise UserError(f"model file {path}: is a folder; pass the .pt file inside it (e.g. best.pt)")
     if path.stat().st_size == 0:
@@ -126,7 +126,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise UserError(f"model file {path}: refused, it holds Python objects that could run code on load "
                         "(unsafe or not made by napari-unet-seg); do not use it") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:120]
         if "weights_only" in reason or "torch.load" in reason:
             reason = type(error).__name__
         raise UserError(f"model file {path}: cannot be read ({reason}); it is truncated or corrupt, "
@@ -145,6 +145,25 @@ def _read_payload(path: Path) -> dict[str, Any]:
 _OURS = "napari-unet-seg loads the .pt model files that train writes (RUN/best.pt)"
 
 
+#: How the files most often passed by mistake begin.
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image",
+          b"MM\x00*": "a TIFF image", b"BM": "a BMP image", b"\x93NUMPY": "a NumPy array file"}
+
+
+def _shipped_hint(path: Path) -> str:
+    """For a bare name, the shipped models' names (the closest first) that could have been meant."""
+    if len(path.parts) != 1 or path.suffix:
+        return ""
+    import difflib
+
+    from .pretrained import shipped_models
+
+    names = sorted(shipped_models())
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    meant = f"did you mean {close[0]}? " if close else ""
+    return f", or name a shipped model: {meant}shipped: {', '.join(names) or 'none'}"
+
+
 def _refuse_foreign(path: Path) -> None:
     """Name the kinds of file often mistaken for a model file, before torch reads them."""
     with open(path, "rb") as handle:
@@ -155,6 +174,10 @@ def _refuse_foreign(path: Path) -> None:
         raise UserError(f"model file {path}: is not a napari-unet-seg model file but an ONNX model (run it with "
                         f"onnxruntime); {_OURS}, "
                         "pass the one it was exported from")
+    if not head.startswith((b"PK", b"\x80")):  # neither a zip archive (torch.save) nor a pickle (its old format)
+        kind = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)),
+                    "a file of another kind" if b"\x00" in head else "text")
+        raise UserError(f"model file {path}: is not a napari-unet-seg model file but {kind}; {_OURS}")
     if not zipfile.is_zipfile(path):
         return
     try:
@@ -221,6 +244,9 @@ def load_model(source: str | os.PathLike | SegmentationModel) -> SegmentationMod
     """
     if isinstance(source, SegmentationModel):
         return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise UserError(f"model: got {type(source).__name__}; give a model file, a shipped model's name or a "
+                        "loaded model")
     from .models import build_network
 
     path = _resolve(source)

@@ -102,10 +102,12 @@ def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpa
             parts.append(f"{len(lonely_images)} image(s) without mask: {_shorten(lonely_images)}")
         if lonely_masks:
             parts.append(f"{len(lonely_masks)} mask(s) without image: {_shorten(lonely_masks)}")
-        message = "; ".join(parts)
-        if not skip_unpaired or not pairs:
-            hint = "" if pairs else " (no pair at all: are these the right folders?)"
-            raise UserError(f"{message}{hint}; add the missing files or pass --skip-unpaired")
+        message = f"images {images}, masks {masks}: " + "; ".join(parts)
+        if not pairs:
+            raise UserError(f"{message} (no pair at all: are these the right folders?); a mask is named as its "
+                            f"image, optionally with {', '.join(MASK_SUFFIXES[:3])}, ... after the stem")
+        if not skip_unpaired:
+            raise UserError(f"{message}; add the missing files or pass --skip-unpaired")
         warnings.warn(f"skipping unpaired files: {message}", stacklevel=2)
     return pairs
 

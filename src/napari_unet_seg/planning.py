@@ -106,15 +106,19 @@ class Plan:
     proposals: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     kept: dict[str, Any] = field(default_factory=dict)
+    kept_because: dict[str, str] = field(default_factory=dict)
 
     def apply(self, config, given: Iterable[str] = ()) -> Any:
         """Set the planned settings on ``config`` except those in ``given`` (the user's), which are kept
-        and listed in ``kept``; store the plan in ``config.extra["plan"]``. Returns ``config``."""
+        and listed in ``kept`` (with the sample size given, its other sample settings too); store the plan in
+        ``config.extra["plan"]``. Returns ``config``."""
         given = set(given)
-        chosen = "resize" in given or "patch_size" in given
+        sample = next((name for name in ("resize", "patch_size") if name in given), None)
         for name, value in self.settings.items():
-            if name in given or (chosen and name in ("resize", "patch_size", "batch_size")):
+            if name in given or (sample and name in ("resize", "patch_size", "batch_size")):
                 self.kept[name] = getattr(config, name)
+                self.kept_because[name] = "yours kept" if name in given else \
+                    f"kept with your --{sample.replace('_', '-')}"
                 continue
             setattr(config, name, value)
         config.extra = {**config.extra, "plan": self.to_dict()}
@@ -130,7 +134,8 @@ class Plan:
         for name, value in self.settings.items():
             flag = f"--{name.replace('_', '-')}"
             if name in self.kept:
-                out.append(f"  {flag} {_value(self.kept[name])} (yours kept; the plan's {_value(value)}: "
+                why = self.kept_because.get(name, "yours kept")
+                out.append(f"  {flag} {_value(self.kept[name])} ({why}; the plan's {_value(value)}: "
                            f"{self.reasons[name]})")
             else:
                 out.append(f"  {flag} {_value(value)}: {self.reasons[name]}")
@@ -360,6 +365,12 @@ def _fitting(size: int, batch: int, device: str, model: str, width: float) -> tu
                 return size, batch, " (even this may not fit the free memory)"
 
 
+def _validation_count(count: int, val_fraction: float) -> int:
+    from .dataset import validation_count  # imports torch: only when planning
+
+    return validation_count(count, val_fraction)
+
+
 def _whole_objects(fp: Fingerprint) -> tuple[bool, str]:
     if fp.extent is None:
         what = ("no foreground" if fp.foreground == 0 else "only foreground" if fp.foreground == 1
@@ -548,7 +559,7 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
             if fp.stacks < fp.sampled:
                 raise UserError(f"--spatial-dims 3: {fp.sampled - fp.stacks} of the {fp.sampled} sampled images "
                                 "are 2D, not volumes; give stacks (Z, Y, X) or use --spatial-dims 2")
-            held = min(fp.count - 1, max(1, round(fp.count * val_fraction))) if val_fraction and fp.count > 1 else 0
+            held = _validation_count(fp.count, val_fraction)
             counts = (fp.count - held, held if val_count is None else val_count)
             settings, reasons = _plan_3d(fp, kind, device, budget, model, width, counts, spacing, timer)
             settings = {"spatial_dims": 3, "spacing": spacing, **settings, "normalization": "percentile",
@@ -568,7 +579,7 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
         chosen.settings = {"spatial_dims": 2, **chosen.settings}
         chosen.reasons["spatial_dims"] = why
         return chosen
-    train_count = max(1, fp.count - int(round(fp.count * val_fraction)))
+    train_count = fp.count - _validation_count(fp.count, val_fraction)
     settings, reasons, whole = _geometry(fp, kind, device, model, width, train_count)
     size = settings["patch_size"]
     median = (fp.sizes[0][1], fp.sizes[1][1])
@@ -614,6 +625,10 @@ def plan_training(config, *, budget: float = 20.0, given: Iterable[str] = (), ar
         measured = fingerprint(config.images, config.masks, skip_unpaired=config.skip_unpaired, seed=config.seed)
     else:
         raise UserError("give the training data: --images DIR and --masks DIR")
+    flat = measured.sampled - measured.stacks
+    if start is not None and start.spatial_dims == 3 and "spatial_dims" not in given and flat:
+        raise UserError(f"the model to fine-tune ({start.name}) is 3D, but {flat} of the {measured.sampled} sampled "
+                        "images are 2D, not volumes; fine-tune a 2D model, or give stacks (Z, Y, X)")
     timer = None if "epochs" in given else _step_timer(config, max(measured.channels))
     chosen = plan(measured, device=config.device, budget=budget, model=config.model, width=config.width,
                   val_fraction=0.0 if config.val_images else config.val_fraction,
