@@ -52,6 +52,7 @@ def test_refused_values_get_one_line_naming_them(rule, value, message):
 def test_values_in_messages_are_cut_short():
     nested = [[list(range(1000))] * 1000] * 1000
     assert len(shown(nested)) < 100 and len(shown("x" * 10**6)) < 60
+    assert "\n" not in shown(np.array([[None, 1], [2, 3]], dtype=object))  # an array's repr spans lines
 
 
 def test_unknown_keywords_name_the_close_one_or_list_the_allowed():

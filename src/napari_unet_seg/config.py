@@ -46,7 +46,7 @@ _SHOWN.maxlevel = 2
 
 def shown(value: Any) -> str:
     """``repr(value)`` cut to at most 80 characters (a value in an error message stays one short line)."""
-    text = _SHOWN.repr(value)
+    text = " ".join(_SHOWN.repr(value).split())  # an array's repr spans lines
     return text if len(text) <= 80 else text[:77] + "..."
 
 
