@@ -214,7 +214,7 @@ def test_output_folder_that_cannot_be_created(tmp_path, synthetic_dir):
     (tmp_path / "file").write_text("keep me")
     images, masks = synthetic_dir
     done = cli("train", "--images", images, "--masks", masks, "--out", tmp_path / "file" / "run", *FAST_ARGS)
-    one_line(done, r"--out .*run: cannot write there \(Not a directory\); choose another folder")
+    one_line(done, r"--out .*run: cannot write here \(.*file is a file, not a folder\); choose another path")
     assert (tmp_path / "file").read_text() == "keep me"
 
 

@@ -46,7 +46,7 @@ def test_train_predict_evaluate_info(tmp_path, synthetic_dir):
     again = cli("predict", "--model", run / "best.pt", "--input", images, "--output", out)
     assert again.returncode == 2 and "exists already; pass --overwrite" in again.stderr
     same = cli("predict", "--model", run / "best.pt", "--input", images, "--output", images)
-    assert same.returncode == 2 and "would replace the input image img000.png" in same.stderr
+    assert same.returncode == 2 and f"--output {images}: is the input folder" in same.stderr
 
     scores_file = tmp_path / "scores.json"
     done = cli("evaluate", "--model", run / "best.pt", "--images", images, "--masks", masks, "--json", scores_file,
@@ -301,6 +301,108 @@ def test_sweep_dry_run_and_errors(tmp_path, synthetic_dir):
     bad.write_text("images: x\nmasks: y\nmodelz: [unet]\n")
     done = cli("sweep", bad, "--dry-run")
     assert done.returncode == 2 and "modelz" in done.stderr and "Traceback" not in done.stderr
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refused(capsys, pattern: str, *args) -> None:
+    """The command (run in this process: no second start of torch) exits 2 with one line matching ``pattern``."""
+    from napari_unet_seg.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 2, args
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+
+
+@pytest.fixture
+def victim(tmp_path, synthetic_dir):
+    """Copies of the synthetic pairs in d/ (as training and validation folders) and a file ``f.txt``: what no
+    refused command may change."""
+    import shutil
+
+    for kind, source in zip(("images", "masks", "val_images", "val_masks"), synthetic_dir * 2):
+        shutil.copytree(source, tmp_path / "d" / kind)
+    (tmp_path / "f.txt").write_text("keep\n")
+    return tmp_path
+
+
+def test_no_command_writes_into_an_input_folder(victim, capsys):
+    d = victim / "d"
+    before = _files(victim)
+    data = ["--images", d / "images", "--masks", d / "masks", "--val-images", d / "val_images", "--val-masks",
+            d / "val_masks"]
+    for kind in ("images", "masks", "val_images", "val_masks"):
+        _refused(capsys, rf"--out {d / kind}: is the input folder .* choose another folder", "train", *data,
+                 "--out", d / kind, "--epochs", 1, "--patch-size", 32, "--no-plan", "--device", "cpu")
+    sweep_file = victim / "s.yaml"
+    sweep_file.write_text(f"images: {d / 'images'}\nmasks: {d / 'masks'}\nepochs: 1\nbatch_size: 2\n")
+    for more in ([], ["--dry-run"]):
+        _refused(capsys, rf"--out {d / 'masks'}: is the input folder", "sweep", sweep_file, "--out", d / "masks", *more)
+    (victim / "u").mkdir()
+    (victim / "u" / "comparison.csv").write_text("x\n")
+    _refused(capsys, rf"--out {victim / 'u'}: is not empty and holds no earlier sweep", "sweep", sweep_file, "--out",
+             victim / "u", "--device", "cpu")
+    assert _files(victim) == {**before, "s.yaml": sweep_file.read_bytes(), "u/comparison.csv": b"x\n"}
+
+
+def test_an_output_under_a_file_is_refused_before_the_work(victim, tiny_model, monkeypatch, capsys):
+    import napari_unet_seg.evaluation as evaluation
+    import napari_unet_seg.export as export
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the job ran before its output was checked")
+
+    monkeypatch.setattr(evaluation, "evaluate", no_work)
+    monkeypatch.setattr(export, "_check_inputs", no_work)
+    before, blocked = _files(victim), victim / "f.txt"
+    model, d = ["--model", tiny_model], victim / "d"
+    line = rf"{blocked}/\S+: cannot write here \({blocked} is a file, not a folder\); choose another path"
+    for args in [["evaluate", *model, "--images", d / "images", "--masks", d / "masks", "--json", blocked / "s.json"],
+                 ["predict", *model, "--input", d / "images", "--output", blocked / "p"],
+                 ["predict", *model, "--input", d / "images" / "img000.png", "--output", blocked / "p.png"],
+                 ["train", "--images", d / "images", "--masks", d / "masks", "--out", blocked / "run", "--no-plan"],
+                 ["demo", "--out", blocked / "demo"]]:
+        _refused(capsys, line, *args, "--device", "cpu")
+    for fmt, name, needs in [("torchscript", "m.pt", "torch"), ("onnx", "m.onnx", "onnxruntime"),
+                             ("bioimageio", "pkg", "bioimageio.spec"), ("bioimageio", "p.zip", "bioimageio.spec")]:
+        if export._installed(needs):  # else the missing package is the one line
+            _refused(capsys, line, "export", *model, "--format", fmt, "--out", blocked / name)
+    assert _files(victim) == before
+
+
+def test_predict_keeps_its_output_out_of_the_input_listing(victim, tiny_model, capsys):
+    import zarr
+
+    from napari_unet_seg.cli import main
+    from napari_unet_seg.pairing import list_images
+
+    folder = victim / "tif"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", read_image(victim / "d" / "images" / "img000.png"))
+    zarr.open(str(victim / "z.zarr"), mode="w", shape=(64, 64), dtype="uint8")[:] = 7
+    before = _files(victim)
+    model = ["predict", "--model", tiny_model, "--device", "cpu", "--uncertainty"]
+    for source, output, pattern in [(folder, folder, "is the input folder"),  # a.png would join a.tif
+                                    (folder, folder / "p.zarr", "would take p.zarr for one of its images"),
+                                    (victim / "z.zarr", victim / "z.zarr" / "p", "lies in the input")]:
+        _refused(capsys, rf"--output {output}: .*{pattern}", *model, "--input", source, "--output", output)
+    assert _files(victim) == before
+    assert main([str(a) for a in [*model, "--input", folder, "--output", folder / "pred"]]) == 0  # not listed
+    assert list_images(folder) == [folder / "a.tif"] and (folder / "pred" / "a.png").is_file()
+
+
+def test_export_never_replaces_a_package_folder_holding_the_test_image(victim, tiny_model, capsys):
+    package = victim / "pkg"
+    package.mkdir()
+    (package / "rdf.yaml").write_text("old package\n")
+    (package / "test.png").write_bytes((victim / "d" / "images" / "img000.png").read_bytes())
+    before = _files(victim)
+    _refused(capsys, rf"--out {package}: holds the --test-image and would be replaced", "export", "--model", tiny_model,
+             "--format", "bioimageio", "--out", package, "--test-image", package / "test.png", "--overwrite")
+    assert _files(victim) == before
 
 
 def test_a_configs_command_line_parses_back_to_the_same_settings():

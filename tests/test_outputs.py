@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from napari_unet_seg.errors import UserError
-from napari_unet_seg.outputs import check_distinct, check_output, inside, same_file
+from napari_unet_seg.outputs import check_distinct, check_folder, check_output, check_place, inside, same_file
 
 
 def test_an_input_is_refused_even_with_overwrite_through_links(tmp_path):
@@ -43,3 +43,35 @@ def test_same_file_and_inside(tmp_path):
     assert same_file(tmp_path / "missing", tmp_path / "." / "missing")
     assert inside(tmp_path / "pkg" / "best.pt", tmp_path / "pkg") and inside(tmp_path, tmp_path)
     assert not inside(tmp_path / "pkg2" / "best.pt", tmp_path / "pkg")
+
+
+def test_a_file_in_the_way_is_named_before_any_work(tmp_path):
+    (tmp_path / "f.txt").write_text("keep")
+    for check, path in [(check_output, tmp_path / "f.txt" / "s.json"), (check_folder, tmp_path / "f.txt" / "run"),
+                        (check_place, tmp_path / "f.txt" / "a" / "m.pt")]:
+        with pytest.raises(UserError, match=r"cannot write here \(.*f.txt is a file, not a folder\); choose another"):
+            check(path)
+    with pytest.raises(UserError, match=r"--out .*f.txt: is a file; give a folder"):
+        check_folder(tmp_path / "f.txt")
+    assert check_folder(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"] and (tmp_path / "f.txt").read_text() == "keep"
+
+
+def test_an_output_folder_is_no_input_folder_and_adds_nothing_its_listing_takes(tmp_path):
+    images, store = tmp_path / "images", tmp_path / "a.zarr"
+    images.mkdir()
+    store.mkdir()
+    with pytest.raises(UserError, match="is the input folder .*images of this job"):
+        check_folder(tmp_path / "x" / ".." / "images", folders=[None, images])
+    for name in ("run.zarr", "run.zarr/sub"):  # listed as a zarr image of the folder
+        with pytest.raises(UserError, match="would take run.zarr for one of its images"):
+            check_folder(images / name, folders=[images])
+    with pytest.raises(UserError, match="lies in the input .*a.zarr of this job"):
+        check_folder(store / "pred", inputs=[store])
+    with pytest.raises(UserError, match="would take s.png for one of its images"):
+        check_output(images / "s.png", folders=[images], what="--json")
+    # not listed (the listing takes the folder's own files, not those of its subfolders), so harmless
+    for path in (images / "run", images / ".run.zarr", tmp_path):
+        assert check_folder(path, folders=[images]) == path
+    for path in (images / "s.json", images / "run" / "s.png", images / ".s.png"):
+        assert check_output(path, folders=[images]) == path

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,6 +85,7 @@ def test_grid_writes_one_row_per_run(grid):
 
 def test_second_call_skips_finished_runs(grid):
     files = [grid.out / r["run"] / name for r in grid.rows for name in ("best.pt", "history.csv", "test_scores.json")]
+    files.append(grid.out / "sweep.yaml")  # the earlier copy holds the same text: not written again
     before = {f: f.stat().st_mtime_ns for f in files}
     events = []
     rows = sweep(grid.path, grid.out, device="cpu", on_event=events.append)
@@ -133,9 +135,12 @@ def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
     other = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST +
                         "split: {test_fraction: 0.25, seed: 4}\n", "other.yaml")
     assert split_lists(load_sweep(other))["test"] != record["test"]
-    # an OUT with another split is refused (its runs would mix two splits)
-    with pytest.raises(UserError, match="holds another split"):
+    # an OUT with another split is refused (its runs would mix two splits): a sweep of another file, or one
+    # without a file (from Python) that splits otherwise
+    with pytest.raises(UserError, match="holds the sweep of another sweep file"):
         sweep(other, tmp_path / "out", device="cpu", cancel=lambda: True)
+    with pytest.raises(UserError, match="holds another split"):
+        sweep(replace(load_sweep(other), text=""), tmp_path / "out", device="cpu", cancel=lambda: True)
 
 
 def test_split_run_scores_the_held_out_pairs(tmp_path, synthetic_dir):
@@ -168,6 +173,42 @@ def test_cancelled_sweep_keeps_its_table_and_resumes(tmp_path, synthetic_dir):
     assert any(m.startswith("resuming") for m in _messages(events))
     assert [e.epoch for e in events if isinstance(e, Epoch)] == [2, 1, 2]  # run 1 went on from epoch 2
     assert [(r["status"], r["epochs_run"]) for r in rows] == [("completed", 2), ("completed", 2)]
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_out_is_never_a_data_folder(tmp_path, synthetic_dir):
+    """Its run folders, tables and sweep.yaml would be listed with the images (every data key of the file)."""
+    import shutil
+
+    data = tmp_path / "data"
+    for kind, source in zip(("images", "masks", "test_images", "test_masks"), synthetic_dir * 2):
+        shutil.copytree(source, data / kind)
+    path = write_sweep(tmp_path, "".join(f"{k}: data/{k}\n" for k in ("images", "masks", "test_images",
+                                                                       "test_masks")) + FAST)
+    before = _files(data)
+    for kind in ("images", "masks", "test_images", "test_masks"):
+        with pytest.raises(UserError, match=rf"--out .*{kind}: is the input folder .*{kind} of this job"):
+            sweep(path, data / kind, device="cpu")
+    assert _files(data) == before
+
+
+def test_a_folder_of_other_files_or_another_sweep_is_refused(grid, tmp_path):
+    """A sweep has no --overwrite: it writes into a new or empty folder, or resumes its own earlier one."""
+    other = tmp_path / "u"
+    other.mkdir()
+    (other / "comparison.csv").write_text("x\n")
+    with pytest.raises(UserError, match=rf"--out {other}: is not empty and holds no earlier sweep"):
+        sweep(grid.path, other, device="cpu")
+    assert _files(other) == {"comparison.csv": b"x\n"}
+    before = _files(grid.out)
+    edited = write_sweep(grid.path.parent, grid.path.read_text().replace("losses: [dice, bce]", "losses: [dice]"),
+                         "edited.yaml")
+    with pytest.raises(UserError, match=rf"--out {grid.out}: holds the sweep of another sweep file"):
+        sweep(edited, grid.out, device="cpu")
+    assert _files(grid.out) == before
 
 
 def test_missing_files_and_folders(tmp_path, synthetic_dir):

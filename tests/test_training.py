@@ -323,3 +323,44 @@ def test_fine_tune_from_a_shipped_model_records_its_name(tmp_path):
     sha = hashlib.sha256(pretrained_path("em-membranes").read_bytes()).hexdigest()
     assert load_model(tuned.best).info["parent"] == {"name": "em-membranes", "sha256": sha}
     assert isinstance(tuned.start_dice, float)
+
+
+def _files(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_run_folder_is_never_an_input_folder(tmp_path, synthetic_dir):
+    import shutil
+
+    from napari_unet_seg.pairing import pair_files
+
+    data = tmp_path / "data"
+    for kind, source in zip(("images", "masks", "val_images", "val_masks"), synthetic_dir * 2):
+        shutil.copytree(source, data / kind)
+    before = _files(data)
+    folders = {k: data / k for k in ("images", "masks", "val_images", "val_masks")}
+    for out in list(folders.values()) + [data / "images" / "x" / ".."]:
+        with pytest.raises(UserError, match=rf"--out {out}: is the input folder .* choose another folder"):
+            train(**folders, out=out, epochs=1, **FAST)
+    with pytest.raises(UserError, match="would take run.zarr for one of its images"):
+        train(**folders, out=data / "masks" / "run.zarr", epochs=1, **FAST)
+    assert _files(data) == before
+    # a run folder inside an input folder, or above one, is harmless: the listing does not look into subfolders
+    for out in (data / "masks" / "run", data):
+        train(**folders, out=out, epochs=1, **FAST)
+        assert len(pair_files(data / "images", data / "masks")) == 8
+    assert {k: v for k, v in _files(data).items() if k in before} == before
+
+
+def test_a_run_never_replaces_the_model_it_starts_from(tmp_path, synthetic_dir, tiny_model):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_model, run / "best.pt")
+    before = _files(tmp_path)
+    images, masks = synthetic_dir
+    for start in (run / "best.pt", load_model(run / "best.pt")):
+        with pytest.raises(UserError, match=rf"--out {run}: holds best.pt, the model to start from"):
+            train(images=images, masks=masks, out=run, epochs=1, overwrite=True, initial_model=start, **FAST)
+    assert _files(tmp_path) == before

@@ -76,9 +76,9 @@ def export_bioimageio(model: SegmentationModel | str | os.PathLike, out: str | o
     model = _load(model)
     license = license or model.info.get("license") or "CC-BY-4.0"
     _check_license(license)
-    _warn_terms(model, authors, license, on_message)
     target = Path(out)
-    _package_target(target, overwrite, model)
+    _package_target(target, overwrite, model)  # a refused --out before any warning
+    _warn_terms(model, authors, license, on_message)
     raw = _test_image(model, test_image if test_image is not None else _sample_image(model))
     inputs = _check_inputs(model, raw)
     staging = _staging_folder(target)
@@ -369,11 +369,13 @@ def _check_license(license: str) -> None:
 
 
 def _package_target(path: Path, overwrite: bool, model: SegmentationModel) -> None:
-    from .outputs import inside
+    from .outputs import check_place, inside
 
     if path.suffix.lower() == ".zip":
         _file_target(path, overwrite, model)
-    elif model.path is not None and inside(model.path, path):
+        return
+    check_place(path)  # the package is made beside it, then moved into place
+    if model.path is not None and inside(model.path, path):
         raise UserError(f"--out {path}: holds the model file {model.path} and would replace it; "
                         "choose another folder")
     elif path.exists():

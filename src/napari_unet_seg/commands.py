@@ -264,7 +264,8 @@ def run_predict(args: Namespace) -> int:
     from .image_io import read_image_layout, read_spacing, write_map, write_mask
     from .inference import check_input, predict
     from .model_file import load_model
-    from .outputs import check_distinct, same_file
+    from .outputs import check_distinct, check_folder, check_place, same_file
+    from .zarr_io import is_zarr
 
     _warnings_to_console()
     model = load_model(args.model)
@@ -273,8 +274,11 @@ def run_predict(args: Namespace) -> int:
         return _predict_labels_group(model, files[0], args)
     output = Path(args.output)
     named = _names_one_file(output, Path(args.input), files)
-    if output.exists() and not output.is_dir() and not named:
-        raise UserError(f"--output {output}: is a file; give a folder")
+    if named:
+        check_place(output, "--output")
+    else:  # never the --input folder (masks there would be taken for images) nor inside a .zarr input
+        folder = Path(args.input) if Path(args.input).is_dir() and not is_zarr(args.input) else None
+        check_folder(output, inputs=[f for f in files if is_zarr(f)], folders=[folder], what="--output")
     inputs = files + ([model.path] if model.path else [])
     planned = []
     for path in files:
@@ -387,7 +391,8 @@ def run_evaluate(args: Namespace) -> int:
     if args.json:  # checked before the long job, against every input it reads
         sources = [resolve_model_path(args.model)] + [p for folder in (args.images, args.masks)
                                                        if Path(folder).is_dir() for p in list_images(folder)]
-        check_output(args.json, inputs=sources, overwrite=getattr(args, "overwrite", False), what="--json")
+        check_output(args.json, inputs=sources, folders=[args.images, args.masks],
+                     overwrite=getattr(args, "overwrite", False), what="--json")
     _print_device(args.device)
     scores = evaluate(args.model, args.images, args.masks, skip_unpaired=args.skip_unpaired,
                       **_predict_options(args))
@@ -451,9 +456,10 @@ def run_doctor(args: Namespace) -> int:
 
 def run_demo(args: Namespace) -> int:
     from .demo import run_demo as demo
+    from .outputs import check_folder
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+    out = check_folder(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"--out {out}: exists and is not empty; choose another folder or pass --overwrite")
     report = demo(out, epochs=args.epochs, device=args.device, on_event=ConsoleProgress())
     print(f"report: {report}")
@@ -461,12 +467,13 @@ def run_demo(args: Namespace) -> int:
 
 
 def run_sweep(args: Namespace) -> int:
-    from .sweep import load_sweep, sweep
+    from .sweep import check_out, load_sweep, sweep
 
     _warnings_to_console()
     spec = load_sweep(args.config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    if args.dry_run:
+    if args.dry_run:  # the --out a real run would refuse is refused here too
+        check_out(spec, out)
         for run in spec.runs:
             print(f"{out / run.name}: {run.describe()}")
         return 0
@@ -480,11 +487,12 @@ def run_sweep(args: Namespace) -> int:
 def run_export(args: Namespace) -> int:
     from .export import export_model
     from .image_io import read_image
-    from .outputs import same_file
+    from .outputs import inside, same_file
 
     _warnings_to_console()
-    if args.test_image and same_file(args.out, args.test_image):
-        raise UserError(f"--out {args.out}: is the --test-image and would be replaced; choose another output path")
+    if args.test_image and (same_file(args.out, args.test_image) or inside(args.test_image, args.out)):
+        verb = "is" if same_file(args.out, args.test_image) else "holds"  # holds: a bioimage.io package folder
+        raise UserError(f"--out {args.out}: {verb} the --test-image and would be replaced; choose another output path")
     test_image = read_image(args.test_image) if args.test_image else None
     began = time.perf_counter()
     out = export_model(args.model, args.format, args.out, check=args.check, overwrite=args.overwrite,

@@ -6,12 +6,44 @@ import json
 import shutil
 from pathlib import Path
 
+from .errors import UserError
 from .events import Message
 
-__all__ = ["run_demo", "DEMO_TEST"]
+__all__ = ["run_demo", "check_out", "DEMO_TEST"]
 
 #: The shipped crops kept out of training (sections far from the training ones).
 DEMO_TEST = ("em_22.png", "em_28.png")
+#: The folders the demo writes into (the data ones it trains and tests on whole), and the files it writes
+#: beside them: all that an existing folder's demo replaces.
+DATA_FOLDERS = tuple(f"data/{part}/{kind}" for part in ("train", "test") for kind in ("images", "masks"))
+DEMO_FOLDERS = ("run", "predictions", *DATA_FOLDERS)
+DEMO_FILES = ("report.md", "scores.json", "montage.png", *(f"predictions/{name}" for name in DEMO_TEST))
+
+
+def check_out(out: str | Path) -> Path:
+    """``out`` once the demo may write there: a folder whose demo files can be written, and whose data
+    folders hold only the sample's crops (the demo trains and tests on everything in them).
+
+    Raises:
+        UserError: a file, a folder where the demo writes a file, or a file in the way, named.
+    """
+    from .outputs import check_folder
+    from .sample_data import sample_folders
+
+    out = check_folder(out)
+    for name in DEMO_FOLDERS:
+        check_folder(out / name)
+    for name in DEMO_FILES:
+        if (out / name).is_dir():
+            raise UserError(f"--out {out}: {out / name} is a folder where the demo writes a file; choose another "
+                            "folder")
+    sample = {path.name for path in sample_folders("em")[0].iterdir()}
+    for name in DATA_FOLDERS:
+        foreign = sorted(p.name for p in (out / name).glob("[!.]*") if p.name not in sample)
+        if foreign:
+            raise UserError(f"--out {out}: {out / name} holds {foreign[0]}, which is not a demo crop and would "
+                            "be trained or tested on; choose another folder")
+    return out
 
 
 def _split_sample(data: Path) -> tuple[Path, Path]:
@@ -33,7 +65,8 @@ def run_demo(out: str | Path, *, epochs: int = 80, device: str = "auto", on_even
     """Run the demo into ``out`` and return the path of its ``report.md``.
 
     Writes ``data/`` (the split used), ``run/`` (model files, history, curves), ``predictions/``,
-    ``montage.png`` (image | prediction | ground truth) and ``scores.json``.
+    ``montage.png`` (image | prediction | ground truth) and ``scores.json``; in an existing folder it
+    replaces these and leaves every other file as it was (see :func:`check_out`).
     """
     from .evaluation import evaluate
     from .image_io import read_image, write_mask
@@ -42,7 +75,7 @@ def run_demo(out: str | Path, *, epochs: int = 80, device: str = "auto", on_even
     from .training import train
 
     emit = on_event or (lambda event: None)
-    out = Path(out)
+    out = check_out(out)
     train_dir, test_dir = _split_sample(out / "data")
     emit(Message(f"demo: training a U-Net on {len(list((train_dir / 'images').iterdir()))} EM crops "
                  f"(ISBI 2012) for {epochs} epochs; the 2 test crops stay unseen"))

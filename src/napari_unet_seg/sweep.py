@@ -28,10 +28,11 @@ from .config import TrainConfig
 from .errors import JobCancelled, UserError, is_cancelled
 from .events import Batch, Checkpoint, Epoch, Message, Tiles, drain
 from .image_io import atomic_write
+from .outputs import check_folder
 from .sweep_spec import (DATA_KEYS, GRID_KEYS, SPLIT_KEYS, _NOT_GRID, SweepRun, SweepSpec, _pairs, _show, load_sweep,
                          parse_sweep, split_lists)  # the sweep file's names stay importable from here
 
-__all__ = ["SweepRun", "SweepSpec", "load_sweep", "parse_sweep", "split_lists", "sweep_steps", "sweep",
+__all__ = ["SweepRun", "SweepSpec", "load_sweep", "parse_sweep", "split_lists", "sweep_steps", "sweep", "check_out",
            "list_runs", "read_comparison", "DATA_KEYS", "SPLIT_KEYS", "GRID_KEYS", "RESULT_COLUMNS"]
 
 #: The result columns after the settings.
@@ -209,19 +210,49 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
     return rows
 
 
-def _prepared_out(spec: SweepSpec, out: Path) -> Path:
-    """The sweep folder, created, with a copy of the sweep file; its data folders checked first."""
+def check_out(spec: SweepSpec, out: str | os.PathLike) -> Path:
+    """``out`` once a sweep of ``spec`` may write there: no data folder of it, and new, empty, or an earlier
+    sweep of the same file (a sweep has no ``--overwrite``: an earlier one's folder is resumed).
+
+    Raises:
+        UserError: a file, a data folder, a folder of other files, or one of another sweep file.
+    """
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the sweep")
+    check_folder(out, folders=[getattr(spec, key) for key in DATA_KEYS])
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    copy = out / "sweep.yaml"
+    if copy.is_file():
+        if spec.text and _text(copy) != spec.text:
+            raise UserError(f"--out {out}: holds the sweep of another sweep file ({copy} differs from {spec.name}); "
+                            "choose another --out, or run that sweep's own file to resume it")
+    elif spec.text or not ((out / "split.json").is_file() or any((out / run.name).is_dir() for run in spec.runs)):
+        raise UserError(f"--out {out}: is not empty and holds no earlier sweep (no sweep.yaml); choose a new or "
+                        "empty folder (a sweep resumes only its own)")
+    return out
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _prepared_out(spec: SweepSpec, out: Path) -> Path:
+    """The sweep folder, created, with a copy of the sweep file; its data folders and itself checked first."""
     for key in DATA_KEYS:
         folder = getattr(spec, key)
         if folder is not None and not folder.is_dir():
             raise UserError(f"{spec.name}: {key}: folder {folder} does not exist; check the path")
+    check_out(spec, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot create it ({error.strerror}); choose another folder") from None
-    if spec.text:
+    if spec.text and not (out / "sweep.yaml").is_file():  # an earlier sweep's copy holds the same text
         atomic_write(out / "sweep.yaml", lambda tmp: Path(tmp).write_text(spec.text))
     return out
 

@@ -17,6 +17,7 @@ then the batch of all processes together.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import time
 from collections.abc import Generator, Sequence
@@ -43,6 +44,7 @@ from .metrics import segmentation_metrics
 from .model_file import SegmentationModel, _out_channels, load_model, read_metadata, save_model
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
+from .outputs import check_folder, same_file
 from .pairing import pair_files
 from .planning import common_spacing, patch_shape, resolve_spatial_dims
 from .reporting import plot_curves, write_history
@@ -74,10 +76,17 @@ class ValPair:
     truth: np.ndarray
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+def _prepare_run_dir(config: TrainConfig, resume: bool, start: str | os.PathLike | None = None) -> Path:
+    """The run folder, created: never an input folder (its files would be paired as images) nor one whose
+    run files hold the model to ``start`` from; a run there is replaced only with ``overwrite``."""
     run = Path(config.out)
     if run.exists() and not run.is_dir():
         raise UserError(f"--out {run}: is a file; give a folder for the run")
+    check_folder(run, folders=[config.images, config.masks, config.val_images, config.val_masks])
+    held = next((name for name in RUN_FILES if start is not None and same_file(run / name, start)), None)
+    if held:
+        raise UserError(f"--out {run}: holds {held}, the model to start from, which the run would replace; "
+                        "choose another folder")
     existing = [name for name in RUN_FILES if (run / name).exists()]
     if existing and not (resume or config.overwrite):
         raise UserError(f"--out {run}: already holds a run ({', '.join(existing)}); choose another folder, "
@@ -92,7 +101,8 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     return run
 
 
-def _prepare_run(values: dict, resume: bool, given: Sequence[str]) -> tuple[TrainConfig, Path]:
+def _prepare_run(values: dict, resume: bool, given: Sequence[str], start: str | os.PathLike | None = None
+                 ) -> tuple[TrainConfig, Path]:
     """The job's checked settings and its (created) run folder; under torchrun rank 0 alone runs this."""
     if resume:  # the stored run's settings, overridden by what is given now (e.g. more epochs)
         given = [k for k in given if not (k == "spatial_dims" and values[k] == "auto")]  # auto: as stored
@@ -109,7 +119,7 @@ def _prepare_run(values: dict, resume: bool, given: Sequence[str]) -> tuple[Trai
     if config.batch_size < world:
         raise UserError(f"--batch-size {config.batch_size} is the batch of all {world} processes together; "
                         f"give at least {world} (one patch each)")
-    return config, _prepare_run_dir(config, resume)
+    return config, _prepare_run_dir(config, resume, start)
 
 
 def _val_pairs(items, classes: int, channels: int, spatial_dims: int | None = 2) -> list[ValPair]:
@@ -571,7 +581,8 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     values = {**(config.to_dict() if config else {}), **options}
     default = TrainConfig().to_dict()
     given = [k for k, v in values.items() if k in options or (k in default and v != default[k])]
-    config, run_dir = distributed.on_main(_prepare_run, values, resume, given)
+    start = getattr(initial_model, "path", initial_model)  # a model object, a file or a shipped name
+    config, run_dir = distributed.on_main(_prepare_run, values, resume, given, start)
     with run_lock(run_dir) if distributed.is_main() else nullcontext():
         if distributed.is_main():
             clean_stale_files(run_dir, RUN_FILES)
