@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -135,12 +136,10 @@ def test_split_is_seeded_disjoint_and_recorded(tmp_path, synthetic_dir):
     other = write_sweep(tmp_path, data_lines(tmp_path, synthetic_dir) + FAST +
                         "split: {test_fraction: 0.25, seed: 4}\n", "other.yaml")
     assert split_lists(load_sweep(other))["test"] != record["test"]
-    # an OUT with another split is refused (its runs would mix two splits): a sweep of another file, or one
-    # without a file (from Python) that splits otherwise
-    with pytest.raises(UserError, match="holds the sweep of another sweep file"):
-        sweep(other, tmp_path / "out", device="cpu", cancel=lambda: True)
-    with pytest.raises(UserError, match="holds another split"):
-        sweep(replace(load_sweep(other), text=""), tmp_path / "out", device="cpu", cancel=lambda: True)
+    # an OUT with another split is refused (its runs would mix two splits), from a file or from Python
+    for changed in (other, replace(load_sweep(other), text="")):
+        with pytest.raises(UserError, match="holds another split"):
+            sweep(changed, tmp_path / "out", device="cpu", cancel=lambda: True)
 
 
 def test_split_run_scores_the_held_out_pairs(tmp_path, synthetic_dir):
@@ -195,8 +194,8 @@ def test_out_is_never_a_data_folder(tmp_path, synthetic_dir):
     assert _files(data) == before
 
 
-def test_a_folder_of_other_files_or_another_sweep_is_refused(grid, tmp_path):
-    """A sweep has no --overwrite: it writes into a new or empty folder, or resumes its own earlier one."""
+def test_a_folder_of_other_files_is_refused_and_an_edited_sweep_extends_its_own(grid, tmp_path):
+    """A sweep has no --overwrite: it writes into a new or empty folder, or resumes (extends) an earlier one."""
     other = tmp_path / "u"
     other.mkdir()
     (other / "comparison.csv").write_text("x\n")
@@ -206,9 +205,11 @@ def test_a_folder_of_other_files_or_another_sweep_is_refused(grid, tmp_path):
     before = _files(grid.out)
     edited = write_sweep(grid.path.parent, grid.path.read_text().replace("losses: [dice, bce]", "losses: [dice]"),
                          "edited.yaml")
-    with pytest.raises(UserError, match=rf"--out {grid.out}: holds the sweep of another sweep file"):
-        sweep(edited, grid.out, device="cpu")
-    assert _files(grid.out) == before
+    shutil.copytree(grid.out, tmp_path / "copy")
+    sweep(edited, tmp_path / "copy", device="cpu", cancel=lambda: True)  # an edited sweep file extends its folder
+    assert (tmp_path / "copy" / "sweep.yaml").read_text() == edited.read_text()
+    assert {name: data for name, data in _files(tmp_path / "copy").items() if name.endswith(".pt")} == \
+        {name: data for name, data in before.items() if name.endswith(".pt")}
 
 
 def test_missing_files_and_folders(tmp_path, synthetic_dir):

@@ -212,10 +212,11 @@ def sweep_steps(spec: SweepSpec | str | os.PathLike, out: str | os.PathLike, *, 
 
 def check_out(spec: SweepSpec, out: str | os.PathLike) -> Path:
     """``out`` once a sweep of ``spec`` may write there: no data folder of it, and new, empty, or an earlier
-    sweep of the same file (a sweep has no ``--overwrite``: an earlier one's folder is resumed).
+    sweep's (a sweep has no ``--overwrite``: an earlier one's folder is resumed, or extended by an edited
+    sweep file, whose runs are checked against the finished ones as it reaches them).
 
     Raises:
-        UserError: a file, a data folder, a folder of other files, or one of another sweep file.
+        UserError: a file, a data folder, or a folder of other files.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -223,22 +224,11 @@ def check_out(spec: SweepSpec, out: str | os.PathLike) -> Path:
     check_folder(out, folders=[getattr(spec, key) for key in DATA_KEYS])
     if not out.is_dir() or not any(out.iterdir()):
         return out
-    copy = out / "sweep.yaml"
-    if copy.is_file():
-        if spec.text and _text(copy) != spec.text:
-            raise UserError(f"--out {out}: holds the sweep of another sweep file ({copy} differs from {spec.name}); "
-                            "choose another --out, or run that sweep's own file to resume it")
-    elif spec.text or not ((out / "split.json").is_file() or any((out / run.name).is_dir() for run in spec.runs)):
-        raise UserError(f"--out {out}: is not empty and holds no earlier sweep (no sweep.yaml); choose a new or "
-                        "empty folder (a sweep resumes only its own)")
-    return out
-
-
-def _text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
+    if (out / "sweep.yaml").is_file() or not spec.text and (
+            (out / "split.json").is_file() or any((out / run.name).is_dir() for run in spec.runs)):
+        return out
+    raise UserError(f"--out {out}: is not empty and holds no earlier sweep (no sweep.yaml); choose a new or "
+                    "empty folder (a sweep resumes only its own)")
 
 
 def _prepared_out(spec: SweepSpec, out: Path) -> Path:
@@ -252,8 +242,9 @@ def _prepared_out(spec: SweepSpec, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--out {out}: cannot create it ({error.strerror}); choose another folder") from None
-    if spec.text and not (out / "sweep.yaml").is_file():  # an earlier sweep's copy holds the same text
-        atomic_write(out / "sweep.yaml", lambda tmp: Path(tmp).write_text(spec.text))
+    copy = out / "sweep.yaml"
+    if spec.text and not (copy.is_file() and copy.read_text(errors="replace") == spec.text):  # new or edited
+        atomic_write(copy, lambda tmp: Path(tmp).write_text(spec.text))
     return out
 
 
