@@ -228,13 +228,14 @@ def _layout(array: Any, in_channels: int, rgb: bool | None, spatial_dims: int = 
     return colour, spatial
 
 
-def _coloured(array: Any, samples: int = 256) -> bool:
-    """Whether a colour image's (a colour stack's first plane's) three channels differ anywhere on an even
-    grid of about ``samples`` x ``samples`` pixels (gray stored as RGB, three equal channels, does not count)."""
+def _coloured(array: Any, side: int = 512) -> bool:
+    """Whether a colour image's (a colour stack's first plane's) three channels differ anywhere in its central
+    ``side`` x ``side`` pixels (gray stored as RGB, three equal channels, does not count); a window, not a
+    grid, so that a chunked (dask, zarr) image is read in a few chunks only."""
     plane = array[0] if len(array.shape) == 4 else array
-    steps = [max(1, n // samples) for n in plane.shape[:2]]
-    grid = np.asarray(plane[::steps[0], ::steps[1], :3])
-    return not (grid == grid[..., :1]).all()
+    y, x = (max(0, (n - side) // 2) for n in plane.shape[:2])
+    window = np.asarray(plane[y:y + side, x:x + side, :3])
+    return not (window == window[..., :1]).all()
 
 
 def check_input(model: SegmentationModel, array: Any, rgb: bool | None = None) -> None:
