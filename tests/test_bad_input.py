@@ -73,7 +73,7 @@ BAD_FOLDERS = [
     ("two images with one stem", {"i/a.png": IMAGE, "i/a.tif": IMAGE, "m/a.png": MASK}, {},
      r"a.png and a.tif have the same stem 'a'; keep one"),
     ("image and mask sizes differ", {"i/a.png": IMAGE, "m/a.png": MASK[:, :24]}, {},
-     r"a.png: image is 32x32 but its mask is 24x32"),
+     r"a.png: image is 32x32 \(Y x X\) but its mask is 32x24 \(Y x X\)"),
     ("mask values beyond --classes", {"i/a.png": IMAGE, "m/a.png": (MASK > 0).astype(np.uint8) * 5},
      {"classes": 3}, r"values \[5\] outside the class ids 0..2; check --classes 3"),
     ("colour mask", {"i/a.png": IMAGE, "m/a.png": colour_mask}, {}, r"a.png \(mask\): is a colour \(RGB\) mask"),

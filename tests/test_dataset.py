@@ -40,7 +40,7 @@ def test_load_samples_normalizes_and_checks(synthetic_dir):
 
 
 def test_size_mismatch_and_mixed_channels():
-    with pytest.raises(UserError, match="image is 10x8 but its mask is 9x8"):
+    with pytest.raises(UserError, match=r"image is 8x10 \(Y x X\) but its mask is 8x9 \(Y x X\)"):
         samples_from_arrays([(np.zeros((8, 10)), np.zeros((8, 9)))], classes=2, normalization=NORM)
     samples, channels = samples_from_arrays([(np.zeros((8, 8)), np.zeros((8, 8))),
                                              (np.zeros((8, 8, 3)), np.zeros((8, 8)))], classes=2,

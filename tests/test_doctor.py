@@ -113,3 +113,9 @@ def test_cli_doctor_device_cpu():
     out = run_cli("--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert "--device cpu: usable, cpu (" in out.stdout
+
+
+def test_cli_doctor_unknown_device_fails_before_the_report():
+    out = run_cli("--device", "tpu")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == "napari-unet-seg: error: device 'tpu' is unknown; use auto, cuda, cuda:N, mps or cpu"

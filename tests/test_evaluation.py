@@ -297,7 +297,8 @@ def test_compare_labels_of_volumes():
     scores = compare_labels(merged, truth)
     assert scores["kind"] == "instances" and scores["objects_predicted"] == 1 and scores["objects_matched"] == 0
     assert scores["dice"] == pytest.approx(2 * 24 / (24 + 30))
-    with pytest.raises(UserError, match=r"the labels \(3, 4, 4\) and the ground truth \(3, 4, 5\) differ in shape"):
+    with pytest.raises(UserError, match=r"the labels \(3x4x4 \(Z x Y x X\)\) and the ground truth "
+                                        r"\(3x4x5 \(Z x Y x X\)\) differ in shape"):
         compare_labels(merged, np.zeros((3, 4, 5)))
 
 
@@ -309,9 +310,10 @@ def test_evaluate_refuses_volumes_whose_mask_differs_in_any_axis(tmp_path, monke
     images, masks = _write_volumes(tmp_path, {"v.tif": (np.zeros(image_shape), np.zeros(mask_shape))})
     predicted = []
     monkeypatch.setattr(inference, "predict", lambda *args, **kwargs: predicted.append(args))
-    with pytest.raises(UserError, match=rf"v.tif: image is \({', '.join(map(str, image_shape))}\) but its mask "
-                                        rf"is \({', '.join(map(str, mask_shape))}\); they must have the same "
-                                        r"shape in every axis \(z, y, x\)"):
+    mask_axes = "Z x Y x X" if len(mask_shape) == 3 else "Y x X"
+    with pytest.raises(UserError, match=rf"v.tif: image is {'x'.join(map(str, image_shape))} \(Z x Y x X\) but "
+                                        rf"its mask is {'x'.join(map(str, mask_shape))} \({mask_axes}\); they "
+                                        r"must have the same shape in every axis"):
         evaluate(_threshold_model(), images, masks, device="cpu")
     assert not predicted  # refused before any prediction
 
@@ -323,7 +325,7 @@ def test_cli_evaluate_exits_2_on_a_volume_whose_mask_differs(tmp_path, segnet_mo
     before = snapshot(tmp_path)
     done = cli("evaluate", "--model", segnet_model, "--images", tmp_path / "images", "--masks", tmp_path / "masks",
                "--json", tmp_path / "scores.json", "--device", "cpu")
-    one_line(done, r"v.tif: image is \(4, 16, 16\) but its mask is \(4, 16, 12\); they must have the same shape")
+    one_line(done, r"v.tif: image is 4x16x16 \(Z x Y x X\) but its mask is 4x16x12 \(Z x Y x X\); they must have")
     assert snapshot(tmp_path) == before  # no scores file written
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, size_text
 from .image_io import read_image, read_mask
 from .normalization import is_rgb, normalize, to_channels_first
 from .pairing import Pair
@@ -82,8 +82,8 @@ def _prepare(name: str, image: np.ndarray, mask: np.ndarray, *, in_channels: int
                         "split stacks (Z, Y, X) into one file per slice")
     labels = mask_to_classes(mask, classes, f"{name} (mask)")
     if labels.shape != image.shape[:2]:
-        raise UserError(f"{name}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
-                        f"{labels.shape[1]}x{labels.shape[0]}; they must have the same size")
+        raise UserError(f"{name}: image is {size_text(image.shape[:2])} but its mask is "
+                        f"{size_text(labels.shape)}; they must have the same size")
     channels = normalize(to_channels_first(image, in_channels, name=name), normalization)
     if resize:
         channels = _resize(channels, resize, order=1)
@@ -103,8 +103,8 @@ def _prepare_volume(name: str, image: np.ndarray, mask: np.ndarray, *, in_channe
                         "least 2 (or use --spatial-dims 2)")
     labels = mask_to_classes(mask, classes, f"{name} (mask)", spatial_dims=3)
     if labels.shape != image.shape[:3]:
-        raise UserError(f"{name}: image volume is {'x'.join(map(str, image.shape[:3]))} (Z x Y x X) but its mask "
-                        f"is {'x'.join(map(str, labels.shape))}; they must match in every axis")
+        raise UserError(f"{name}: image volume is {size_text(image.shape[:3])} but its mask "
+                        f"is {size_text(labels.shape)}; they must match in every axis")
     if image.ndim == 4:
         image = image[..., :3]
         image = image.astype(np.float32).mean(axis=-1)[None] if in_channels == 1 else np.moveaxis(image, -1, 0)
@@ -119,8 +119,8 @@ def _slices(name: str, image: np.ndarray, mask: np.ndarray) -> list[tuple[str, n
     if not is_volume(image):
         return [(name, image, mask)]
     if mask.shape[0] != image.shape[0] or mask.ndim < 3:
-        raise UserError(f"{name}: image stack is {'x'.join(map(str, image.shape[:3]))} (Z x Y x X) but its mask "
-                        f"is {'x'.join(map(str, mask.shape))}; they must match in every axis")
+        raise UserError(f"{name}: image stack is {size_text(image.shape[:3])} but its mask "
+                        f"is {size_text(mask.shape)}; they must match in every axis")
     return [(f"{name}[z={z}]", image[z], mask[z]) for z in range(image.shape[0])]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ReportedElsewhere", "JobCancelled", "is_cancelled"]
+__all__ = ["UserError", "ReportedElsewhere", "JobCancelled", "is_cancelled", "size_text"]
 
 
 class UserError(ValueError):
@@ -27,3 +27,11 @@ def is_cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
+
+
+def size_text(shape) -> str:
+    """A spatial shape for a message, in array order with its axes named: ``384x512 (Y x X)``,
+    ``30x512x512 (Z x Y x X)`` (a bare ``384x512`` reads as width x height to many users)."""
+    shape = tuple(int(n) for n in shape)
+    axes = {2: "Y x X", 3: "Z x Y x X"}.get(len(shape), f"{len(shape)} axes")
+    return f"{'x'.join(map(str, shape))} ({axes})"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import mask_to_classes
-from .errors import UserError
+from .errors import UserError, size_text
 from .events import Tiles, drain
 from .image_io import read_image_layout, read_mask
 from .metrics import confusion_matrix, dataset_metrics, object_counts, object_scores, scores_from_confusion
@@ -92,8 +92,8 @@ def compare_labels(prediction: np.ndarray, truth: np.ndarray, num_classes: int |
     """
     prediction, truth = np.asarray(prediction), np.asarray(truth)
     if prediction.shape != truth.shape:
-        raise UserError(f"the labels {prediction.shape} and the ground truth {truth.shape} differ in shape; "
-                        "pick layers of the same size")
+        raise UserError(f"the labels ({size_text(prediction.shape)}) and the ground truth ({size_text(truth.shape)}) "
+                        "differ in shape; pick layers of the same size")
     kind = comparison_kind(truth, num_classes)
     return _score(prediction, truth, kind, num_classes, objects=kind == "instances")[0]
 
@@ -122,8 +122,8 @@ def _prediction(model: SegmentationModel, path: Path, truth_shape: tuple[int, ..
     name = path.name
     shape, truth_shape = _spatial_shape(image, colour), tuple(truth_shape)
     if shape != truth_shape:
-        raise UserError(f"{name}: image is {shape} but its mask is {truth_shape}; they must have the same shape "
-                        f"in every axis ({_axes(max(len(shape), len(truth_shape)))})")
+        raise UserError(f"{name}: image is {size_text(shape)} but its mask is {size_text(truth_shape)}; they must "
+                        "have the same shape in every axis")
     rgb = image[..., :3] if colour and is_rgb(image) else None
     if rgb is not None and model.in_channels == 1 and not (rgb == rgb[..., :1]).all():
         raise UserError(f"{name}: is a colour (RGB) image but the model was trained on grayscale images; "
@@ -132,10 +132,6 @@ def _prediction(model: SegmentationModel, path: Path, truth_shape: tuple[int, ..
         return predict(model, image, rgb=colour, **options)
     except UserError as error:
         raise UserError(f"{name}: {error}") from None
-
-
-def _axes(ndim: int) -> str:
-    return "z, y, x" if ndim == 3 else "y, x" if ndim == 2 else f"{ndim} axes"
 
 
 def evaluate_steps(model: SegmentationModel | str | os.PathLike, images: str | os.PathLike,

@@ -154,6 +154,7 @@ _CLI_RULES = {
     "evaluate": {k: PREDICT_RULES[k] for k in ("device", "tile", "overlap", "threshold", "min_size")},
     "demo": {"device": Rule("device"), "epochs": TRAIN_RULES["epochs"]},
     "sweep": {"device": Rule("device")},
+    "doctor": {"device": Rule("device", optional=True)},  # a misspelt name fails before the report
 }
 
 

@@ -132,10 +132,14 @@ def test_evaluation_and_comparison_tables_and_csv(tmp_path):
     headers, rows = params.evaluation_table(result)
     assert headers == ["image", "Dice", "IoU", "accuracy"]
     assert rows == [["a.png", 0.6, 0.5, 0.95], ["b.png", 0.4, 0.3, 0.85], ["mean", 0.5, 0.4, 0.9]]
-    path = params.write_csv(tmp_path / "out" / "scores.txt", headers, rows)
-    assert path == tmp_path / "out" / "scores.csv"
+    path = params.write_csv(tmp_path / "out" / "scores.v2", headers, rows)
+    assert path == tmp_path / "out" / "scores.v2.csv"
     with path.open() as handle:
         assert list(csv.reader(handle))[-1] == ["mean", "0.5", "0.4", "0.9"]
+    with pytest.raises(UserError, match=r"scores.v2.csv exists; name it with .csv to replace it"):
+        params.write_csv(tmp_path / "out" / "scores.v2", headers, rows[:1])  # the user named another file
+    assert params.write_csv(path, headers, rows[:1]) == path  # named: replaced
+    assert len(path.read_text().splitlines()) == 2
 
     _, rows = params.comparison_table({"dice": 0.8, "iou": 0.7, "accuracy": 0.9})
     assert rows == [["foreground", 0.8, 0.7]]

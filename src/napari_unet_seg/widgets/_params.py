@@ -344,10 +344,16 @@ def runs_table(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
 
 
 def write_csv(path: str | os.PathLike, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """Write a table to ``path`` as CSV (comma-separated, header first); return the path."""
+    """Write a table to ``path`` as CSV (comma-separated, header first); return the path.
+
+    A name without ``.csv`` gets it appended (``scores`` -> ``scores.csv``); a file of that appended name that
+    exists already is not replaced, since the user named another.
+    """
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        path = path.with_suffix(".csv")
+        path = path.with_name(path.name + ".csv")
+        if path.exists():
+            raise UserError(f"{path} exists; name it with .csv to replace it, or choose another file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="", encoding="utf-8") as handle:
