@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from napari_unet_seg.errors import UserError
-from napari_unet_seg.outputs import check_distinct, check_folder, check_output, check_place, inside, same_file
+from napari_unet_seg.outputs import (check_distinct, check_folder, check_output, check_place, inside,
+                                     removed_if_left_empty, same_file)
 
 
 def test_an_input_is_refused_even_with_overwrite_through_links(tmp_path):
@@ -75,3 +76,22 @@ def test_an_output_folder_is_no_input_folder_and_adds_nothing_its_listing_takes(
         assert check_folder(path, folders=[images]) == path
     for path in (images / "s.json", images / "run" / "s.png", images / ".s.png"):
         assert check_output(path, folders=[images]) == path
+
+
+def test_a_failed_job_removes_only_the_empty_folders_it_created(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UserError), removed_if_left_empty(tmp_path / "new" / "deeper" / "run"):
+        (tmp_path / "new" / "deeper" / "run").mkdir(parents=True)
+        raise UserError("bad data")
+    assert sorted(os.listdir(tmp_path)) == ["kept"]
+    with pytest.raises(UserError), removed_if_left_empty(tmp_path / "kept" / "run"):
+        (tmp_path / "kept" / "run").mkdir()
+        (tmp_path / "kept" / "run" / "best.pt").write_bytes(b"work")
+        raise UserError("later error")
+    assert (tmp_path / "kept" / "run" / "best.pt").exists()  # a folder that holds anything stays
+    with pytest.raises(UserError), removed_if_left_empty(tmp_path / "kept"):
+        raise UserError("error")
+    assert (tmp_path / "kept").is_dir()  # it existed before
+    with removed_if_left_empty(tmp_path / "ok"):
+        (tmp_path / "ok").mkdir()
+    assert (tmp_path / "ok").is_dir()  # no error: nothing removed

@@ -192,9 +192,14 @@ def test_a_3d_model_to_fine_tune_on_images_is_named_as_the_reason(tmp_path):
         plan_training(config, given={"epochs"}, start=load_model("mitochondria-em3d"))
 
 
-@pytest.mark.parametrize("case", ["one image", "all empty", "all foreground", "wildly different sizes"])
+@pytest.mark.parametrize("case", ["one image", "all empty", "all foreground", "wildly different sizes",
+                                  "blank images"])
 def test_bad_input_gives_a_plan_with_a_stated_fallback(tmp_path, case):
-    if case == "one image":
+    images = None
+    if case == "blank images":
+        masks, note = _discs(count=3), "2 sampled image(s) are blank (one value everywhere); check the images"
+        images = [np.zeros((96, 96), np.uint8), np.full((96, 96), 9, np.uint8), (masks[2] * 200).astype(np.uint8)]
+    elif case == "one image":
         masks, note = _discs(count=1), "one pair"
     elif case == "all empty":
         masks, note = [np.zeros((64, 64), np.uint8)] * 3, "hold no foreground"
@@ -202,7 +207,7 @@ def test_bad_input_gives_a_plan_with_a_stated_fallback(tmp_path, case):
         masks, note = [np.ones((64, 64), np.uint8)] * 3, "all foreground"
     else:
         masks, note = [_lines(1, 32)[0], _lines(1, 600)[0], _lines(1, 96)[0]], None
-    measured = fingerprint(*_write(tmp_path, masks))
+    measured = fingerprint(*_write(tmp_path, masks, images))
     chosen = plan(measured, device="cpu")
     text = "\n".join(measured.lines() + chosen.lines())
     if note:
@@ -266,3 +271,16 @@ def test_real_sets_get_the_choice_their_evidence_points_to(shared_data, name, ma
     chosen = plan(fingerprint(root / "images", root / masks), device="cpu")
     assert (chosen.settings["resize"] == 256) is whole
     assert (chosen.proposals["postprocess"] != []) is whole
+
+
+def test_a_one_slice_volume_is_refused_for_3d_before_training(tmp_path):
+    import tifffile
+
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "a.tif", np.zeros((1, 32, 32), np.uint8))
+    done = cli("train", "--images", tmp_path / "images", "--masks", tmp_path / "masks", "--out", tmp_path / "run",
+               "--spatial-dims", "3", "--plan-only")
+    assert done.returncode == 2 and not (tmp_path / "run").exists()
+    assert done.stderr.strip() == ("napari-unet-seg: error: --spatial-dims 3: a sampled volume has 1 slice; 3D "
+                                   "training needs at least 2 (or use --spatial-dims 2)")

@@ -110,6 +110,19 @@ def test_warnings_for_blank_masks_and_big_patches(tmp_path):
     assert any("all background" in t for t in texts)
     assert any("larger than every image" in t for t in texts)
     assert any("--batch-size 16 is larger" in t for t in texts)
+    assert not any("blank" in t for t in texts)
+
+
+def test_blank_images_are_named_in_a_warning(tmp_path):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 1
+    pairs = [(np.zeros((32, 32)), mask), (np.random.rand(32, 32), mask), (np.full((32, 32), 7.0), mask)]
+    events = []
+    train(arrays=pairs, out=tmp_path / "r", epochs=1, on_event=events.append, **FAST)
+    texts = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert [t for t in texts if "blank" in t] == [
+        "2 of the 3 training images are blank (one value everywhere: array 0, array 2): nothing to learn from "
+        "them; check the images folder"]
 
 
 @pytest.mark.parametrize("option, value, match", [
@@ -364,3 +377,15 @@ def test_a_run_never_replaces_the_model_it_starts_from(tmp_path, synthetic_dir, 
         with pytest.raises(UserError, match=rf"--out {run}: holds best.pt, the model to start from"):
             train(images=images, masks=masks, out=run, epochs=1, overwrite=True, initial_model=start, **FAST)
     assert _files(tmp_path) == before
+
+
+def test_a_data_error_leaves_no_run_folder_behind(tmp_path):
+    import tifffile
+
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+        tifffile.imwrite(tmp_path / kind / "a.tif", np.zeros((1, 32, 32), np.uint8))  # one slice: no volume
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(UserError, match="a.tif: volume of shape .* has 1 slice; 3D training needs at least 2"):
+        train(images=tmp_path / "images", masks=tmp_path / "masks", out=out, spatial_dims="3", epochs=1, **FAST)
+    assert not (tmp_path / "runs").exists()

@@ -5,12 +5,14 @@ listing, ``overwrite`` or not. Each check runs before the job's work, so a refus
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["same_file", "inside", "check_place", "check_output", "check_folder", "check_distinct"]
+__all__ = ["same_file", "inside", "check_place", "check_output", "check_folder", "check_distinct",
+           "removed_if_left_empty"]
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -115,3 +117,23 @@ def check_distinct(planned: Iterable[tuple[Path, Path]], what: str = "--output")
             raise UserError(f"{what}: {claimed[key].name} and {source.name} would both write {Path(target).name}; "
                             "rename one of them or predict them into separate folders")
         claimed[key] = source
+
+
+@contextmanager
+def removed_if_left_empty(folder: object) -> Iterator[None]:
+    """Remove the folders a failed job created for ``folder`` and left empty (a data error found after the run
+    folder was made leaves nothing behind); folders that existed before, or hold anything, stay."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        yield
+        return
+    folder = Path(folder).absolute()
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in missing:  # the folder first, then the parents created with it
+            try:
+                path.rmdir()
+            except OSError:  # not empty, not a folder, or already gone
+                break
+        raise

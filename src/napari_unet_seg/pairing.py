@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import UserError
 from .image_io import image_stem, is_image_file
 
-__all__ = ["MASK_SUFFIXES", "Pair", "mask_key", "list_images", "pair_files"]
+__all__ = ["MASK_SUFFIXES", "Pair", "mask_key", "list_images", "pair_files", "shorten_names"]
 
 #: Stem endings that mark a mask file (ISIC ``_segmentation``/``_Segmentation``, PH2 ``_lesion``, ...).
 MASK_SUFFIXES = ("_mask", "_masks", "_seg", "_segmentation", "_lesion", "_label", "_labels", "_gt")
@@ -51,7 +51,7 @@ def list_images(folder: str | os.PathLike, what: str = "images") -> list[Path]:
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        found = f"; found only other types ({_shorten(others, 3)}), convert them" if others else ""
+        found = f"; found only other types ({shorten_names(others, 3)}), convert them" if others else ""
         inside = "; it is itself a zarr store: give the folder that holds it" if (folder / "zarr.json").is_file() \
             or (folder / ".zgroup").is_file() or (folder / ".zarray").is_file() else ""
         raise UserError(f"{what} folder {folder}: holds no image file (.tif, .png, .jpg, .bmp, .zarr){inside or found}")
@@ -99,9 +99,9 @@ def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpa
     if lonely_images or lonely_masks:
         parts = []
         if lonely_images:
-            parts.append(f"{len(lonely_images)} image(s) without mask: {_shorten(lonely_images)}")
+            parts.append(f"{len(lonely_images)} image(s) without mask: {shorten_names(lonely_images)}")
         if lonely_masks:
-            parts.append(f"{len(lonely_masks)} mask(s) without image: {_shorten(lonely_masks)}")
+            parts.append(f"{len(lonely_masks)} mask(s) without image: {shorten_names(lonely_masks)}")
         message = f"images {images}, masks {masks}: " + "; ".join(parts)
         if not pairs:
             raise UserError(f"{message} (no pair at all: are these the right folders?); a mask is named as its "
@@ -112,6 +112,7 @@ def pair_files(images: str | os.PathLike, masks: str | os.PathLike, *, skip_unpa
     return pairs
 
 
-def _shorten(names: list[str], most: int = 5) -> str:
+def shorten_names(names: list[str], most: int = 5) -> str:
+    """The first ``most`` names, comma-separated, and how many more there are."""
     shown = ", ".join(names[:most])
     return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")

@@ -75,6 +75,7 @@ class Fingerprint:
     empty: int = 0
     full: int = 0
     stacks: int = 0
+    blank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -325,7 +326,8 @@ def fingerprint(images, masks, *, skip_unpaired: bool = False, seed: int = 0) ->
         extent=float(np.median([o[1] for o in measured])) if measured else None,
         fill=float(np.median([o[2] for o in measured])) if measured else None, spacing=spacing,
         depth=[int(min(depths)), int(np.median(depths)), int(max(depths))] if depths else None,
-        empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares), stacks=stacks)
+        empty=sum(s == 0 for s in shares), full=sum(s == 1 for s in shares), stacks=stacks,
+        blank=sum(low == high for low, high in zip(lows, highs)))
 
 
 # ------------------------------------------------------------------------------------------------- plan
@@ -477,7 +479,9 @@ def _notes(fp: Fingerprint, val_fraction: float) -> dict[str, str]:
                             f"background; {hint}")
     found = ["one pair: it trains and validates" if fp.count == 1 and val_fraction else "",
              f"{fp.empty} sampled mask(s) hold no foreground" if fp.empty else "",
-             f"{fp.full} sampled mask(s) are all foreground" if fp.full else ""]
+             f"{fp.full} sampled mask(s) are all foreground" if fp.full else "",
+             f"{fp.blank} sampled image(s) are blank (one value everywhere); check the images folder"
+             if fp.blank else ""]
     if any(found):
         notes["data"] = "; ".join(n for n in found if n)
     return notes
@@ -559,6 +563,9 @@ def plan(fp: Fingerprint, *, device: str = "auto", budget: float = 20.0, model: 
             if fp.stacks < fp.sampled:
                 raise UserError(f"--spatial-dims 3: {fp.sampled - fp.stacks} of the {fp.sampled} sampled images "
                                 "are 2D, not volumes; give stacks (Z, Y, X) or use --spatial-dims 2")
+            if fp.depth[0] < 2:
+                raise UserError(f"--spatial-dims 3: a sampled volume has {fp.depth[0]} slice; 3D training needs at "
+                                "least 2 (or use --spatial-dims 2)")
             held = _validation_count(fp.count, val_fraction)
             counts = (fp.count - held, held if val_count is None else val_count)
             settings, reasons = _plan_3d(fp, kind, device, budget, model, width, counts, spacing, timer)

@@ -44,8 +44,8 @@ from .metrics import segmentation_metrics
 from .model_file import SegmentationModel, _out_channels, load_model, read_metadata, save_model
 from .models import build_network, network_kwargs
 from .normalization import default_normalization
-from .outputs import check_folder, same_file
-from .pairing import pair_files
+from .outputs import check_folder, removed_if_left_empty, same_file
+from .pairing import pair_files, shorten_names
 from .planning import common_spacing, patch_shape, resolve_spatial_dims
 from .reporting import plot_curves, write_history
 from .run_lock import RUN_FILES, clean_stale_files, run_lock
@@ -218,6 +218,11 @@ def _load_data(config: TrainConfig, normalization: dict, arrays, val_arrays, sta
     if all(not s.mask.any() for s in samples):
         messages.append(Message("every mask is all background: there is nothing to learn; check the masks "
                                 "folder (foreground must be > 0)", "warning"))
+    blank = [s.name for s in samples if not np.ptp(s.image)]
+    if blank:
+        messages.append(Message(f"{len(blank)} of the {len(samples)} training images are blank (one value "
+                                f"everywhere: {shorten_names(blank, 3)}): nothing to learn from them; check the images "
+                                "folder", "warning"))
     if dims == 2 and config.resize is None and all(max(s.mask.shape) < config.patch_size for s in samples):
         messages.append(Message(f"--patch-size {config.patch_size} is larger than every image; patches are "
                                 "zero-padded (a smaller --patch-size trains faster)", "warning"))
@@ -582,6 +587,15 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
     default = TrainConfig().to_dict()
     given = [k for k, v in values.items() if k in options or (k in default and v != default[k])]
     start = getattr(initial_model, "path", initial_model)  # a model object, a file or a shipped name
+    with removed_if_left_empty(values.get("out", TrainConfig.out)) if distributed.is_main() else nullcontext():
+        result, messages = yield from _train_in(values, resume, given, start, initial_model, arrays, val_arrays,
+                                                cancel)
+    yield from messages
+    return result
+
+
+def _train_in(values: dict, resume: bool, given: list[str], start, initial_model, arrays, val_arrays, cancel):
+    """:func:`train_steps` once its options are merged: the run folder prepared, locked and trained in."""
     config, run_dir = distributed.on_main(_prepare_run, values, resume, given, start)
     with run_lock(run_dir) if distributed.is_main() else nullcontext():
         if distributed.is_main():
@@ -594,9 +608,7 @@ def train_steps(config: TrainConfig | None = None, *, arrays=None, val_arrays=No
         if distributed.is_main() and status != "cancelled":
             yield from _choose_postprocessing(run, run_dir / "best.pt", val_set, cancel)
         distributed.barrier()  # the files are written before any process reports them
-    result, messages = _result(run, run_dir, status)
-    yield from messages
-    return result
+    return _result(run, run_dir, status)
 
 
 def train(config: TrainConfig | None = None, *, on_event=None, **options: Any) -> TrainResult:
