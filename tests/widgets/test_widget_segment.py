@@ -48,6 +48,38 @@ def test_segment_adds_then_updates_labels(make_napari_viewer, tiny_model, wait_j
     assert not labels.data.any()
 
 
+def test_corrected_labels_and_the_users_own_layer_are_never_replaced(make_napari_viewer, tiny_model, wait_job,
+                                                                     notifications):
+    viewer = make_napari_viewer()
+    image, _ = synthetic_pair((64, 64), seed=3)
+    viewer.add_image(image, name="cells")
+    widget = _segment_widget(viewer)
+    widget.model_file.value = tiny_model
+    assert wait_job(widget.run()) == "done"
+    labels = viewer.layers["cells labels"]
+    labels.brush_size, labels.selected_label = 9, 7
+    labels.paint((20, 20), 7)  # the user's correction, as the brush makes it
+    corrected = labels.data.copy()
+    assert (corrected == 7).sum() > 0
+    widget.threshold.value = 0.99
+    assert wait_job(widget.run()) == "done"
+    assert viewer.layers["cells labels"] is labels and np.array_equal(labels.data, corrected)
+    new = viewer.layers[-1]
+    assert new.name == "cells labels [1]" and not (new.data == 7).any()
+    assert ("warning", "kept the layer 'cells labels' (edited since it was segmented); the new labels are the "
+            "layer 'cells labels [1]'") in notifications
+    assert wait_job(widget.run()) == "done"  # the new, unedited layer is the one updated now
+    assert len(viewer.layers) == 3 and np.array_equal(labels.data, corrected)
+
+    viewer.add_labels(np.full((64, 64), 3, np.uint8), name="own labels")
+    viewer.add_image(image, name="own")
+    widget.image.value = viewer.layers["own"]
+    assert wait_job(widget.run()) == "done"
+    assert (viewer.layers["own labels"].data == 3).all()
+    assert ("warning", "kept the layer 'own labels' (not made by Segment); the new labels are the layer "
+            "'own labels [1]'") in notifications
+
+
 def test_segment_stack_rgb_multiscale_and_probabilities(make_napari_viewer, tiny_model, wait_job):
     viewer = make_napari_viewer()
     widget = _segment_widget(viewer)

@@ -6,18 +6,19 @@ collects the values, draws the progress and adds or updates the layers.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton, SpinBox
 
 from ..errors import UserError
-from ..events import Tiles
+from ..events import Message, Tiles
 from ..instances import INSTANCE_MODES
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import ModelPicker, model_channels, model_dims, model_postprocess
 from ._params import labels_name, layer_array, probabilities_name, segment_options, uncertainty_name
-from ._worker import Job, free_gpu_memory, report_error, start_job
+from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -30,6 +31,23 @@ def _segment_steps(model: Any, data: Any, cancel: Any, options: dict):
     from ..inference import predict_steps
 
     return (yield from predict_steps(model, data, cancel=cancel, **options))
+
+
+#: ``layer.metadata`` key of the labels layers Segment made: "unedited", or "edited" once painted on.
+_MADE = "napari_unet_seg_segment"
+
+
+def _track_edits(layer: Any) -> None:
+    """Mark a labels layer as Segment's, and as edited once the brush, eraser or fill changes it."""
+    layer.metadata[_MADE] = "unedited"
+    layer.events.paint.connect(lambda event: layer.metadata.__setitem__(_MADE, "edited"))
+
+
+def _replaceable(layer: Any) -> bool:
+    """Whether a new result may replace ``layer``: a labels layer Segment made and nobody painted on."""
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels) and layer.metadata.get(_MADE) == "unedited"
 
 
 def check_model_fits(dims: int | None, layer: Any, model: str) -> None:
@@ -188,9 +206,27 @@ class SegmentWidget(Docked, Container):
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
 
-    def show_result(self, result: Any, *, name: str, scale: tuple, translate: tuple) -> None:
-        """Add (or update) ``<name> labels`` and, when computed, ``<name> probabilities``/``uncertainty``."""
-        self._put_layer("labels", labels_name(name), result.labels, scale, translate)
+    def show_result(self, result: Any, *, name: str, scale: tuple, translate: tuple) -> str:
+        """Add (or update) ``<name> labels`` and, when computed, ``<name> probabilities``/``uncertainty``;
+        return the name of the labels layer the result went to.
+
+        A labels layer is updated only if this widget made it and nobody painted on it since: corrected
+        labels, or a layer of the user's own with that name, are kept, and the result becomes a new layer.
+        """
+        from napari.layers import Labels
+
+        target = labels_name(name)
+        copies = [layer for layer in self.viewer.layers
+                  if re.fullmatch(rf"{re.escape(target)}( \[\d+\])?", layer.name)]  # napari's "name [1]"
+        free = [layer for layer in copies if _replaceable(layer)]
+        kept = next((layer for layer in copies if layer.name == target and isinstance(layer, Labels)), None)
+        if free or kept is None:  # an earlier result nobody edited, or none yet
+            target = self._put_layer("labels", free[-1].name if free else target, result.labels, scale, translate)
+        else:
+            target = self._add_labels(result.labels, target, scale, translate)
+            why = "edited since it was segmented" if kept.metadata.get(_MADE) else "not made by Segment"
+            show_message(Message(f"kept the layer {kept.name!r} ({why}); the new labels are the layer {target!r}",
+                                 "warning"))
         if result.probabilities is not None:
             probs = result.probabilities
             extra = probs.ndim - result.labels.ndim  # multi-class probabilities have a leading class axis
@@ -200,9 +236,11 @@ class SegmentWidget(Docked, Container):
             spread = result.uncertainty
             self._put_layer("image", uncertainty_name(name), spread, scale, translate, colormap="inferno",
                             contrast_limits=(0.0, max(float(spread.max(initial=0.0)), 1e-3)))
+        return target
 
     def _put_layer(self, kind: str, name: str, data: Any, scale: tuple, translate: tuple, *,
-                   colormap: str = "magma", contrast_limits: tuple = (0.0, 1.0)) -> None:
+                   colormap: str = "magma", contrast_limits: tuple = (0.0, 1.0)) -> str:
+        """Update the layer ``name`` of this kind in place, or add it; return the name it has."""
         from napari.layers import Image, Labels
 
         cls = Labels if kind == "labels" else Image
@@ -214,11 +252,16 @@ class SegmentWidget(Docked, Container):
             if kind == "image":
                 existing.contrast_limits = contrast_limits
             existing.refresh()
-            return
+            return name
         if existing is not None:
             self.viewer.layers.remove(existing)
         if kind == "labels":
-            self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
-        else:
-            self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap=colormap,
-                                  contrast_limits=contrast_limits, blending="additive", opacity=0.6)
+            return self._add_labels(data, name, scale, translate)
+        return self.viewer.add_image(data, name=name, scale=scale, translate=translate, colormap=colormap,
+                                     contrast_limits=contrast_limits, blending="additive", opacity=0.6).name
+
+    def _add_labels(self, data: Any, name: str, scale: tuple, translate: tuple) -> str:
+        """A new labels layer, tracked for edits; napari makes ``name`` unique (``name [1]``)."""
+        layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
+        _track_edits(layer)
+        return layer.name
