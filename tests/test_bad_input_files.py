@@ -206,8 +206,13 @@ def test_channel_first_rgb_tiff_reads_as_colour(tmp_path):
 def test_two_channel_tiff_is_refused_with_its_shape(tmp_path):
     before = snapshot(tmp_path)
     tifffile.imwrite(tmp_path / "two.tif", np.stack([IMAGE, IMAGE], axis=-1))
-    raises_one_line(r"shape \(48, 48, 2\) has 2 channels, neither gray nor RGB; save it as", read_image,
-                    tmp_path / "two.tif")
+    raises_one_line(r"shape \(48, 48, 2\) has 2 channels, neither gray nor RGB; save it as a gray \(Y, X\) or an "
+                    r"RGB \(Y, X, 3\) image \(one channel per file", read_image, tmp_path / "two.tif")
+    # a two-channel confocal stack (ImageJ ZCYX) is told to split its channels into gray stacks
+    stack = np.stack([np.stack([IMAGE, IMAGE // 2])] * 4)
+    tifffile.imwrite(tmp_path / "zcyx.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
+    raises_one_line(r"shape \(4, 48, 48, 2\) has 2 channels, neither gray nor RGB; save it as a gray \(Z, Y, X\) "
+                    r"stack or an RGB \(Z, Y, X, 3\) stack \(one channel per file", read_image, tmp_path / "zcyx.tif")
     assert_kept(before, tmp_path)
 
 

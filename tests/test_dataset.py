@@ -30,6 +30,10 @@ def test_bad_masks():
         mask_to_classes(colour, 2)
     with pytest.raises(UserError, match="one 2D image"):
         mask_to_classes(np.zeros((2, 8, 8)), 2)
+    for dtype in (np.int16, np.float32):  # an "ignore" label -1 would train as background
+        with pytest.raises(UserError, match=r"m.tif: holds negative values \(e.g. -1\); masks must hold class ids"):
+            mask_to_classes(np.array([[0, 1, -1]], dtype), 2, "m.tif")
+    assert mask_to_classes(np.array([[0, 3]], np.int32), 2).tolist() == [[0, 1]]  # signed, not negative
 
 
 def test_load_samples_normalizes_and_checks(synthetic_dir):

@@ -50,6 +50,11 @@ def mask_to_classes(mask: np.ndarray, classes: int, name: str = "mask", spatial_
     if not np.isfinite(mask).all():
         raise UserError(f"{name}: holds NaN or infinite values; masks must hold class ids")
     if classes == 2:
+        if np.issubdtype(mask.dtype, np.signedinteger) or np.issubdtype(mask.dtype, np.floating):
+            low = mask.min(initial=0)
+            if low < 0:  # an "ignore" label (-1) would silently train as background
+                raise UserError(f"{name}: holds negative values (e.g. {low:g}); masks must hold class ids (0 "
+                                "background, 1, 2, ... foreground), with no ignore label")
         return (mask > 0).astype(np.uint8)
     values = np.unique(mask)
     bad = values[(values < 0) | (values >= classes) | (values != np.round(values))]

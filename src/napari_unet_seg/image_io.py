@@ -263,8 +263,9 @@ def _decide(path: Path, array: np.ndarray, axes: str, *, colour: bool, alpha: bo
         return array[..., 0], False  # gray + alpha
     if count in (3, 4) and (colour or count == 3 or alpha):
         return array, True
+    kind = "(Z, Y, X) stack or an RGB (Z, Y, X, 3) stack" if spatial == 3 else "(Y, X) or an RGB (Y, X, 3) image"
     raise UserError(f"{path}: shape {array.shape} has {count} channels, neither gray nor RGB; save it as a gray "
-                    "(Y, X) or an RGB (Y, X, 3) image")
+                    f"{kind} (one channel per file, e.g. with Fiji's Image > Color > Split Channels)")
 
 
 #: Micrometres per unit of the spacing units TIFF files state (ImageJ ``unit``, OME ``PhysicalSize*Unit``).
