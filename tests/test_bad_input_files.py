@@ -216,6 +216,15 @@ def test_two_channel_tiff_is_refused_with_its_shape(tmp_path):
     assert_kept(before, tmp_path)
 
 
+@pytest.mark.parametrize("mode, space", [("CMYK", "CMYK"), ("LAB", "CIELab")])
+def test_tiffs_in_other_colour_spaces_are_refused_not_read_as_rgb(tmp_path, mode, space):
+    rgb = np.stack([IMAGE, IMAGE // 2, 255 - IMAGE], axis=-1)
+    Image.fromarray(rgb).convert(mode).save(tmp_path / "other.tif")
+    assert tifffile.TiffFile(tmp_path / "other.tif").pages[0].photometric != 2
+    raises_one_line(rf"other.tif: is a {space} TIFF, not RGB; save it as an RGB or a gray image", read_image,
+                    tmp_path / "other.tif")
+
+
 def test_tiny_rgb_image_is_predicted_as_one_colour_image(work):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(work / "tiny.png")
     assert read_image_layout(work / "tiny.png")[1]

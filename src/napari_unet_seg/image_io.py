@@ -216,6 +216,10 @@ def _reason(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------ TIFF
 
 
+#: TIFF photometric interpretations of colour spaces other than RGB (TIFF 6.0 and its Lab supplements).
+_OTHER_COLOUR_SPACES = {5: "CMYK", 8: "CIELab", 9: "ICCLab", 10: "ITULab", 32844: "LogL", 32845: "LogLuv"}
+
+
 def _read_tiff(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
     import tifffile
 
@@ -229,11 +233,14 @@ def _read_tiff(path: Path, mask: bool) -> tuple[np.ndarray, bool]:
             raise UserError(f"{path}: holds {len(series)} images of different sizes ({sizes}); only one could be "
                             "read, save each as its own file")
         first = series[0]
+        page = first.pages[0] if hasattr(first, "pages") and first.pages else tif.pages[0]
+        photometric = int(getattr(page, "photometric", 1) or 0)
+        if photometric in _OTHER_COLOUR_SPACES:  # their channels would read as red, green and blue
+            raise UserError(f"{path}: is a {_OTHER_COLOUR_SPACES[photometric]} TIFF, not RGB; save it as an RGB "
+                            "or a gray image")
         axes = first.axes
         array = first.asarray() if len(series) == 1 else np.stack([s.asarray() for s in series])
         axes = axes if len(series) == 1 else "I" + axes
-        page = first.pages[0] if hasattr(first, "pages") and first.pages else tif.pages[0]
-        photometric = int(getattr(page, "photometric", 1) or 0)
         alpha = bool(getattr(page, "extrasamples", ()))
         colormap = getattr(page, "colormap", None)
     if photometric == 3 and colormap is not None and not mask:  # palette: indices to colours
