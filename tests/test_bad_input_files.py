@@ -314,6 +314,14 @@ def test_jpeg_mask_noise_is_thresholded_with_a_warning_naming_file_and_fraction(
     with pytest.warns(UserWarning, match=r"m.jpg: JPEG mask with compression noise, thresholded at .*% of its pixels"):
         cleaned = read_mask(tmp_path / "m.jpg")
     assert ((cleaned > 0) != (binary > 0)).mean() < 0.01
+    tifffile.imwrite(tmp_path / "j.tif", binary, compression="jpeg")  # a TIFF compressed as a JPEG is one too
+    assert ((tifffile.imread(tmp_path / "j.tif") > 0) != (binary > 0)).any()
+    with pytest.warns(UserWarning, match=r"j.tif: JPEG mask with compression noise"):
+        assert ((read_mask(tmp_path / "j.tif") > 0) != (binary > 0)).mean() < 0.01
+    tifffile.imwrite(tmp_path / "lzw.tif", binary, compression="zlib")  # lossless: read as it is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert np.array_equal(read_mask(tmp_path / "lzw.tif"), binary)
 
 
 def test_continuous_and_image_like_masks_are_refused(tmp_path):

@@ -101,7 +101,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     else:
         path = _checked_path(path)
         array, colour = _read(path, mask=True)
-    lossy = path.suffix.lower() in LOSSY_SUFFIXES
+    lossy = _is_lossy(path)
     if colour:
         rgb = array[..., :3]
         if lossy:
@@ -113,6 +113,22 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         else:
             return array  # a true colour mask: mask_to_classes refuses it in one line
     return clean_mask(array, str(path), lossy=lossy)
+
+
+#: TIFF compressions that change pixel values: old-style and new-style JPEG, lossy JPEG (DNG), WebP.
+_LOSSY_TIFF = (6, 7, 34892, 50001)
+
+
+def _is_lossy(path: Path) -> bool:
+    """Whether the file's pixels went through lossy compression: a JPEG, or a TIFF compressed as one."""
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return int(tif.pages[0].compression) in _LOSSY_TIFF
 
 
 def clean_mask(mask: np.ndarray, name: str = "mask", *, lossy: bool = False) -> np.ndarray:
@@ -161,7 +177,8 @@ def _threshold_lossy(mask: np.ndarray, name: str, low: float, high: float) -> np
     cleaned = np.where(mask > middle, high, low).astype(mask.dtype)
     changed = float(np.mean(cleaned != mask))
     warnings.warn(f"{name}: JPEG mask with compression noise, thresholded at {middle:g}; {changed:.1%} of its "
-                  "pixels changed (save masks as PNG to keep them exact)", stacklevel=3)
+                  "pixels changed (save masks as PNG, or TIFF without JPEG compression, to keep them exact)",
+                  stacklevel=3)
     return cleaned
 
 
