@@ -42,6 +42,21 @@ def test_multiclass_per_class_by_hand():
     assert m["accuracy"] == pytest.approx(4 / 6)
 
 
+def test_a_class_absent_from_truth_and_prediction_is_left_out_of_the_means():
+    truth = np.array([0, 1, 1, 1, 0, 0])
+    pred = np.array([0, 1, 0, 1, 0, 0])  # class 1: dice 0.8; classes 2 and 3 are in neither
+    m = segmentation_metrics(pred, truth, num_classes=4)
+    assert m["absent_classes"] == [2, 3] and m["per_class"][2]["dice"] == 1.0
+    assert m["dice"] == pytest.approx(0.8)  # not (0.8 + 1 + 1) / 3
+    fp = segmentation_metrics(np.array([0, 1, 0, 3]), np.array([0, 1, 0, 0]), num_classes=4)
+    assert fp["absent_classes"] == [2] and fp["dice"] == pytest.approx(0.5)  # a class only predicted counts: 0
+    mean = mean_metrics([m, segmentation_metrics(np.array([2, 2, 0]), np.array([2, 0, 0]), num_classes=4)])
+    assert mean["per_class"][1]["dice"] == pytest.approx(0.8)  # over the one image that holds class 1
+    assert mean["per_class"][2]["dice"] == pytest.approx(2 / 3) and mean["absent_classes"] == [3]
+    nothing = segmentation_metrics(np.zeros(4, int), np.zeros(4, int), num_classes=3)
+    assert nothing["dice"] == 1.0 and nothing["absent_classes"] == [1, 2]  # as binary: nothing to find
+
+
 def test_confusion_and_errors():
     c = confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
     assert c.tolist() == [[1, 1], [0, 1]]

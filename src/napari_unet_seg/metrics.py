@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "OBJECT_IOU", "JACCARD_THRESHOLD", "FAILED_DICE", "confusion_matrix",
+__all__ = ["METRIC_NAMES", "CLASS_METRICS", "OBJECT_IOU", "JACCARD_THRESHOLD", "FAILED_DICE", "confusion_matrix",
            "scores_from_confusion", "segmentation_metrics", "mean_metrics", "object_counts", "object_scores",
            "dataset_metrics"]
 
 METRIC_NAMES = ("dice", "iou", "accuracy", "precision", "recall")
+#: The metrics given per class (accuracy is one figure over all classes).
+CLASS_METRICS = ("dice", "iou", "precision", "recall")
 
 #: A predicted object matches a true object when their IoU is above this (one-to-one: two objects
 #: cannot both overlap a third by more than half of their union).
@@ -57,8 +59,10 @@ def scores_from_confusion(confusion: np.ndarray) -> dict:
     """Scores from a confusion matrix.
 
     For two classes the scores are those of the foreground (class 1). For more, Dice, IoU, precision
-    and recall are averaged over the foreground classes and also given per class under ``per_class``.
-    ``accuracy`` is the fraction of pixels with the right label.
+    and recall are averaged over the foreground classes and also given per class under ``per_class``; a
+    class found in neither the truth nor the prediction scores 1 there but is listed in ``absent_classes``
+    and left out of the average (as nnU-Net does), which would otherwise rise with every class an image
+    lacks. ``accuracy`` is the fraction of pixels with the right label.
     """
     confusion = np.asarray(confusion, dtype=np.float64)
     n = confusion.shape[0]
@@ -73,10 +77,12 @@ def scores_from_confusion(confusion: np.ndarray) -> dict:
             "precision": _ratio(tp[c], tp[c] + fp[c]),
             "recall": _ratio(tp[c], tp[c] + fn[c]),
         }
-    scores = {k: float(np.mean([per_class[c][k] for c in per_class])) for k in ("dice", "iou", "precision", "recall")}
+    absent = [c for c in per_class if tp[c] + fp[c] + fn[c] == 0]
+    counted = [c for c in per_class if c not in absent] or list(per_class)  # none anywhere: all score 1
+    scores = {k: float(np.mean([per_class[c][k] for c in counted])) for k in CLASS_METRICS}
     scores["accuracy"] = _ratio(tp.sum(), confusion.sum())
     if n > 2:
-        scores["per_class"] = per_class
+        scores["per_class"], scores["absent_classes"] = per_class, absent
     return scores
 
 
@@ -94,14 +100,18 @@ def segmentation_metrics(prediction: np.ndarray, truth: np.ndarray, num_classes:
 
 
 def mean_metrics(per_image: list[dict]) -> dict:
-    """The mean of each metric over images (per class too, when present)."""
+    """The mean of each metric over images; per class too, when given, over the images that hold the class
+    in their truth or prediction (``absent_classes``: those no image holds)."""
     if not per_image:
         return {k: float("nan") for k in METRIC_NAMES}
     mean = {k: float(np.mean([m[k] for m in per_image])) for k in METRIC_NAMES}
     if "per_class" in per_image[0]:
-        classes = per_image[0]["per_class"].keys()
-        mean["per_class"] = {c: {k: float(np.mean([m["per_class"][c][k] for m in per_image]))
-                                 for k in per_image[0]["per_class"][c]} for c in classes}
+        mean["per_class"], mean["absent_classes"] = {}, []
+        for c in per_image[0]["per_class"]:
+            rows = [m["per_class"][c] for m in per_image if c not in m.get("absent_classes", ())]
+            mean["per_class"][c] = {k: float(np.mean([r[k] for r in rows])) if rows else 1.0 for k in CLASS_METRICS}
+            if not rows:
+                mean["absent_classes"].append(c)
     return mean
 
 

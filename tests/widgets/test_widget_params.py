@@ -146,6 +146,9 @@ def test_evaluation_and_comparison_tables_and_csv(tmp_path):
     _, rows = params.comparison_table({"dice": 0.5, "iou": 0.4, "accuracy": 0.9,
                                        "per_class": {1: {"dice": 0.6, "iou": 0.5}, 2: {"dice": 0.4, "iou": 0.3}}})
     assert rows == [["mean of classes", 0.5, 0.4], ["1", 0.6, 0.5], ["2", 0.4, 0.3]]
+    _, rows = params.comparison_table({"dice": 0.6, "iou": 0.5, "accuracy": 0.9, "absent_classes": [2],
+                                       "per_class": {1: {"dice": 0.6, "iou": 0.5}, 2: {"dice": 1.0, "iou": 1.0}}})
+    assert rows == [["mean of classes", 0.6, 0.5], ["1", 0.6, 0.5], ["2", "absent", "absent"]]
 
 
 def test_write_csv_refuses_an_unwritable_place(tmp_path):

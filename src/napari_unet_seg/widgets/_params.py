@@ -312,8 +312,10 @@ def comparison_table(scores: Mapping[str, Any]) -> tuple[list[str], list[list[An
     per_class = scores.get("per_class")
     first = "mean of classes" if per_class else "foreground"
     rows = [[first, round(float(scores["dice"]), 4), round(float(scores["iou"]), 4)]]
+    absent = scores.get("absent_classes", ())
     for label, values in (per_class or {}).items():
-        rows.append([str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
+        rows.append([str(label), "absent", "absent"] if label in absent else
+                    [str(label), round(float(values["dice"]), 4), round(float(values["iou"]), 4)])
     rows += [[title, round(float(scores[key]), 4), "-"] for key, title in OBJECT_METRICS if key in scores]
     return headers, rows
 
