@@ -93,9 +93,11 @@ def test_compare_labels_layers_binary_and_multiclass(make_napari_viewer):
 def test_evaluate_refusals(make_napari_viewer, notifications, monkeypatch):
     monkeypatch.setattr("napari_unet_seg.widgets._models.shipped_models", dict)  # no model listed yet
     viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 4), np.uint8), name="mask")  # a mask file opens as an Image layer
+    widget = _evaluate_widget(viewer)
+    assert widget.compare() is None and "right-click it in the layer list > Convert to Labels" in notifications[-1][1]
     viewer.add_labels(np.zeros((4, 4), np.uint8), name="a")
     viewer.add_labels(np.zeros((5, 5), np.uint8), name="b")
-    widget = _evaluate_widget(viewer)
     widget.labels_layer.value, widget.truth_layer.value = viewer.layers["a"], viewer.layers["b"]
     assert widget.compare() is None
     assert notifications[-1][0] == "error"

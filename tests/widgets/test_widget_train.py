@@ -146,6 +146,11 @@ def test_train_refuses_bad_values_with_one_line(make_napari_viewer, tmp_path, no
     assert widget.start() is None
     assert "image layer" in notifications[-1][1]
     assert widget.job is None and widget.start_button.enabled
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="cells")
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="cells_mask")  # a mask file opens as an Image layer
+    assert widget.start() is None
+    assert notifications[-1][1].endswith("(a mask opened from a file is an Image layer: right-click it in the layer "
+                                         "list > Convert to Labels)")
 
 
 def test_viewer_stays_responsive_while_training(make_napari_viewer, tiny_model, tmp_path, event_loop_gaps,

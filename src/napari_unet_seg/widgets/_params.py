@@ -17,8 +17,8 @@ from ..config import TrainConfig
 from ..errors import UserError
 
 __all__ = [
-    "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name", "uncertainty_name",
-    "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
+    "LABELS_HINT", "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name",
+    "uncertainty_name", "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
     "not_a_volume",
     "AUTO", "FOREGROUND", "foreground_value", "train_config", "given_settings", "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
     "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
@@ -42,6 +42,10 @@ def optional_path(value: str | os.PathLike | None) -> str | None:
 def layer_array(data: Any, multiscale: bool) -> Any:
     """The array to segment from an Image layer's data: the highest resolution of a multiscale pyramid."""
     return data[0] if multiscale else data
+
+
+#: Added where a Labels layer is missing: napari opens a mask file as an Image layer.
+LABELS_HINT = "(a mask opened from a file is an Image layer: right-click it in the layer list > Convert to Labels)"
 
 
 def labels_name(image_name: str) -> str:

@@ -19,7 +19,8 @@ from ..errors import UserError
 from ..events import Message, Tiles
 from ._layout import Advanced, Docked, Section, device_combo, build, set_status, status_label
 from ._models import ModelPicker, announce_model
-from ._params import comparison_table, evaluation_table, layer_array, optional_path, runs_table, write_csv
+from ._params import (LABELS_HINT, comparison_table, evaluation_table, layer_array, optional_path, runs_table,
+                      write_csv)
 from ._table import fill_table, make_table
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -193,7 +194,7 @@ class EvaluateWidget(Docked, Container):
         try:
             labels, truth = self.labels_layer.value, self.truth_layer.value
             if labels is None or truth is None:
-                raise UserError("choose a Labels layer and a ground-truth Labels layer to compare")
+                raise UserError(f"choose a Labels layer and a ground-truth Labels layer to compare {LABELS_HINT}")
             if labels is truth or labels.name == truth.name:
                 raise UserError("choose two different Labels layers: a result and its ground truth")
             result = np.asarray(layer_array(labels.data, labels.multiscale))

@@ -24,9 +24,9 @@ from ..models import MODEL_NAMES
 from ..training_set import add_pair, fresh_folder
 from ._layout import Advanced, Docked, build, device_combo, set_status, status_label
 from ._models import NEW_MODEL, ModelPicker, announce_model
-from ._params import (AUTO, DIMENSIONS, FOREGROUND, check_layer_shapes, dims_choice, dims_value, foreground_value,
-                      given_settings, kept_files, layer_array, layer_pairs, model_label, not_a_volume, optional_path,
-                      plan_summary, plane_key, resolve_dims, scale_text, train_config)
+from ._params import (AUTO, DIMENSIONS, FOREGROUND, LABELS_HINT, check_layer_shapes, dims_choice, dims_value,
+                      foreground_value, given_settings, kept_files, layer_array, layer_pairs, model_label,
+                      not_a_volume, optional_path, plan_summary, plane_key, resolve_dims, scale_text, train_config)
 from ._plot import TrainingPlot
 from ._worker import Job, free_gpu_memory, report_error, show_message, start_job
 
@@ -282,7 +282,8 @@ class TrainWidget(Docked, Container):
             return None
         image, labels = self.image_layer.value, self.labels_layer.value
         if image is None or labels is None:
-            raise UserError("choose an image layer and a Labels layer painted on it, or train on folders")
+            raise UserError("choose an image layer and a Labels layer painted on it, or train on folders "
+                            + LABELS_HINT * (labels is None))
         check_layer_shapes(layer_array(image.data, image.multiscale).shape,
                            layer_array(labels.data, labels.multiscale).shape, rgb=bool(image.rgb),
                            image_name=image.name, labels_name=labels.name)
@@ -417,7 +418,8 @@ class TrainWidget(Docked, Container):
         try:
             image, labels = self.image_layer.value, self.labels_layer.value
             if image is None or labels is None:
-                raise UserError("choose the image layer and the Labels layer with your corrections to add them")
+                raise UserError("choose the image layer and the Labels layer with your corrections to add them "
+                                + LABELS_HINT * (labels is None))
             images, masks = optional_path(self.images.value), optional_path(self.masks.value)
             if images is None or masks is None:
                 raise UserError("choose the images folder and the masks folder of the training set to add to")
