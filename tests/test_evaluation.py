@@ -1,3 +1,5 @@
+import warnings
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -351,3 +353,26 @@ def test_evaluate_volumes_with_a_2d_and_a_3d_model(tmp_path, spatial_dims):
     assert model.seen == {spatial_dims + 2}
     assert scores["count"] == scores["volumes"] == 3
     assert scores["pooled_dice"] == pytest.approx(160 / 208) and scores["failed"] == 1
+
+
+def test_evaluate_names_an_image_of_other_pixels_than_the_models(tmp_path):
+    import tifffile
+
+    model = _threshold_model()
+    model.config["spacing"] = [0.5, 0.5]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    plane = np.zeros((16, 16), np.uint8)
+    plane[4:9, 4:9] = 1
+    for name, size in (("fine.tif", 0.1), ("same.tif", 0.5)):
+        tifffile.imwrite(tmp_path / "images" / name, plane, imagej=True, resolution=(1 / size, 1 / size),
+                         metadata={"unit": "micron"})
+        tifffile.imwrite(tmp_path / "masks" / name, plane * 255)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = evaluate(model, tmp_path / "images", tmp_path / "masks", device="cpu")
+    told = [str(w.message) for w in caught if "trained on" in str(w.message)]
+    assert told == ["fine.tif: pixels of 100 x 100 nm (Y x X), the model was trained on 500 x 500 nm: 5.0x finer in "
+                    "every axis, so objects look larger to it than in training; resample the image to the model's "
+                    "spacing for reliable labels"]
+    assert scores["dice"] == 1.0

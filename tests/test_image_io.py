@@ -169,7 +169,7 @@ def test_tiff_roundtrip_any_16bit_float_or_rgb_image(tmp_path_factory, data):
 
 
 def test_spacing_from_imagej_and_ome_tiff(tmp_path):
-    from napari_unet_seg.image_io import read_spacing
+    from napari_unet_seg.image_io import read_spacing, stated_spacing
 
     volume = np.zeros((4, 8, 8), np.uint8)
     tifffile.imwrite(tmp_path / "ij.tif", volume, imagej=True, resolution=(1 / 4, 1 / 4),
@@ -182,3 +182,9 @@ def test_spacing_from_imagej_and_ome_tiff(tmp_path):
     assert read_spacing(tmp_path / "o.ome.tif") == [1.75, 0.8, 0.8]
     assert read_spacing(tmp_path / "plain.tif") == [1.0, 1.0]  # no Z step stated
     assert read_spacing(tmp_path / "a.png") is None
+    # stated_spacing: only where the file names the unit (a bare resolution tag is often a scanner's dpi)
+    assert stated_spacing(tmp_path / "ij.tif") == [0.05, 0.004, 0.004]
+    assert stated_spacing(tmp_path / "o.ome.tif") == [1.75, 0.8, 0.8]
+    assert stated_spacing(tmp_path / "plain.tif") is None and stated_spacing(tmp_path / "a.png") is None
+    tifffile.imwrite(tmp_path / "dpi.tif", volume[0], resolution=(300, 300), resolutionunit="INCH")
+    assert read_spacing(tmp_path / "dpi.tif") == [84.6667, 84.6667] and stated_spacing(tmp_path / "dpi.tif") is None

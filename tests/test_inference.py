@@ -71,6 +71,30 @@ def test_dask_and_path_and_odd_inputs(model, tiny_model):
         predict(model, image, threshold=1.5)
 
 
+def test_pixels_of_another_size_than_the_models_are_named_in_a_warning(tiny_model):
+    from napari_unet_seg.inference import spacing_mismatch
+    from napari_unet_seg.model_file import load_model
+
+    assert spacing_mismatch([0.005] * 3, [0.005, 0.006, 0.0045]) is None  # within 1.5x
+    assert spacing_mismatch(None, [1, 1]) is None and spacing_mismatch([1, 1], None) is None
+    assert "10.0x coarser along Z" in spacing_mismatch([0.005] * 3, [0.05, 0.005, 0.005])
+    assert "2.0x finer along Y" in spacing_mismatch([0.5, 0.5], [1, 0.25, 0.5])  # a 2D model on a stack's planes
+    model = load_model(tiny_model)
+    model.config["spacing"] = [0.65, 0.65]
+    image, _ = synthetic_pair((48, 48), seed=1)
+    with pytest.warns(UserWarning, match=r"pixels of 300 x 300 nm \(Y x X\), the model was trained on 650 x 650 nm: "
+                                         r"2.2x finer in every axis, so objects look larger"):
+        predict(model, image, device="cpu", spacing=[0.3, 0.3])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict(model, image, device="cpu", spacing=[0.6, 0.7])
+    assert not [w for w in caught if "trained on" in str(w.message)]
+    from napari_unet_seg import predict as checked_predict
+
+    with pytest.raises(UserError, match=r"^predict: spacing must be > 0, got 0"):
+        checked_predict(model, image, device="cpu", spacing=[0, 1])
+
+
 def test_threshold_tta_and_probabilities(model):
     image, _ = synthetic_pair((64, 64), seed=9)
     labels, probs = predict(model, image, device="cpu", return_probabilities=True)

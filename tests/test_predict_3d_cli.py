@@ -79,3 +79,28 @@ def test_predict_names_the_mask_file_and_keeps_the_voxel_size(tmp_path, model_3d
     one_line(cli("predict", "--model", model_3d, "--input", tmp_path, "--output", tmp_path / "all.tif"),
              r"--output .*all\.tif: names one mask file, but --input .* is a folder of 3 image\(s\); give a folder")
     assert snapshot(tmp_path) == before
+
+
+def test_a_volume_of_other_voxels_than_the_models_is_named_in_a_warning(tmp_path, model_3d):
+    import tifffile
+
+    from napari_unet_seg.model_file import load_model, save_model
+
+    model = load_model(model_3d)
+    model.config["spacing"] = [0.005, 0.005, 0.005]  # trained at 5 nm
+    at_5nm = save_model(tmp_path / "m.pt", model)
+    volume = np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8)
+    for name, spacing in (("same.tif", 5), ("coarse.tif", 10)):
+        tifffile.imwrite(tmp_path / name, volume, imagej=True, resolution=(1 / spacing, 1 / spacing),
+                         metadata={"spacing": spacing, "unit": "nm", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "unknown.tif", volume)  # no unit stated: nothing to compare
+    for name in ("same.tif", "unknown.tif"):
+        done = cli("predict", "--model", at_5nm, "--input", tmp_path / name, "--output", tmp_path / f"l_{name}",
+                   "--device", "cpu")
+        assert done.returncode == 0 and "warning" not in done.stdout + done.stderr, done.stdout + done.stderr
+    done = cli("predict", "--model", at_5nm, "--input", tmp_path / "coarse.tif", "--output", tmp_path / "l.tif",
+               "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert ("warning: coarse.tif: voxels of 10 x 10 x 10 nm (Z x Y x X), the model was trained on 5 x 5 x 5 nm: "
+            "2.0x coarser in every axis, so objects look smaller to it than in training; resample the image to the "
+            "model's spacing for reliable labels") in done.stdout + done.stderr

@@ -261,7 +261,7 @@ def _print_postprocessing(model, options: dict) -> None:
 
 
 def run_predict(args: Namespace) -> int:
-    from .image_io import read_image_layout, read_spacing, write_map, write_mask
+    from .image_io import read_image_layout, read_spacing, stated_spacing, write_map, write_mask
     from .inference import check_input, predict
     from .model_file import load_model
     from .outputs import check_distinct, check_folder, check_place, same_file
@@ -308,7 +308,7 @@ def run_predict(args: Namespace) -> int:
         began = time.perf_counter()
         image, colour = read_image_layout(path)
         result = predict(model, image, uncertainty=args.uncertainty, rgb=colour, on_event=progress.about(path.name),
-                         **options)
+                         spacing=stated_spacing(path), **options)
         labels, spread = result if args.uncertainty else (result, None)
         spacing = read_spacing(path)  # the input's pixel or voxel size, stated in TIFF masks
         written = [write_mask(targets[0], labels, spacing, named=named)]
@@ -343,7 +343,7 @@ def _predict_labels_group(model, path: Path, args: Namespace) -> int:
     for 2D models on a stack), never holding the whole image or its labels."""
     import numpy as np
 
-    from .image_io import read_image_layout
+    from .image_io import read_image_layout, stated_spacing
     from .inference import predict
     from .zarr_io import labels_writer
 
@@ -354,7 +354,7 @@ def _predict_labels_group(model, path: Path, args: Namespace) -> int:
     began = time.perf_counter()
     with labels_writer(path, args.labels_group, spatial, dtype, overwrite=args.overwrite) as out:
         _print_device(args.device)
-        predict(model, image, out=out, on_event=ConsoleProgress(), **options)
+        predict(model, image, out=out, on_event=ConsoleProgress(), spacing=stated_spacing(path), **options)
     print(f"[1/1] {path.name} -> {path / 'labels' / args.labels_group}  ({time.perf_counter() - began:.1f} s)")
     return 0
 

@@ -17,8 +17,9 @@ figures count every pixel (voxel) of every image (volume) together.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import warnings
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ import numpy as np
 from .dataset import mask_to_classes
 from .errors import UserError, size_text
 from .events import Tiles, drain
-from .image_io import read_image_layout, read_mask
+from .image_io import read_image_layout, read_mask, stated_spacing
 from .metrics import confusion_matrix, dataset_metrics, object_counts, object_scores, scores_from_confusion
 from .model_file import SegmentationModel, load_model
 from .normalization import is_rgb
@@ -116,7 +117,7 @@ def _prediction(model: SegmentationModel, path: Path, truth_shape: tuple[int, ..
     """The model's labels of one image file, read as the layout its file states; an image whose shape is not
     its mask's, or whose colour does not match the model's, is refused before predicting (gray images stored
     as RGB, with three equal channels, count as gray)."""
-    from .inference import predict
+    from .inference import predict, spacing_mismatch
 
     image, colour = read_image_layout(path)
     name = path.name
@@ -128,6 +129,9 @@ def _prediction(model: SegmentationModel, path: Path, truth_shape: tuple[int, ..
     if rgb is not None and model.in_channels == 1 and not (rgb == rgb[..., :1]).all():
         raise UserError(f"{name}: is a colour (RGB) image but the model was trained on grayscale images; "
                         "use a model trained on colour images")
+    mismatch = spacing_mismatch(model.spacing, stated_spacing(path))
+    if mismatch:
+        warnings.warn(f"{name}: {mismatch}", stacklevel=2)
     try:  # predict refuses the other way round (a gray image for a colour model)
         return predict(model, image, rgb=colour, **options)
     except UserError as error:

@@ -20,7 +20,8 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "read_image", "read_image_layout", "read_mask", "clean_mask", "write_mask",
-           "write_map", "write_tiff", "mask_suffix", "atomic_write", "is_image_file", "image_stem", "read_spacing"]
+           "write_map", "write_tiff", "mask_suffix", "atomic_write", "is_image_file", "image_stem", "read_spacing",
+           "stated_spacing"]
 
 #: File suffixes the readers accept (lower case).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -293,8 +294,8 @@ def _decide(path: Path, array: np.ndarray, axes: str, *, colour: bool, alpha: bo
 
 
 #: Micrometres per unit of the spacing units TIFF files state (ImageJ ``unit``, OME ``PhysicalSize*Unit``).
-_MICRONS = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
-            "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0}
+_MICRONS = {"nm": 1e-3, "nanometer": 1e-3, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "\\u00b5m": 1.0, "micron": 1.0,
+            "microns": 1.0, "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0}
 
 
 def read_spacing(path: str | os.PathLike) -> list[float] | None:
@@ -304,13 +305,24 @@ def read_spacing(path: str | os.PathLike) -> list[float] | None:
     Read from OME-TIFF ``PhysicalSizeZ/Y/X`` (with their units), else ImageJ ``spacing`` (Z) and ``unit``
     with the ``XResolution``/``YResolution`` tags (pixels per unit; ``ResolutionUnit`` inch or cm).
     """
+    return _spacing_and_unit(Path(path))[0]
+
+
+def stated_spacing(path: str | os.PathLike) -> list[float] | None:
+    """:func:`read_spacing` in micrometres where the file names a microscope's unit (OME-TIFF, an ImageJ
+    ``unit``, OME-Zarr axis units); None where it does not (a bare resolution tag is often a scanner's dpi)."""
+    spacing, stated = _spacing_and_unit(Path(path))
+    return spacing if stated else None
+
+
+def _spacing_and_unit(path: Path) -> tuple[list[float] | None, bool]:
+    """The spacing :func:`read_spacing` returns, and whether the file named its unit."""
     from .zarr_io import is_zarr
 
-    path = Path(path)
     if is_zarr(path):
         return _zarr_spacing(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
+        return None, False
     import tifffile
 
     try:
@@ -318,32 +330,33 @@ def read_spacing(path: str | os.PathLike) -> list[float] | None:
             if tif.is_ome:
                 spacing = _ome_spacing(tif.ome_metadata)
                 if spacing:
-                    return spacing
+                    return spacing, True
             tags = tif.pages[0].tags
             if "XResolution" not in tags or "YResolution" not in tags:
-                return None
+                return None, False
             steps = [v[1] / v[0] for v in (tags[k].value for k in ("YResolution", "XResolution")) if v[0]]
             if len(steps) != 2:
-                return None
+                return None, False
             imagej = tif.imagej_metadata or {}
             resolution_unit = {2: "inch", 3: "cm"}.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags
                                                        else 2)
-            unit = str(imagej.get("unit", "")).strip().lower() or resolution_unit
+            named = str(imagej.get("unit", "")).strip().lower()
             z = [float(imagej["spacing"])] if imagej.get("spacing") else []
-            return _in_microns(z + steps, unit)
+            return _in_microns(z + steps, named or resolution_unit), named in _MICRONS
     except Exception:  # noqa: BLE001 - a spacing that cannot be read is an unknown one
-        return None
+        return None, False
 
 
-def _zarr_spacing(path: Path) -> list[float] | None:
+def _zarr_spacing(path: Path) -> tuple[list[float] | None, bool]:
     """Level 0's ``scale`` of an OME-Zarr image, in micrometres where its axes state a unit (all alike)."""
     from .zarr_io import open_image
 
     _, spacing, info = open_image(path)
     if spacing is None:
-        return None
-    units = {unit for unit in info.units if unit}
-    return _in_microns(list(spacing), units.pop().lower() if len(units) == 1 else None)
+        return None, False
+    units = {unit.lower() for unit in info.units if unit}
+    unit = units.pop() if len(units) == 1 else None
+    return _in_microns(list(spacing), unit), unit in _MICRONS
 
 
 def _in_microns(values: list[float], unit: str | None) -> list[float]:

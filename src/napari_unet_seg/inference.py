@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,8 @@ from .normalization import intensity_range, is_rgb, normalize, to_channels_first
 from .postprocessing import postprocess, prediction_settings
 from .tiling import BLOCK, auto_tiling, blocks, window_count
 
-__all__ = ["Prediction", "check_input", "predict", "predict_steps", "working_copy", "probabilities", "labels_from_probabilities", "postprocess",
-           "views", "FLIPS", "DIHEDRAL"]
+__all__ = ["Prediction", "check_input", "predict", "predict_steps", "spacing_mismatch", "working_copy", "probabilities",
+           "labels_from_probabilities", "postprocess", "views", "FLIPS", "DIHEDRAL"]
 
 #: A view of an image is ``(k, dims)``: ``rot90(flip(image, dims), k)`` (turns in the last two axes, the
 #: y-x plane). ``tta`` averages the four flips; ``uncertainty`` the eight rotations and flips (the
@@ -434,13 +434,44 @@ def _settings(model: SegmentationModel, threshold: float | None, tta: bool | Non
     return chosen["threshold"], chosen["tta"], post
 
 
+#: A pixel or voxel size this many times the model's (or under its inverse) along an axis changes how large
+#: the objects look to it enough to cost accuracy: a warning says so.
+SPACING_RATIO = 1.5
+
+
+def spacing_mismatch(trained: Sequence[float] | None, spacing: Sequence[float] | None) -> str | None:
+    """A warning when ``spacing`` (the input's, micrometres) differs from the model's ``trained`` spacing by
+    :data:`SPACING_RATIO` or more along an axis; None when either is unknown or they agree."""
+    if trained and spacing and len(trained) == 2 and len(spacing) == 3:  # a 2D model on a stack: its planes
+        spacing = spacing[1:]
+    if not trained or not spacing or len(trained) != len(spacing) or min(*trained, *spacing) <= 0:
+        return None
+    ratios = [float(s) / float(t) for s, t in zip(spacing, trained)]
+    axis = max(range(len(ratios)), key=lambda k: max(ratios[k], 1 / ratios[k]))
+    ratio = ratios[axis]
+    if max(ratio, 1 / ratio) < SPACING_RATIO:
+        return None
+    names = "ZYX"[-len(ratios):]
+    return (f"{'voxels' if len(ratios) == 3 else 'pixels'} of {_lengths(spacing)} ({' x '.join(names)}), the model "
+            f"was trained on {_lengths(trained)}: {max(ratio, 1 / ratio):.1f}x {'coarser' if ratio > 1 else 'finer'} "
+            f"{'in every axis' if max(ratios) / min(ratios) < 1.01 else 'along ' + names[axis]}, so objects look {'smaller' if ratio > 1 else 'larger'} to it than in training; "
+            "resample the image to the model's spacing for reliable labels")
+
+
+def _lengths(microns: Sequence[float]) -> str:
+    """``5 x 5 x 5 nm`` below a micrometre, ``0.65 x 0.65 µm`` above."""
+    scale, unit = (1000, "nm") if max(microns) < 1 else (1, "µm")
+    return " x ".join(f"{float(v) * scale:.3g}" for v in microns) + f" {unit}"
+
+
 def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, device: str = "auto",
                   tile: int | None = None, overlap: float = 0.25, threshold: float | None = None,
                   batch_size: int | None = None, tta: bool | None = None, uncertainty: bool = False,
                   min_size: int = 0, fill_holes: bool | None = None, keep_largest: bool | None = None,
                   instances: str = "none", min_distance: int = 5, return_probabilities: bool = False,
                   rgb: bool | None = None, precision: str = "auto", cancel: Any = None,
-                  out: Any = None, progress: bool = True) -> Generator[Tiles | Message, None, Prediction]:
+                  out: Any = None, progress: bool = True, spacing: Sequence[float] | None = None
+                  ) -> Generator[Tiles | Message, None, Prediction]:
     """Segment ``array``, yielding :class:`Tiles` progress (in tiles) per tile batch; return a :class:`Prediction`.
 
     ``array`` is numpy or dask: ``(Y, X)``, ``(Y, X, 3|4)``, ``(Z, Y, X)`` or ``(Z, Y, X, 3|4)``.
@@ -464,7 +495,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     (:func:`~napari_unet_seg.postprocessing.prediction_settings`).
 
     A 3D model (``model.spatial_dims == 3``) predicts a volume ``(Z, Y, X)`` or ``(Z, Y, X, 3)`` as a
-    volume, block by block (:mod:`.volume_inference`).
+    volume, block by block (:mod:`.volume_inference`). ``spacing``: the input's pixel or voxel size in
+    micrometres, slowest axis first, when known; a warning :class:`Message` says when it differs from the
+    spacing the model was trained on by :data:`SPACING_RATIO` or more along an axis (nothing is resampled).
     """
     model = load_model(model)
     threshold, tta, post = _settings(model, threshold, tta, min_size, keep_largest, fill_holes)
@@ -474,6 +507,9 @@ def predict_steps(model: SegmentationModel | str | os.PathLike, array: Any, *, d
     if colour and model.in_channels == 1 and _coloured(array):
         yield Message("a colour image for a model trained on grayscale images: segmented as gray (the mean of its "
                       "channels); use a colour model if the colour matters", "warning")
+    mismatch = spacing_mismatch(model.spacing, spacing)
+    if mismatch:
+        yield Message(mismatch, "warning")
     torch_device = resolve_device(device)
     autocast_dtype(torch_device, precision)  # refuses an unknown precision before any work
     labels = _output(out, spatial, np.uint8 if instances == "none" else np.int32)

@@ -29,7 +29,7 @@ PREDICT_RULES: dict[str, Rule] = {
     "min_size": Rule("int", low=0), "fill_holes": Rule("flag", optional=True),
     "keep_largest": Rule("flag", optional=True), "instances": Rule("choice", choices=INSTANCES),
     "min_distance": Rule("int", low=1), "return_probabilities": Rule("flag"), "rgb": Rule("flag", optional=True),
-    "precision": Rule("choice", choices=PRECISIONS), "cancel": Rule("any"),
+    "precision": Rule("choice", choices=PRECISIONS), "cancel": Rule("any"), "spacing": Rule("spacing", optional=True),
 }
 #: Keyword arguments of ``evaluate`` (the predict options that keep plain labels, and the pairing's).
 EVALUATE_RULES: dict[str, Rule] = {
