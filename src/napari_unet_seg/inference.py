@@ -448,14 +448,15 @@ def spacing_mismatch(trained: Sequence[float] | None, spacing: Sequence[float] |
         return None
     ratios = [float(s) / float(t) for s, t in zip(spacing, trained)]
     axis = max(range(len(ratios)), key=lambda k: max(ratios[k], 1 / ratios[k]))
-    ratio = ratios[axis]
+    ratio, names = ratios[axis], "ZYX"[-len(ratios):]
     if max(ratio, 1 / ratio) < SPACING_RATIO:
         return None
-    names = "ZYX"[-len(ratios):]
+    where = "in every axis" if max(ratios) / min(ratios) < 1.01 else f"along {names[axis]}"
+    coarser = ratio > 1
     return (f"{'voxels' if len(ratios) == 3 else 'pixels'} of {_lengths(spacing)} ({' x '.join(names)}), the model "
-            f"was trained on {_lengths(trained)}: {max(ratio, 1 / ratio):.1f}x {'coarser' if ratio > 1 else 'finer'} "
-            f"{'in every axis' if max(ratios) / min(ratios) < 1.01 else 'along ' + names[axis]}, so objects look {'smaller' if ratio > 1 else 'larger'} to it than in training; "
-            "resample the image to the model's spacing for reliable labels")
+            f"was trained on {_lengths(trained)}: {max(ratio, 1 / ratio):.1f}x {'coarser' if coarser else 'finer'} "
+            f"{where}, so objects look {'smaller' if coarser else 'larger'} to it than in training; resample the "
+            "image to the model's spacing for reliable labels")
 
 
 def _lengths(microns: Sequence[float]) -> str:

@@ -18,10 +18,10 @@ from ..errors import UserError
 
 __all__ = [
     "LABELS_HINT", "WIDGET_COMMAND", "optional_path", "layer_array", "labels_name", "probabilities_name",
-    "uncertainty_name", "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims", "check_layer_shapes",
-    "not_a_volume",
-    "AUTO", "FOREGROUND", "foreground_value", "train_config", "given_settings", "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows",
-    "evaluation_table", "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
+    "uncertainty_name", "segment_options", "DIMENSIONS", "dims_value", "dims_choice", "scale_text", "resolve_dims",
+    "check_layer_shapes", "not_a_volume", "AUTO", "FOREGROUND", "foreground_value", "train_config", "given_settings",
+    "plan_summary", "layer_pairs", "model_choices", "model_label", "curve_series", "best_rows", "evaluation_table",
+    "comparison_table", "runs_table", "write_csv", "kept_files", "plane_key",
 ]
 
 #: What a model file records as the command that made it, when the Train widget made it.
